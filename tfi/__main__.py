@@ -1,0 +1,3 @@
+from tfi.cli import main
+
+raise SystemExit(main())

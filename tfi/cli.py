@@ -1,0 +1,183 @@
+"""Command line: ``python -m tfi <stage> --config FILE [--data ...] [...]``.
+
+The MLproject entry points call these commands. Empty strings and zeros, which ``mlflow run``
+passes for parameters left at their default, mean "the config's value". Expected failures
+(:class:`~tfi.errors.TfiError`) print one line and exit with status 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from tfi.config import DEFAULT_CONFIG, ExperimentConfig, load_config
+from tfi.errors import TfiError
+from tfi.uris import mask_text
+
+log = logging.getLogger("tfi")
+
+STAGES = ("prepare", "select", "tune", "train", "main")
+
+
+def _optional_str(value: str) -> str | None:
+    return value or None
+
+
+def _optional_int(value: str) -> int | None:
+    number = int(float(value))
+    return number if number > 0 else None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfi", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def stage(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--config", default=DEFAULT_CONFIG, help="experiment YAML file")
+        sub.add_argument(
+            "--data", type=_optional_str, help="parquet path or 'synthetic' (default: config's)"
+        )
+        sub.add_argument("--split-date", type=_optional_str, help="first test timestamp")
+        return sub
+
+    def tuning_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--n-trials", type=_optional_int, help="trials to run (0 = config's)")
+        sub.add_argument("--study", type=_optional_str, help="Optuna study name")
+        sub.add_argument(
+            "--storage",
+            type=_optional_str,
+            help="Optuna storage URI (or $TFI_OPTUNA_STORAGE; default: SQLite beside MLflow's)",
+        )
+        sub.add_argument("--workers", type=_optional_int, help="worker processes (0 = config's)")
+
+    def registry_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--model-name", type=_optional_str, help="registered model name")
+
+    stage("prepare", "load, validate, label and split the data")
+    stage("select", "LASSO feature selection over purged folds")
+    tuning_options(stage("tune", "Optuna study of LightGBM, trials as nested runs"))
+    train = stage("train", "train, evaluate and register the champion")
+    tuning_options(train)
+    registry_options(train)
+    main = stage("main", "the whole pipeline")
+    tuning_options(main)
+    registry_options(main)
+
+    score = stage("score", "score data with a registered model")
+    registry_options(score)
+    score.add_argument("--model-uri", type=_optional_str, help="default models:/NAME@champion")
+    score.add_argument("--output", default="predictions.parquet", help="output parquet path")
+    score.add_argument("--batch-rows", type=lambda v: int(float(v)), default=100_000)
+
+    worker = stage("tune-worker", argparse.SUPPRESS)
+    worker.add_argument("--worker-index", type=int, default=1)
+
+    bench = commands.add_parser("bench", help="benchmark the pipeline (see tfi.bench)")
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> ExperimentConfig:
+    overrides: dict[str, Any] = {
+        "data.source": args.data,
+        "split.test_start": args.split_date,
+        "tuning.n_trials": getattr(args, "n_trials", None),
+        "tuning.study": getattr(args, "study", None),
+        "tuning.workers": getattr(args, "workers", None),
+        "registry.model_name": getattr(args, "model_name", None),
+    }
+    return load_config(args.config, **overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging()
+    if args.command == "bench":
+        from tfi.bench import main as bench_main
+
+        return bench_main(args.args)
+    # `mlflow run` hands its run over in MLFLOW_RUN_ID; taken here so that no other
+    # start_run() picks it up by accident.
+    invocation_run = os.environ.pop("MLFLOW_RUN_ID", None)
+    try:
+        config = _config(args)
+        _dispatch(args, config, invocation_run)
+    except TfiError as exc:
+        message = mask_text(str(exc))
+        log.error("%s", message)
+        _mark_failed(invocation_run, message)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    return 0
+
+
+def _dispatch(args: argparse.Namespace, config: ExperimentConfig, run_id: str | None) -> None:
+    from tfi import pipeline
+
+    if args.command == "score":
+        pipeline.run_score(config, args.model_uri, args.output, run_id, args.batch_rows)
+        return
+    if args.command == "tune-worker":
+        pipeline.run_tune_worker(config, args.worker_index)
+        return
+    session = pipeline.Session.open(config, run_id, getattr(args, "storage", None))
+    run = {
+        "prepare": pipeline.run_prepare,
+        "select": pipeline.run_select,
+        "tune": pipeline.run_tune,
+        "train": pipeline.run_train,
+        "main": pipeline.run_main,
+    }[args.command]
+    run(session, run_id)
+
+
+def _mark_failed(run_id: str | None, message: str) -> None:
+    """Record why a `mlflow run` failed on its run (mlflow sets the FAILED status itself)."""
+    if not run_id:
+        return
+    try:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient().set_tag(run_id, "tfi.error", message[:5000])
+    except Exception:  # the tracking store may be what failed; the message is logged anyway
+        log.debug("could not tag run %s", run_id, exc_info=True)
+
+
+class _MaskSecrets(logging.Filter):
+    """Mask passwords in URIs in every log line, ours and the libraries'."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_text(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def _setup_logging() -> None:
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_MaskSecrets())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for noisy in ("optuna", "alembic", "urllib3", "matplotlib", "mlflow.store.db.utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,338 @@
+"""The data contract: load minute bars from parquet (or the embedded generator) and validate them.
+
+Contract:
+
+- a ``timestamp`` column or a DatetimeIndex (stored by pandas as the parquet index); time-zone
+  aware stamps are converted to UTC; stamps must be present, parseable, unique and increasing;
+- ``buy_qty``, ``sell_qty``, ``volume``: numeric, finite, non-negative, no NaN, and
+  ``|buy_qty + sell_qty - volume| <= volume_rtol * volume``;
+- every other numeric column (except ``data.exclude``, by default the competition's ``label``)
+  is a feature: inf is an error, NaN is allowed and counted, an all-NaN column is dropped and
+  reported; non-numeric columns are not features and are reported.
+
+Only the needed columns are read, batch by batch, straight into one float32 array, so memory
+stays at the size of the data itself. Every violation raises :class:`~tfi.errors.DataError`
+with a message that names the file, the column and the first offending rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tfi import synthetic
+from tfi.config import SYNTHETIC, DataConfig, SyntheticSpec
+from tfi.errors import DataError
+
+log = logging.getLogger(__name__)
+
+TIMESTAMP = "timestamp"
+FLOW = ("buy_qty", "sell_qty", "volume")
+_BATCH_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class MarketData:
+    """Validated minute bars: timestamps, the flow columns, and a float32 feature matrix."""
+
+    timestamps: pd.DatetimeIndex
+    features: np.ndarray  # (rows, features) float32, C order
+    feature_names: tuple[str, ...]
+    flow: Mapping[str, np.ndarray]  # buy_qty, sell_qty, volume as float32
+    source: str
+    digest: str
+    nan_counts: Mapping[str, int] = field(default_factory=dict)
+    dropped: Mapping[str, str] = field(default_factory=dict)  # column -> why it is not a feature
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.timestamps)
+
+    def columns(self, names: Sequence[str]) -> np.ndarray:
+        """Feature columns by name, as a new C-ordered float32 array."""
+        index = {name: i for i, name in enumerate(self.feature_names)}
+        missing = [name for name in names if name not in index]
+        if missing:
+            raise DataError(f"{self.source}: missing feature columns {missing}")
+        return np.ascontiguousarray(self.features[:, [index[name] for name in names]])
+
+    def frame(self, names: Sequence[str] | None = None) -> pd.DataFrame:
+        """Features as a DataFrame indexed by timestamp (a view where possible)."""
+        names = list(self.feature_names if names is None else names)
+        values = self.features if names == list(self.feature_names) else self.columns(names)
+        return pd.DataFrame(values, index=self.timestamps, columns=names, copy=False)
+
+
+def source_digest(config: DataConfig) -> str:
+    """Content digest of the configured data: the file's bytes, or the generator's spec."""
+    hasher = hashlib.blake2b(digest_size=12)
+    if config.source == SYNTHETIC:
+        spec = config.synthetic.model_dump(mode="json")
+        hasher.update(json.dumps([synthetic.GENERATOR_VERSION, spec], sort_keys=True).encode())
+    else:
+        path = _existing_file(config.source)
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 23):
+                hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def describe_source(config: DataConfig) -> str:
+    if config.source == SYNTHETIC:
+        spec = config.synthetic
+        return f"synthetic(rows={spec.rows}, features={spec.features}, seed={spec.seed})"
+    return str(config.source)
+
+
+def load(
+    config: DataConfig,
+    features: Sequence[str] | None = None,
+    digest: str | None = None,
+) -> MarketData:
+    """Load and validate the configured data; ``features`` limits the feature columns read."""
+    digest = digest or source_digest(config)
+    if config.source == SYNTHETIC:
+        return _load_synthetic(config, config.synthetic, features, digest)
+    return _load_parquet(config, _existing_file(config.source), features, digest)
+
+
+def _existing_file(source: str) -> Path:
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(f"data file {source} does not exist (or is not a file)")
+    return path
+
+
+# --- parquet -------------------------------------------------------------------------------
+
+
+def _load_parquet(
+    config: DataConfig, path: Path, wanted: Sequence[str] | None, digest: str
+) -> MarketData:
+    try:
+        parquet = pq.ParquetFile(path)
+        schema = parquet.schema_arrow
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path} is not a readable parquet file: {exc}") from None
+    name = str(path)
+    if parquet.metadata.num_rows == 0:
+        raise DataError(f"{name} has no rows")
+    time_column = _time_column(schema, name)
+    types = {field.name: field.type for field in schema if field.name != time_column}
+    feature_names, dropped = _feature_columns(name, types, config.exclude, wanted)
+    columns = list(dict.fromkeys([*FLOW, *feature_names]))
+    try:
+        stamps = parquet.read(columns=[time_column]).column(0)
+        batches = (
+            {col: batch.column(col) for col in columns}
+            for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=columns)
+        )
+        return _assemble(
+            config, name, digest, _timestamps(stamps, name), batches, feature_names, dropped
+        )
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{name} could not be read (truncated or corrupt?): {exc}") from None
+
+
+def _time_column(schema: pa.Schema, name: str) -> str:
+    if TIMESTAMP in schema.names:
+        return TIMESTAMP
+    metadata = schema.pandas_metadata or {}
+    for column in metadata.get("index_columns", []):
+        if isinstance(column, str) and pa.types.is_timestamp(schema.field(column).type):
+            return column
+    raise DataError(f"{name} has no timestamps: it needs a '{TIMESTAMP}' column or a DatetimeIndex")
+
+
+def _is_numeric(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+
+
+def _feature_columns(
+    name: str,
+    types: Mapping[str, pa.DataType],
+    exclude: Iterable[str],
+    wanted: Sequence[str] | None,
+) -> tuple[list[str], dict[str, str]]:
+    missing = [col for col in FLOW if col not in types]
+    if missing:
+        raise DataError(f"{name} lacks required columns {missing}")
+    bad = {col: str(types[col]) for col in FLOW if not _is_numeric(types[col])}
+    if bad:
+        raise DataError(f"{name}: required columns must be numeric, got {bad}")
+    if wanted is not None:
+        absent = [col for col in wanted if col not in types]
+        if absent:
+            raise DataError(f"{name} lacks feature columns {absent}")
+        wrong = {col: str(types[col]) for col in wanted if not _is_numeric(types[col])}
+        if wrong:
+            raise DataError(f"{name}: feature columns must be numeric, got {wrong}")
+        return list(wanted), {}
+    excluded = set(exclude)
+    dropped = {col: "excluded by data.exclude" for col in types if col in excluded}
+    dropped |= {
+        col: f"not numeric ({kind})"
+        for col, kind in types.items()
+        if col not in excluded and not _is_numeric(kind)
+    }
+    return [col for col in types if col not in dropped], dropped
+
+
+def _timestamps(column: pa.ChunkedArray, name: str) -> pd.DatetimeIndex:
+    values = column.to_pandas()
+    if not pd.api.types.is_datetime64_any_dtype(values):
+        parsed = pd.to_datetime(values, errors="coerce", utc=True)
+        unparseable = parsed.isna() & values.notna()
+        if unparseable.any():
+            rows = np.flatnonzero(unparseable.to_numpy())
+            examples = ", ".join(f"row {i}: {values.iloc[i]!r}" for i in rows[:3])
+            raise DataError(
+                f"{name}: {rows.size} timestamps cannot be parsed as dates ({examples})"
+            )
+        values = parsed
+    index = pd.DatetimeIndex(values, name=TIMESTAMP)
+    if index.tz is not None:
+        index = index.tz_convert("UTC").tz_localize(None)
+    return index.as_unit("ns")
+
+
+# --- synthetic -----------------------------------------------------------------------------
+
+
+def _load_synthetic(
+    config: DataConfig, spec: SyntheticSpec, wanted: Sequence[str] | None, digest: str
+) -> MarketData:
+    name = describe_source(config)
+    columns = synthetic.layout(spec).columns
+    if wanted is None:
+        dropped = {col: "excluded by data.exclude" for col in columns if col in config.exclude}
+        feature_names = [col for col in columns if col not in dropped]
+    else:
+        absent = [col for col in wanted if col not in columns]
+        if absent:
+            raise DataError(f"{name} has no feature columns {absent}")
+        feature_names, dropped = list(wanted), {}
+    stamps, data = synthetic.generate(spec, dict.fromkeys([*FLOW, *feature_names]))
+    arrays = {col: pa.array(values) for col, values in data.items()}
+    return _assemble(config, name, digest, stamps, iter([arrays]), feature_names, dropped)
+
+
+# --- shared validation ---------------------------------------------------------------------
+
+
+def _assemble(
+    config: DataConfig,
+    name: str,
+    digest: str,
+    stamps: pd.DatetimeIndex,
+    batches: Iterator[Mapping[str, pa.Array | pa.ChunkedArray]],
+    feature_names: list[str],
+    dropped: dict[str, str],
+) -> MarketData:
+    stamps = stamps.as_unit("ns")
+    _check_timestamps(stamps, name)
+    n = len(stamps)
+    features = np.empty((n, len(feature_names)), dtype=np.float32)
+    flow = {col: np.empty(n, dtype=np.float32) for col in FLOW}
+    nan_counts = np.zeros(len(feature_names), dtype=np.int64)
+    inf_counts = np.zeros(len(feature_names), dtype=np.int64)
+    row = 0
+    for batch in batches:
+        size = len(next(iter(batch.values())))
+        for col, values in flow.items():
+            values[row : row + size] = _float32(batch[col])
+        for j, col in enumerate(feature_names):
+            block = _float32(batch[col])
+            features[row : row + size, j] = block
+            nan_counts[j] += np.count_nonzero(np.isnan(block))
+            inf_counts[j] += np.count_nonzero(np.isinf(block))
+        row += size
+    if row != n:
+        raise DataError(f"{name}: {row} rows of values for {n} timestamps")
+    _check_flow(flow, stamps, name, config.volume_rtol)
+    if inf_counts.any():
+        bad = {feature_names[j]: int(c) for j, c in enumerate(inf_counts) if c}
+        raise DataError(f"{name}: infinite values in feature columns (column: count) {bad}")
+
+    all_nan = nan_counts == n
+    if all_nan.any():
+        for j in np.flatnonzero(all_nan):
+            dropped[feature_names[j]] = "all values NaN"
+        keep = np.flatnonzero(~all_nan)
+        features = np.ascontiguousarray(features[:, keep])
+        feature_names = [feature_names[j] for j in keep]
+        nan_counts = nan_counts[keep]
+        log.warning("%s: dropped all-NaN columns %s", name, sorted(c for c in dropped))
+    if not feature_names:
+        raise DataError(f"{name} has no usable feature columns")
+    counts = {col: int(c) for col, c in zip(feature_names, nan_counts, strict=True) if c}
+    return MarketData(
+        stamps, features, tuple(feature_names), flow, name, digest, counts, dict(dropped)
+    )
+
+
+def _float32(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return values.cast(pa.float32()).to_numpy(zero_copy_only=False)
+
+
+def _rows(mask: np.ndarray, stamps: pd.DatetimeIndex, limit: int = 3) -> str:
+    """'rows 4 (2023-03-01 00:04:00), 9 (...) and 12 more' for the first offending rows."""
+    rows = np.flatnonzero(mask)
+    shown = ", ".join(f"{i} ({stamps[i]})" for i in rows[:limit])
+    more = f" and {rows.size - limit} more" if rows.size > limit else ""
+    return f"rows {shown}{more}"
+
+
+def _check_timestamps(stamps: pd.DatetimeIndex, name: str) -> None:
+    missing = np.asarray(stamps.isna())
+    if missing.any():
+        rows = np.flatnonzero(missing)
+        raise DataError(f"{name}: {rows.size} missing timestamps (rows {rows[:5].tolist()})")
+    steps = np.diff(stamps.asi8)
+    repeated = np.concatenate([[False], steps == 0])
+    if repeated.any():
+        raise DataError(
+            f"{name}: {int(repeated.sum())} duplicated timestamps at {_rows(repeated, stamps)}"
+        )
+    backwards = np.concatenate([[False], steps < 0])
+    if backwards.any():
+        raise DataError(
+            f"{name}: timestamps are not sorted; {int(backwards.sum())} go back in time, "
+            f"first at {_rows(backwards, stamps)}"
+        )
+
+
+def _check_flow(
+    flow: Mapping[str, np.ndarray], stamps: pd.DatetimeIndex, name: str, rtol: float | None
+) -> None:
+    for col, values in flow.items():
+        for problem, mask in (
+            ("NaN", np.isnan(values)),
+            ("infinite", np.isinf(values)),
+            ("negative", values < 0),
+        ):
+            if mask.any():
+                raise DataError(
+                    f"{name}: column '{col}' has {int(mask.sum())} {problem} values at "
+                    f"{_rows(mask, stamps)}"
+                )
+    if rtol is None:
+        return
+    volume = flow["volume"].astype(np.float64)
+    gap = np.abs(flow["buy_qty"].astype(np.float64) + flow["sell_qty"] - volume)
+    # float32 storage rounds each column by ~6e-8 relative; allow that on top of rtol.
+    inconsistent = gap > rtol * volume + 1e-6 * (volume + 1.0)
+    if inconsistent.any():
+        raise DataError(
+            f"{name}: buy_qty + sell_qty differs from volume by more than "
+            f"{rtol:.3%} (data.volume_rtol) at {_rows(inconsistent, stamps)}"
+        )

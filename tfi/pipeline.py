@@ -1,0 +1,266 @@
+"""Stage order and reuse: the glue between the pure stages and the MLflow layer. No maths here.
+
+``prepare -> select -> tune -> train``. A stage that needs an upstream result first looks for a
+finished run of that stage with the same inputs digest (data digest + the config sections the
+stage depends on) and reuses its logged artifacts; only if there is none does it run the stage,
+in the manner of MLflow's multistep-workflow example. ``main`` runs every stage as a child run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from tfi import data as data_io
+from tfi import score, tracking
+from tfi.champion import train
+from tfi.config import ExperimentConfig
+from tfi.prepare import LabelledData, prepare_labels, training_folds
+from tfi.select import coefficient_figure, path_figure, select_features
+from tfi.session import Prepared, Selected, Session, Trained, Tuned, check_alignment
+from tfi.split import TRAIN
+from tfi.tune import tune, tuned_study, work_as_worker
+
+log = logging.getLogger(__name__)
+
+
+def prepare(session: Session, parent_id: str | None = None, run_id: str | None = None) -> Prepared:
+    """Load, validate, label and split; log the labels and thresholds."""
+    data = session.data()
+    labelled = prepare_labels(data, session.config)
+    cfg = session.config
+    with session.tracker.run(
+        "prepare",
+        session.prepare_key,
+        parent_id,
+        run_id,
+        {tracking.DATA_DIGEST: session.digest},
+    ) as run:
+        run.log_dataset(data, context="prepare")
+        run.log_params(
+            {
+                "data_source": data.source,
+                "horizon": cfg.labels.horizon,
+                "window": cfg.labels.window,
+                "low_quantile": cfg.labels.low_quantile,
+                "high_quantile": cfg.labels.high_quantile,
+                "test_start": cfg.split.test_start.isoformat(),
+                "split_embargo_minutes": cfg.split.embargo_minutes,
+                "n_features": len(data.feature_names),
+            }
+        )
+        summary = labelled.summary()
+        run.log_metrics(summary)
+        run.log_dict(labelled.thresholds.as_dict(), "thresholds.json")
+        run.log_dict(
+            {
+                "rows": {k: int(v) for k, v in summary.items() if k.startswith("rows_")},
+                "class_balance": {k: v for k, v in summary.items() if "_share_" in k},
+                "dropped_rows": {
+                    "purged": int(summary["rows_purged"]),
+                    "unlabelled": int(summary["rows_unlabelled"]),
+                    "zero_volume_windows": labelled.zero_volume_windows,
+                },
+            },
+            "class_balance.json",
+        )
+        run.log_dict(
+            {"nan_counts": dict(data.nan_counts), "not_features": dict(data.dropped)},
+            "data_report.json",
+        )
+        run.log_table(labelled.table(), "labels.parquet")
+    log.info(
+        "prepare: %d train, %d test, %d purged, %d unlabelled rows; thresholds %.4f / %.4f",
+        summary["rows_train"],
+        summary["rows_test"],
+        summary["rows_purged"],
+        summary["rows_unlabelled"],
+        labelled.thresholds.low,
+        labelled.thresholds.high,
+    )
+    return Prepared(run.id, labelled)
+
+
+def upstream_prepare(session: Session, parent_id: str | None = None) -> Prepared:
+    found = session.tracker.find_finished("prepare", session.prepare_key)
+    if found is None:
+        return prepare(session, parent_id)
+    run_id = found.info.run_id
+    log.info("prepare: reusing run %s (same data and label config)", run_id)
+    tracker = session.tracker
+    table = tracker.load_parquet(run_id, "labels.parquet")
+    thresholds = tracker.load_json(run_id, "thresholds.json")
+    zero_volume = int(found.data.metrics.get("zero_volume_windows", 0))
+    return Prepared(run_id, LabelledData.from_table(table, thresholds, zero_volume))
+
+
+# --- select --------------------------------------------------------------------------------
+
+
+def select(
+    session: Session,
+    prepared: Prepared,
+    parent_id: str | None = None,
+    run_id: str | None = None,
+) -> Selected:
+    """LASSO over the purged folds on training rows; log the features and the path."""
+    cfg = session.config
+    data = session.data()
+    labelled = prepared.labelled
+    check_alignment(data, labelled)
+    rows = labelled.rows(TRAIN)
+    folds = training_folds(labelled, cfg.cv)
+    target = labelled.target if cfg.selection.target == "class" else labelled.future_imbalance
+    started = time.perf_counter()
+    selection = select_features(
+        data.features, target[rows], folds, data.feature_names, cfg.selection, rows=rows
+    )
+    seconds = time.perf_counter() - started
+    log.info(
+        "select: alpha=%.4g keeps %d of %d features (%s) in %.1fs",
+        selection.alpha,
+        len(selection.selected),
+        len(data.feature_names),
+        selection.rule,
+        seconds,
+    )
+    if selection.rule != "lasso support":
+        log.warning("select: %s", selection.rule)
+    with session.tracker.run(
+        "select",
+        session.select_key,
+        parent_id,
+        run_id,
+        {tracking.DATA_DIGEST: session.digest, "tfi.prepare_run_id": prepared.run_id},
+    ) as run:
+        run.log_params(
+            {
+                "target": cfg.selection.target,
+                "n_alphas": cfg.selection.n_alphas,
+                "eps": cfg.selection.eps,
+                "max_features": cfg.selection.max_features,
+                "min_features": cfg.selection.min_features,
+                "on_empty": cfg.selection.on_empty,
+                "cv_n_splits": cfg.cv.n_splits,
+                "n_features_in": len(data.feature_names),
+            }
+        )
+        run.log_metrics(
+            {
+                "alpha": selection.alpha,
+                "n_selected": len(selection.selected),
+                "n_lasso_nonzero": selection.n_lasso,
+                "cv_mse": float(selection.cv_mse.mean(axis=0).min()),
+                "select_seconds": seconds,
+            }
+        )
+        run.set_tags({"tfi.selection_rule": selection.rule})
+        run.log_dict(selection.report(), "selected_features.json")
+        run.log_figure(path_figure(selection), "lasso_path.png")
+        run.log_figure(coefficient_figure(selection), "coefficients.png")
+    return Selected(run.id, selection.selected)
+
+
+def upstream_select(session: Session, prepared: Prepared, parent_id: str | None = None) -> Selected:
+    found = session.tracker.find_finished("select", session.select_key)
+    if found is None:
+        return select(session, prepared, parent_id)
+    run_id = found.info.run_id
+    log.info("select: reusing run %s (same data, labels and selection config)", run_id)
+    report = session.tracker.load_json(run_id, "selected_features.json")
+    return Selected(run_id, tuple(report["features"]))
+
+
+def run_prepare(session: Session, run_id: str | None) -> Prepared:
+    return prepare(session, run_id=run_id)
+
+
+def run_select(session: Session, run_id: str | None) -> Selected:
+    return select(session, upstream_prepare(session), run_id=run_id)
+
+
+def run_tune(session: Session, run_id: str | None) -> Tuned:
+    prepared = upstream_prepare(session)
+    selected = upstream_select(session, prepared)
+    session.release()
+    return tune(session, prepared, selected, run_id=run_id)
+
+
+def run_train(session: Session, run_id: str | None) -> Trained:
+    prepared = upstream_prepare(session)
+    selected = upstream_select(session, prepared)
+    session.release()
+    tuned = tuned_study(session, prepared, selected) or tune(session, prepared, selected)
+    return train(session, prepared, selected, tuned, run_id=run_id)
+
+
+def run_tune_worker(config: ExperimentConfig, worker_index: int) -> None:
+    """One of the worker processes a ``tune --workers N`` command starts on this machine."""
+    session = Session.open(config)
+    prepared = upstream_prepare(session)
+    selected = upstream_select(session, prepared)
+    session.release()
+    work_as_worker(session, prepared, selected, worker_index)
+
+
+def run_main(session: Session, run_id: str | None) -> Trained:
+    """The whole pipeline as child runs of one ``main`` run."""
+    with session.tracker.run(
+        "main", run_id=run_id, tags={tracking.DATA_DIGEST: session.digest}
+    ) as run:
+        run.log_params(
+            {
+                "config": session.config.name,
+                "data_source": data_io.describe_source(session.config.data),
+            }
+        )
+        prepared = upstream_prepare(session, run.id)
+        selected = upstream_select(session, prepared, run.id)
+        session.release()
+        tuned = tune(session, prepared, selected, parent_id=run.id)
+        trained = train(session, prepared, selected, tuned, parent_id=run.id)
+        run.set_tags(
+            {
+                "tfi.prepare_run_id": prepared.run_id,
+                "tfi.select_run_id": selected.run_id,
+                tracking.TUNE_RUN: tuned.run_id,
+                "tfi.train_run_id": trained.run_id,
+                "tfi.model_version": trained.promotion.version,
+                "tfi.promotion": trained.promotion.alias,
+            }
+        )
+        run.log_metrics(
+            {**trained.metrics, f"best_cv_{session.config.tuning.metric}": tuned.best.value}
+        )
+    return trained
+
+
+def run_score(
+    config: ExperimentConfig,
+    model_uri: str | None,
+    output: str,
+    run_id: str | None,
+    batch_rows: int,
+) -> Path:
+    """Score the configured data with a registered model and write the predictions."""
+    tracking.check_tracking()
+    uri = model_uri or f"models:/{config.registry.model_name}@{config.registry.champion_alias}"
+    model = score.load_model(uri)
+    features = score.model_features(model)
+    data = data_io.load(config.data, features=features)
+    result = score.predict(model, data, batch_rows)
+    path = score.write(result, output)
+    tracker = tracking.Tracker(config.mlflow_experiment, run_id)
+    with tracker.run("score", run_id=run_id, tags={tracking.DATA_DIGEST: data.digest}) as run:
+        run.log_dataset(data, context="score")
+        run.log_params({"model_uri": uri, "output": str(path), "rows": data.n_rows})
+        shares = result["prediction"].value_counts(normalize=True)
+        run.log_metrics(
+            {
+                f"share_{name}": float(shares.get(value, 0.0))
+                for value, name in ((-1, "sell"), (0, "neutral"), (1, "buy"))
+            }
+        )
+    log.info("score: %d rows from %s -> %s", data.n_rows, uri, path)
+    return path

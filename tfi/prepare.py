@@ -1,0 +1,141 @@
+"""The prepare stage's pure core: labels, periods and thresholds for validated market data.
+
+Reads a :class:`~tfi.data.MarketData`, returns :class:`LabelledData`. The label table it produces
+(``labels.parquet`` in MLflow) is what every later stage trains and evaluates on, and it can be
+read back with :meth:`LabelledData.from_table`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tfi.config import CVConfig, ExperimentConfig
+from tfi.data import MarketData
+from tfi.errors import SplitError
+from tfi.labels import CLASS_NAMES, CLASSES, Thresholds, classify, fit_thresholds, future_imbalance
+from tfi.split import (
+    PERIODS,
+    TEST,
+    TRAIN,
+    Fold,
+    assign_periods,
+    require_classes,
+    walk_forward_folds,
+)
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    timestamps: pd.DatetimeIndex
+    future_imbalance: np.ndarray
+    window_end: np.ndarray
+    target: np.ndarray  # -1/0/1 as float, NaN where undefined
+    period: np.ndarray  # one of split.PERIODS per row
+    thresholds: Thresholds
+    zero_volume_windows: int = 0
+
+    def rows(self, period: str) -> np.ndarray:
+        """Positions of the rows of one period, in time order."""
+        return np.flatnonzero(self.period == period)
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "timestamp": self.timestamps,
+                "future_imbalance": self.future_imbalance,
+                "window_end": self.window_end,
+                "target": pd.array(self.target, dtype="Float64").astype("Int8"),
+                "period": pd.Categorical(self.period, categories=PERIODS),
+            }
+        )
+
+    @classmethod
+    def from_table(
+        cls, table: pd.DataFrame, thresholds: Mapping[str, float], zero_volume_windows: int = 0
+    ) -> LabelledData:
+        target = table["target"].astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
+        return cls(
+            pd.DatetimeIndex(table["timestamp"]).as_unit("ns"),
+            table["future_imbalance"].to_numpy(dtype=np.float64),
+            table["window_end"].to_numpy(dtype="datetime64[ns]"),
+            target,
+            table["period"].astype(str).to_numpy(dtype=object),
+            Thresholds(**thresholds),
+            zero_volume_windows,
+        )
+
+    def summary(self) -> dict[str, float]:
+        """Row counts per period and class shares per labelled period (flat, for metrics)."""
+        out: dict[str, float] = {"rows_total": float(len(self.period))}
+        for period in PERIODS:
+            out[f"rows_{period}"] = float(np.count_nonzero(self.period == period))
+        for period in (TRAIN, TEST, "purged"):
+            target = self.target[self.period == period]
+            for cls_value in CLASSES:
+                share = float(np.mean(target == cls_value)) if target.size else 0.0
+                out[f"{period}_share_{CLASS_NAMES[cls_value]}"] = share
+        out["zero_volume_windows"] = float(self.zero_volume_windows)
+        return out
+
+
+def prepare_labels(data: MarketData, config: ExperimentConfig) -> LabelledData:
+    """Future imbalance, periods, training-only thresholds and classes for every row."""
+    labels = config.labels
+    imbalance = future_imbalance(
+        data.timestamps,
+        data.flow["buy_qty"],
+        data.flow["sell_qty"],
+        data.flow["volume"],
+        labels.horizon,
+        labels.window,
+        pd.Timedelta(minutes=config.data.bar_minutes),
+    )
+    if np.all(np.isnan(imbalance.values)):
+        raise SplitError(
+            f"{data.source}: no row has a defined label (needs {labels.horizon}+ consecutive "
+            "minutes with volume after it)"
+        )
+    period = assign_periods(
+        data.timestamps,
+        imbalance.window_end,
+        pd.Timestamp(config.split.test_start),
+        pd.Timedelta(minutes=config.split.embargo_minutes),
+    )
+    train = period == TRAIN
+    thresholds = fit_thresholds(imbalance.values[train], labels.low_quantile, labels.high_quantile)
+    target = classify(imbalance.values, thresholds)
+    require_classes(target[train], "the training period", CLASSES)
+    return LabelledData(
+        data.timestamps,
+        imbalance.values,
+        imbalance.window_end,
+        target,
+        period,
+        thresholds,
+        imbalance.zero_volume,
+    )
+
+
+def training_folds(labelled: LabelledData, config: CVConfig) -> list[Fold]:
+    """Purged walk-forward folds over the training rows (indices into those rows)."""
+    rows = labelled.rows(TRAIN)
+    folds = walk_forward_folds(
+        labelled.timestamps.to_numpy()[rows],
+        labelled.window_end[rows],
+        config.n_splits,
+        pd.Timedelta(minutes=config.embargo_minutes),
+        config.min_train_rows,
+    )
+    target = labelled.target[rows]
+    for i, fold in enumerate(folds):
+        require_classes(target[: fold.train_stop], f"the training rows of fold {i}", CLASSES)
+    return folds
+
+
+def lightgbm_classes(target: np.ndarray) -> np.ndarray:
+    """-1/0/1 targets as LightGBM's 0/1/2 class indices."""
+    return (target + 1).astype(np.int32)

@@ -1,0 +1,173 @@
+"""What the stages of one command share: config, MLflow experiment, Optuna storage, the data.
+
+Also the identities that make reuse work: a stage's inputs digest is the data's content digest
+plus the config sections the stage depends on, and the default study name derives from the
+select stage's digest and the tuning set-up, so the same inputs always land in the same study.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from optuna.trial import FrozenTrial
+
+from tfi import data as data_io
+from tfi import registry, tracking
+from tfi.config import ExperimentConfig
+from tfi.data import MarketData
+from tfi.errors import StageError
+from tfi.prepare import LabelledData
+from tfi.uris import inside, sqlite_path
+
+STORAGE_ENV = "TFI_OPTUNA_STORAGE"
+# Tuning fields that change how a study is run, not what it optimises.
+_OPERATIONAL = {
+    "n_trials",
+    "workers",
+    "study",
+    "storage",
+    "num_threads",
+    "heartbeat_interval",
+    "heartbeat_grace",
+    "max_retry",
+}
+
+
+def _hash(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass
+class Session:
+    """What the stages of one command share: config, MLflow experiment, storage, the data."""
+
+    config: ExperimentConfig
+    tracker: tracking.Tracker
+    storage_uri: str
+    digest: str
+    _full: MarketData | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(
+        cls,
+        config: ExperimentConfig,
+        invocation_run_id: str | None = None,
+        storage: str | None = None,
+    ) -> Session:
+        tracking.check_tracking()
+        tracker = tracking.Tracker(config.mlflow_experiment, invocation_run_id)
+        return cls(
+            config, tracker, resolve_storage(config, storage), data_io.source_digest(config.data)
+        )
+
+    def data(self, features: Sequence[str] | None = None) -> MarketData:
+        """All feature columns (loaded once), or just ``features`` (read alone when possible)."""
+        if features is None:
+            if self._full is None:
+                self._full = data_io.load(self.config.data, digest=self.digest)
+            return self._full
+        if self._full is not None:
+            full = self._full
+            return MarketData(
+                full.timestamps,
+                full.columns(features),
+                tuple(features),
+                full.flow,
+                full.source,
+                full.digest,
+                {k: v for k, v in full.nan_counts.items() if k in features},
+            )
+        return data_io.load(self.config.data, features=features, digest=self.digest)
+
+    def release(self) -> None:
+        """Forget the full feature matrix once only selected columns are needed."""
+        self._full = None
+
+    @property
+    def prepare_key(self) -> str:
+        return _hash(self.digest, self.config.digest("data", "labels", "split"))
+
+    @property
+    def select_key(self) -> str:
+        return _hash(self.prepare_key, self.config.digest("cv", "selection"))
+
+    @property
+    def study_name(self) -> str:
+        if self.config.tuning.study:
+            return self.config.tuning.study
+        identity = self.config.tuning.model_dump(mode="json", exclude=_OPERATIONAL)
+        key = _hash(self.select_key, json.dumps(identity, sort_keys=True))
+        return f"tfi-{self.config.name}-{key[:10]}"
+
+    @property
+    def threads(self) -> int:
+        tuning = self.config.tuning
+        return tuning.num_threads or max(1, available_cores() // tuning.workers)
+
+
+def resolve_storage(config: ExperimentConfig, override: str | None) -> str:
+    """Optuna storage: --storage, $TFI_OPTUNA_STORAGE, the config, or SQLite beside MLflow's."""
+    explicit = override or os.environ.get(STORAGE_ENV)
+    if explicit:
+        return explicit
+    if config.tuning.storage:
+        path = sqlite_path(config.tuning.storage)
+        if path is not None:  # a config file may not write outside the output location
+            return f"sqlite:///{inside(config.output_dir, path, 'tuning.storage')}"
+        return config.tuning.storage
+    tracking_file = sqlite_path(tracking.tracking_uri())
+    folder = tracking_file.parent if tracking_file else Path(config.output_dir)
+    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
+
+
+# --- stage outputs -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prepared:
+    run_id: str
+    labelled: LabelledData
+
+
+@dataclass(frozen=True)
+class Selected:
+    run_id: str
+    features: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Tuned:
+    run_id: str
+    study_name: str
+    best: FrozenTrial
+
+
+@dataclass(frozen=True)
+class Trained:
+    run_id: str
+    model_uri: str
+    promotion: registry.Promotion
+    metrics: dict[str, float]
+
+
+# --- prepare -------------------------------------------------------------------------------
+
+
+def check_alignment(data: MarketData, labelled: LabelledData) -> None:
+    if data.n_rows != len(labelled.timestamps) or not data.timestamps.equals(labelled.timestamps):
+        raise StageError(
+            f"{data.source} does not have the timestamps of the prepared labels: "
+            "the data changed since the prepare run"
+        )
+
+
+# --- tune ----------------------------------------------------------------------------------

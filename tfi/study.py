@@ -1,0 +1,272 @@
+"""Optuna studies in a shared storage: budgets, workers, heartbeats, resumption.
+
+A study lives in an RDB storage (SQLite by default, PostgreSQL to scale out) with heartbeats, so a
+trial whose worker died is failed and retried once its heartbeat goes stale.
+
+Trial budget: a ``tune`` command asks for ``n_trials``. If the study has no unfinished trial, the
+command opens a new *budget round*: it enqueues ``n_trials`` waiting trials. If the study does
+have waiting or running trials (an interrupted command, or workers on other machines still
+busy), the command joins that round instead of adding its own. So re-running a finished study
+adds ``n_trials`` trials; re-running an interrupted one finishes what it had left; any number of
+workers, local processes or machines, share one round's budget. Opening a round is serialised by
+a lock made of Optuna's own unique study names, so two commands starting together cannot both
+open one.
+
+Workers claim waiting trials one at a time. Optuna's ``Study.ask`` would create a brand-new
+trial when another worker took the last waiting one, overshooting the budget; :func:`claim`
+takes only queued trials.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import optuna
+from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from tfi.config import TuningConfig
+from tfi.errors import TrackingError
+from tfi.uris import mask_text, mask_uri
+
+log = logging.getLogger(__name__)
+
+ROUND_ATTR = "tfi.round"
+ROUNDS_ATTR = "tfi.rounds"
+WORKER_ATTR = "tfi.worker"
+ERROR_ATTR = "tfi.error"
+UNFINISHED = (TrialState.WAITING, TrialState.RUNNING)
+_LOCK_STALE_SECONDS = 120.0
+
+
+@contextmanager
+def experimental_ok() -> Iterator[None]:
+    """Heartbeats, stale-trial retries and matplotlib plots are marked experimental in Optuna."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        yield
+
+
+def open_storage(uri: str, config: TuningConfig) -> RDBStorage:
+    """An RDB storage with heartbeats; a clear error (password masked) if it cannot be used."""
+    engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
+    if uri.startswith("sqlite"):
+        # Several worker processes share one SQLite file: wait for the write lock.
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    try:
+        with experimental_ok():
+            return RDBStorage(
+                uri,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=config.heartbeat_interval,
+                grace_period=config.heartbeat_grace,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(config.max_retry),
+            )
+    except Exception as exc:  # SQLAlchemy and driver errors vary by backend
+        raise TrackingError(
+            f"cannot open the Optuna storage {mask_uri(uri)}: {mask_text(str(exc))}"
+        ) from None
+
+
+def sampler_and_pruner(
+    config: TuningConfig, worker_index: int
+) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
+    # Each worker gets its own seed: identical seeds would sample identical startup trials.
+    sampler = optuna.samplers.TPESampler(
+        seed=config.seed + worker_index, multivariate=True, constant_liar=True
+    )
+    pruner: optuna.pruners.BasePruner
+    if config.pruner == "median":
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=config.pruner_startup_trials)
+    elif config.pruner == "halving":
+        pruner = optuna.pruners.SuccessiveHalvingPruner()
+    else:
+        pruner = optuna.pruners.NopPruner()
+    return sampler, pruner
+
+
+def open_study(
+    storage: RDBStorage, name: str, config: TuningConfig, worker_index: int = 0
+) -> optuna.Study:
+    sampler, pruner = sampler_and_pruner(config, worker_index)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction=config.direction,
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    wanted = StudyDirection.MINIMIZE if config.direction == "minimize" else StudyDirection.MAXIMIZE
+    if study.direction != wanted:
+        raise TrackingError(
+            f"study '{name}' already exists and {study.direction.name.lower()}s; "
+            f"metric {config.metric} needs {config.direction}: choose another study name"
+        )
+    return study
+
+
+@contextmanager
+def study_lock(study: optuna.Study, timeout: float = 300.0) -> Iterator[None]:
+    """Mutual exclusion across processes and machines that share the study's storage."""
+    storage = study._storage
+    lock_name = f"{study.study_name}::lock"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            lock_id = storage.create_new_study([StudyDirection.MINIMIZE], lock_name)
+            storage.set_study_user_attr(lock_id, "acquired_at", time.time())
+            break
+        except DuplicatedStudyError:
+            _break_if_stale(storage, lock_name)
+            if time.monotonic() > deadline:
+                raise TrackingError(
+                    f"study '{study.study_name}' stayed locked for {timeout:.0f}s"
+                ) from None
+            time.sleep(0.2)
+    try:
+        yield
+    finally:
+        storage.delete_study(lock_id)
+
+
+def _break_if_stale(storage: optuna.storages.BaseStorage, lock_name: str) -> None:
+    try:
+        lock_id = storage.get_study_id_from_name(lock_name)
+        acquired = storage.get_study_user_attrs(lock_id).get("acquired_at")
+        if acquired is not None and time.time() - acquired > _LOCK_STALE_SECONDS:
+            log.warning("breaking a stale lock on %s", lock_name)
+            storage.delete_study(lock_id)
+    except KeyError:
+        pass  # released meanwhile
+
+
+@dataclass(frozen=True)
+class Budget:
+    round: int
+    n_trials: int  # trials enqueued by this command; 0 when it joined a round
+    joined: bool
+
+
+def open_budget(study: optuna.Study, n_trials: int) -> Budget:
+    """Join the study's unfinished round, or enqueue a new round of ``n_trials``.
+
+    Call under :func:`study_lock`.
+    """
+    with experimental_ok():
+        fail_stale_trials(study)
+    rounds = int(study.user_attrs.get(ROUNDS_ATTR, 0))
+    if study.get_trials(deepcopy=False, states=UNFINISHED):
+        return Budget(rounds, 0, joined=True)
+    for _ in range(n_trials):
+        study.enqueue_trial({}, user_attrs={ROUND_ATTR: rounds + 1})
+    study.set_user_attr(ROUNDS_ATTR, rounds + 1)
+    return Budget(rounds + 1, n_trials, joined=False)
+
+
+def claim(study: optuna.Study) -> optuna.Trial | None:
+    """Atomically take one waiting trial, or None when the queue is empty."""
+    trial_id = study._pop_waiting_trial_id()
+    if trial_id is None:
+        return None
+    trial = optuna.Trial(study, trial_id)
+    trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+    return trial
+
+
+class TrialHooks(Protocol):
+    """What the tracking layer does around each trial (see ``tfi.tracking``)."""
+
+    def started(self, trial: optuna.Trial) -> None: ...
+
+    def finished(self, trial: FrozenTrial, error: str | None) -> None: ...
+
+
+@dataclass
+class WorkSummary:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+
+
+def work(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    hooks: TrialHooks,
+    wait_for_all: bool,
+    poll_seconds: float = 1.0,
+) -> WorkSummary:
+    """Run queued trials until none is left; with ``wait_for_all`` also outlive other workers.
+
+    Waiting lets the command that opened a round finish it: it retries the trials of workers
+    that died (once their heartbeat is stale) and only returns when no trial is unfinished.
+    """
+    summary = WorkSummary()
+    while True:
+        with experimental_ok():
+            fail_stale_trials(study)
+        trial = claim(study)
+        if trial is not None:
+            state = _run_one(study, trial, objective, hooks)
+            if state == TrialState.COMPLETE:
+                summary.complete += 1
+            elif state == TrialState.PRUNED:
+                summary.pruned += 1
+            else:
+                summary.failed += 1
+            continue
+        if not wait_for_all or not study.get_trials(deepcopy=False, states=UNFINISHED):
+            return summary
+        time.sleep(poll_seconds)
+
+
+def _run_one(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    objective: Callable[[optuna.Trial], float],
+    hooks: TrialHooks,
+) -> TrialState:
+    hooks.started(trial)
+    error: str | None = None
+    value: float | None = None
+    try:
+        with get_heartbeat_thread(trial._trial_id, study._storage):
+            try:
+                value = objective(trial)
+                state = TrialState.COMPLETE
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except Exception as exc:  # a failing trial is recorded; the study goes on
+                state = TrialState.FAIL
+                error = mask_text(f"{type(exc).__name__}: {exc}")
+                trial.set_user_attr(ERROR_ATTR, error[:1000])
+                log.warning("trial %d failed: %s", trial.number, error)
+    except BaseException:
+        # Interrupted (Ctrl-C, SystemExit): record the trial as failed, then stop.
+        frozen = study.tell(trial, state=TrialState.FAIL)
+        hooks.finished(frozen, "interrupted")
+        raise
+    if state == TrialState.COMPLETE:
+        frozen = study.tell(trial, value)
+    else:
+        frozen = study.tell(trial, state=state)
+    hooks.finished(frozen, error)
+    return frozen.state
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:  # no complete trial yet
+        return None

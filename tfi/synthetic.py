@@ -1,0 +1,178 @@
+"""Embedded, deterministic DRW-shaped minute data with a planted order-flow signal.
+
+A persistent latent buy/sell pressure (a fast and a slow AR(1) process) drives the taker buy
+share of each minute's volume; volume follows an intraday and weekly cycle. The anonymised
+columns ``X1..Xn`` are of three kinds: noisy, lagged views of the latent pressure (the
+*informative* ones, some non-linear), near-collinear copies of those, and heavy-tailed noise. The
+``label`` column imitates the competition's target: it is built from the *future* latent and must
+never be used as a feature (the default data contract excludes it).
+
+Every column is generated from its own seeded random stream, so any subset of columns can be
+produced without the others and the same spec always gives the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from scipy.signal import lfilter
+
+from tfi.config import SyntheticSpec
+
+GENERATOR_VERSION = 1
+FLOW_COLUMNS = ("bid_qty", "ask_qty", "buy_qty", "sell_qty", "volume")
+LABEL_COLUMN = "label"
+_BURN_IN = 2_000
+_NAN_COLUMNS = 2  # noise columns given a few NaNs, as real feature files have
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which X column is what; fixed by the spec's seed."""
+
+    names: tuple[str, ...]
+    informative: dict[str, tuple[int, float, float]]  # name -> (lag, noise sd, sign)
+    collinear: dict[str, str]  # name -> informative column it copies
+    with_nans: tuple[str, ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (*FLOW_COLUMNS, *self.names, LABEL_COLUMN)
+
+
+def layout(spec: SyntheticSpec) -> Layout:
+    rng = np.random.default_rng([spec.seed, 1])
+    names = tuple(f"X{i}" for i in range(1, spec.features + 1))
+    order = rng.permutation(spec.features)
+    informative_idx = order[: spec.informative]
+    collinear_idx = order[spec.informative : spec.informative + spec.collinear]
+    noise_idx = order[spec.informative + spec.collinear :]
+    informative = {
+        names[i]: (int(rng.choice([0, 1, 2, 3, 5])), float(rng.uniform(0.8, 2.5)), float(sign))
+        for i, sign in zip(
+            informative_idx, rng.choice([-1.0, 1.0], len(informative_idx)), strict=True
+        )
+    }
+    sources = list(informative)
+    collinear = {names[i]: sources[k % len(sources)] for k, i in enumerate(collinear_idx)}
+    with_nans = tuple(names[i] for i in noise_idx[:_NAN_COLUMNS])
+    return Layout(names, informative, collinear, with_nans)
+
+
+def informative_features(spec: SyntheticSpec) -> list[str]:
+    """Columns that carry the planted signal: the informative views and their copies."""
+    lay = layout(spec)
+    return [*lay.informative, *lay.collinear]
+
+
+def timestamps(spec: SyntheticSpec) -> pd.DatetimeIndex:
+    return pd.date_range(spec.start, periods=spec.rows, freq="min", name="timestamp")
+
+
+def generate(
+    spec: SyntheticSpec, columns: Iterable[str] | None = None
+) -> tuple[pd.DatetimeIndex, dict[str, np.ndarray]]:
+    """Timestamps and the requested columns (all by default) as float32 arrays."""
+    lay = layout(spec)
+    wanted = list(lay.columns if columns is None else columns)
+    unknown = sorted(set(wanted) - set(lay.columns))
+    if unknown:
+        raise KeyError(f"synthetic data has no columns {unknown}")
+    latent = _latent(spec)
+    flow = _flow(spec, latent)
+    out: dict[str, np.ndarray] = {}
+    for name in wanted:
+        if name in flow:
+            out[name] = flow[name]
+        elif name == LABEL_COLUMN:
+            out[name] = _future_label(spec, latent)
+        else:
+            out[name] = _feature(spec, lay, latent, name)
+    return timestamps(spec), out
+
+
+def frame(spec: SyntheticSpec, columns: Iterable[str] | None = None) -> pd.DataFrame:
+    index, data = generate(spec, columns)
+    return pd.DataFrame(data, index=index)
+
+
+def write_parquet(spec: SyntheticSpec, path: str | Path, row_group_size: int = 65_536) -> Path:
+    """Write the data as a DRW-like parquet file (DatetimeIndex ``timestamp``, float32)."""
+    index, data = generate(spec)
+    table = pa.table({"timestamp": pa.array(index.to_numpy()), **data})
+    path = Path(path)
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+def _ar1(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:
+    """Stationary AR(1) with unit variance."""
+    shocks = rng.standard_normal(n + _BURN_IN)
+    return lfilter([np.sqrt(1 - phi**2)], [1.0, -phi], shocks)[_BURN_IN:]
+
+
+def _latent(spec: SyntheticSpec) -> np.ndarray:
+    rng = np.random.default_rng([spec.seed, 2])
+    fast = _ar1(rng, spec.rows, 0.95)  # half-life ~14 minutes
+    slow = _ar1(rng, spec.rows, 0.998)  # half-life ~6 hours
+    return 0.9 * fast + 0.35 * slow
+
+
+def _flow(spec: SyntheticSpec, latent: np.ndarray) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([spec.seed, 3])
+    n = spec.rows
+    minute = np.arange(n)
+    minute_of_day = minute % 1440
+    day_of_week = (pd.Timestamp(spec.start).dayofweek + minute // 1440) % 7
+    intraday = np.exp(0.5 * np.cos(2 * np.pi * (minute_of_day - 14 * 60) / 1440))
+    weekly = np.where(day_of_week >= 5, 0.7, 1.0)
+    activity = np.exp(0.4 * _ar1(rng, n, 0.995))
+    volume = 40.0 * intraday * weekly * activity * rng.lognormal(0.0, 0.6, n)
+    volume *= 1.0 + 0.3 * np.abs(latent)
+    buy_share = 1.0 / (1.0 + np.exp(-(0.5 * spec.signal * latent + 1.2 * rng.standard_normal(n))))
+    buy = volume * buy_share
+    depth = 20.0 * np.sqrt(intraday)
+    bid = depth * np.exp(0.2 * latent + 0.5 * rng.standard_normal(n))
+    ask = depth * np.exp(-0.2 * latent + 0.5 * rng.standard_normal(n))
+    columns = {"bid_qty": bid, "ask_qty": ask, "buy_qty": buy, "sell_qty": volume - buy}
+    columns["volume"] = volume
+    return {name: values.astype(np.float32) for name, values in columns.items()}
+
+
+def _column_rng(spec: SyntheticSpec, name: str) -> np.random.Generator:
+    return np.random.default_rng([spec.seed, 4, int(name.removeprefix("X"))])
+
+
+def _feature(spec: SyntheticSpec, lay: Layout, latent: np.ndarray, name: str) -> np.ndarray:
+    if name in lay.collinear:
+        source = _feature(spec, lay, latent, lay.collinear[name])
+        rng = _column_rng(spec, name)
+        scale, offset = rng.uniform(0.5, 2.0), rng.normal(0.0, 1.0)
+        jitter = 0.05 * np.nanstd(source) * rng.standard_normal(spec.rows)
+        return (scale * source + offset + jitter).astype(np.float32)
+    rng = _column_rng(spec, name)
+    if name in lay.informative:
+        lag, noise_sd, sign = lay.informative[name]
+        lagged = np.concatenate([np.full(lag, latent[0]), latent[: spec.rows - lag]])
+        view = sign * lagged + noise_sd * rng.standard_normal(spec.rows)
+        if int(name.removeprefix("X")) % 3 == 0:
+            view = np.exp(0.6 * view)  # skewed, non-linear view: trees see it, LASSO less so
+        return (rng.uniform(0.5, 3.0) * view + rng.normal(0.0, 2.0)).astype(np.float32)
+    values = rng.standard_t(3.0, spec.rows) * rng.uniform(0.2, 5.0) + rng.normal(0.0, 1.0)
+    if name in lay.with_nans:
+        values[rng.random(spec.rows) < 0.005] = np.nan
+    return values.astype(np.float32)
+
+
+def _future_label(spec: SyntheticSpec, latent: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng([spec.seed, 5])
+    horizon = 30
+    padded = np.concatenate([latent, np.full(horizon, latent[-1])])
+    future_mean = np.convolve(padded, np.ones(horizon) / horizon, mode="valid")[1 : spec.rows + 1]
+    return (0.5 * future_mean + rng.standard_normal(spec.rows)).astype(np.float32)

@@ -1,0 +1,315 @@
+"""The MLflow layer: stage runs, reuse of finished runs, trial child runs, artifacts.
+
+Stages compute with pure functions and hand their results here to be recorded. Every run carries
+``tfi.stage`` and, for reusable stages, ``tfi.inputs``: a digest of the data and of the config
+sections the stage depends on. A later command that needs the same stage output finds the
+finished run with the same digest and downloads its artifacts instead of recomputing them.
+
+Optuna trials become child runs of the study's parent run through the client API with an
+explicit parent id, so nesting holds in any thread or process. URIs are masked before they are
+recorded anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+import pandas as pd
+from matplotlib.figure import Figure
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.sources import LocalArtifactDatasetSource
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from optuna.trial import FrozenTrial, TrialState
+
+from tfi.data import MarketData
+from tfi.errors import StageError, TfiError, TrackingError
+from tfi.objective import fold_scores
+from tfi.uris import mask_text, mask_uri
+
+log = logging.getLogger(__name__)
+
+STAGE = "tfi.stage"
+INPUTS = "tfi.inputs"
+DATA_DIGEST = "tfi.data_digest"
+ERROR = "tfi.error"
+STUDY = "tfi.study"
+TUNE_RUN = "tfi.tune_run_id"
+RUN_ATTR = "mlflow_run_id"
+_PARAM_LIMIT = 6000
+
+
+def tracking_uri() -> str:
+    return mlflow.get_tracking_uri()
+
+
+def check_tracking() -> None:
+    """Fail fast, before any compute, when the tracking store cannot be reached."""
+    uri = tracking_uri()
+    try:
+        if uri.startswith(("http://", "https://")):
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as reply:
+                if reply.status != 200:
+                    raise OSError(f"HTTP {reply.status}")
+        else:
+            MlflowClient().search_experiments(max_results=1)
+    except Exception as exc:  # urllib, SQLAlchemy and MLflow raise many kinds
+        raise TrackingError(
+            f"MLflow tracking store {mask_uri(uri)} is unreachable: {mask_text(str(exc))}"
+        ) from None
+
+
+class Tracker:
+    """An MLflow experiment and the runs tfi makes in it."""
+
+    def __init__(self, experiment_name: str, invocation_run_id: str | None = None):
+        self.client = MlflowClient()
+        self.invocation_run_id = invocation_run_id
+        if invocation_run_id:
+            self.experiment_id = self.client.get_run(invocation_run_id).info.experiment_id
+        elif os.environ.get("MLFLOW_EXPERIMENT_ID"):
+            self.experiment_id = os.environ["MLFLOW_EXPERIMENT_ID"]
+        else:
+            name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name
+            found = self.client.get_experiment_by_name(name)
+            self.experiment_id = (
+                found.experiment_id if found else self.client.create_experiment(name)
+            )
+
+    def find_finished(self, stage: str, inputs: str) -> Run | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(
+                f"tags.`{STAGE}` = '{stage}' and tags.`{INPUTS}` = '{inputs}' "
+                "and attributes.status = 'FINISHED'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0] if runs else None
+
+    @contextmanager
+    def run(
+        self,
+        stage: str,
+        inputs: str | None = None,
+        parent_id: str | None = None,
+        run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Iterator[StageRun]:
+        """A stage run, new or given (``mlflow run``'s); FAILED with the reason on error."""
+        all_tags = {STAGE: stage, **(tags or {})}
+        if inputs:
+            all_tags[INPUTS] = inputs
+        if parent_id:
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent_id
+        if run_id is None:
+            run_id = self.client.create_run(
+                self.experiment_id, tags=all_tags, run_name=stage
+            ).info.run_id
+        else:
+            for key, value in all_tags.items():
+                self.client.set_tag(run_id, key, value)
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+            try:
+                yield StageRun(self.client, run_id)
+            except TfiError as exc:
+                self.client.set_tag(run_id, ERROR, mask_text(str(exc))[:5000])
+                raise
+            except BaseException as exc:
+                self.client.set_tag(run_id, ERROR, mask_text(f"{type(exc).__name__}: {exc}"))
+                raise
+
+    def download(self, run_id: str, path: str, into: Path) -> Path:
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=path, dst_path=str(into)
+            )
+        )
+
+    def load_json(self, run_id: str, path: str) -> Any:
+        with tempfile.TemporaryDirectory() as tmp:
+            return json.loads(self.download(run_id, path, Path(tmp)).read_text())
+
+    def load_parquet(self, run_id: str, path: str) -> pd.DataFrame:
+        with tempfile.TemporaryDirectory() as tmp:
+            return pd.read_parquet(self.download(run_id, path, Path(tmp)))
+
+    def tag(self, run_id: str, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def resume(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+    def status(self, run_id: str) -> str | None:
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        return None if run.info.lifecycle_stage == "deleted" else run.info.status
+
+
+class StageRun:
+    """Logging helpers for one run (the active run inside :meth:`Tracker.run`)."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client = client
+        self.id = run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.client.log_batch(
+            self.id, params=[Param(k, _param_value(v)) for k, v in params.items()]
+        )
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = _now_ms()
+        self.client.log_batch(
+            self.id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
+        )
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self.client.log_batch(self.id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_dict(self, payload: Any, path: str) -> None:
+        self.client.log_dict(self.id, payload, path)
+
+    def log_text(self, text: str, path: str) -> None:
+        self.client.log_text(self.id, text, path)
+
+    def log_figure(self, figure: Figure, path: str) -> None:
+        self.client.log_figure(self.id, figure, path)
+        figure.clear()
+
+    def log_table(self, table: pd.DataFrame, path: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / Path(path).name
+            table.to_parquet(local, index=False)
+            folder = str(Path(path).parent)
+            self.client.log_artifact(self.id, str(local), None if folder == "." else folder)
+
+    def log_dataset(self, data: MarketData, context: str) -> None:
+        """Name the run's data in MLflow's dataset tracking, with tfi's content digest."""
+        if data.source.startswith("synthetic("):
+            source = CodeDatasetSource({"generator": "tfi.synthetic", "spec": data.source})
+        else:
+            source = LocalArtifactDatasetSource(str(Path(data.source).resolve()))
+        dataset = mlflow.data.from_pandas(
+            data.frame(), source=source, name=Path(data.source).name, digest=data.digest
+        )
+        mlflow.log_input(dataset, context=context)
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= _PARAM_LIMIT else text[: _PARAM_LIMIT - 3] + "..."
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --- Optuna trials as child runs ------------------------------------------------------------
+
+
+class TrialRuns:
+    """Optuna trial hooks that record each trial as a child run of the study's parent run."""
+
+    def __init__(self, tracker: Tracker, parent_run_id: str, study_name: str):
+        self.client = tracker.client
+        self.experiment_id = tracker.experiment_id
+        self.parent_run_id = parent_run_id
+        self.study_name = study_name
+
+    def started(self, trial: optuna.Trial) -> None:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{trial.number:04d}",
+            tags={
+                MLFLOW_PARENT_RUN_ID: self.parent_run_id,
+                STAGE: "trial",
+                STUDY: self.study_name,
+                "optuna.study_name": self.study_name,
+                "optuna.trial_number": str(trial.number),
+                "optuna.trial_state": "RUNNING",
+                "tfi.worker_host": socket.gethostname(),
+                "tfi.worker_pid": str(os.getpid()),
+            },
+        )
+        trial.set_user_attr(RUN_ATTR, run.info.run_id)
+
+    def finished(self, trial: FrozenTrial, error: str | None) -> None:
+        run_id = trial.user_attrs.get(RUN_ATTR)
+        if run_id is None:
+            return
+        record_trial(self.client, run_id, trial, error)
+        status = RunStatus.FINISHED
+        if trial.state == TrialState.FAIL:
+            status = RunStatus.KILLED if error == "interrupted" else RunStatus.FAILED
+        self.client.set_terminated(run_id, RunStatus.to_string(status))
+
+
+def trial_metrics(trial: FrozenTrial) -> dict[str, float]:
+    """Per-fold and mean CV metrics of a trial, its best iterations and its duration."""
+    folds = fold_scores(trial)
+    metrics: dict[str, float] = {"folds_completed": float(len(folds))}
+    for name in ("f1_macro", "precision_macro", "log_loss", "accuracy"):
+        values = [getattr(score, name) for score in folds]
+        for i, value in enumerate(values):
+            metrics[f"cv_{name}_fold_{i}"] = value
+        if values:
+            metrics[f"cv_{name}"] = sum(values) / len(values)
+    for i, score in enumerate(folds):
+        metrics[f"best_iteration_fold_{i}"] = float(score.best_iteration)
+    if trial.datetime_start and trial.datetime_complete:
+        duration = trial.datetime_complete - trial.datetime_start
+        metrics["duration_s"] = duration.total_seconds()
+    return metrics
+
+
+def record_trial(client: MlflowClient, run_id: str, trial: FrozenTrial, error: str | None) -> None:
+    tags = {"optuna.trial_state": trial.state.name}
+    if error:
+        tags[ERROR] = mask_text(error)[:5000]
+    now = _now_ms()
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in trial_metrics(trial).items()],
+        params=[Param(k, _param_value(v)) for k, v in trial.params.items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
+
+
+def close_orphan_trial_runs(tracker: Tracker, study: optuna.Study) -> int:
+    """Mark FAILED the child runs of trials whose worker died (Optuna already failed them)."""
+    closed = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        run_id = trial.user_attrs.get(RUN_ATTR)
+        if run_id and tracker.status(run_id) == "RUNNING":
+            record_trial(tracker.client, run_id, trial, "worker stopped; trial failed")
+            tracker.end(run_id, "FAILED")
+            closed += 1
+    return closed
+
+
+def require_run(tracker: Tracker, run_id: str, what: str) -> Run:
+    try:
+        return tracker.client.get_run(run_id)
+    except MlflowException:
+        raise StageError(f"{what} run {run_id} does not exist in this tracking store") from None
