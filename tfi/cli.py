@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from tfi import interrupts
 from tfi.config import DEFAULT_CONFIG, ExperimentConfig, load_config
 from tfi.errors import TfiError
 from tfi.uris import mask_text
@@ -104,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `mlflow run` hands its run over in MLFLOW_RUN_ID; taken here so that no other
     # start_run() picks it up by accident.
     invocation_run = os.environ.pop("MLFLOW_RUN_ID", None)
+    interrupts.install()
     try:
         config = _config(args)
         _dispatch(args, config, invocation_run)

@@ -19,6 +19,7 @@ import numpy as np
 import optuna
 
 from tfi.config import CategoricalParam, FloatParam, IntParam, ParamSpec, TuningConfig
+from tfi.interrupts import interruptible
 from tfi.metrics import classification_metrics
 from tfi.split import Fold
 
@@ -136,16 +137,17 @@ def fit_fold(
     callbacks = []
     if early_stopping_rounds:
         callbacks.append(lgb.early_stopping(early_stopping_rounds, verbose=False))
-    booster = lgb.train(
-        dict(params),
-        fold.train,
-        num_boost_round=rounds,
-        valid_sets=[fold.valid],
-        valid_names=["valid"],
-        callbacks=callbacks,
-    )
-    best = booster.best_iteration or booster.current_iteration()
-    proba = booster.predict(fold.X_valid, num_iteration=best)
+    with interruptible():  # Ctrl-C stops a long fit at once; the trial loop records it
+        booster = lgb.train(
+            dict(params),
+            fold.train,
+            num_boost_round=rounds,
+            valid_sets=[fold.valid],
+            valid_names=["valid"],
+            callbacks=callbacks,
+        )
+        best = booster.best_iteration or booster.current_iteration()
+        proba = booster.predict(fold.X_valid, num_iteration=best)
     scores = classification_metrics(fold.y_valid, proba)
     return FoldScore(
         scores["f1_macro"],

@@ -181,6 +181,7 @@ def run_select(session: Session, run_id: str | None) -> Selected:
 
 
 def run_tune(session: Session, run_id: str | None) -> Tuned:
+    session.storage()  # fail on a bad storage before any compute
     prepared = upstream_prepare(session)
     selected = upstream_select(session, prepared)
     session.release()
@@ -188,6 +189,7 @@ def run_tune(session: Session, run_id: str | None) -> Tuned:
 
 
 def run_train(session: Session, run_id: str | None) -> Trained:
+    session.storage()
     prepared = upstream_prepare(session)
     selected = upstream_select(session, prepared)
     session.release()
@@ -206,6 +208,7 @@ def run_tune_worker(config: ExperimentConfig, worker_index: int) -> None:
 
 def run_main(session: Session, run_id: str | None) -> Trained:
     """The whole pipeline as child runs of one ``main`` run."""
+    session.storage()
     with session.tracker.run(
         "main", run_id=run_id, tags={tracking.DATA_DIGEST: session.digest}
     ) as run:

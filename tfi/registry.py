@@ -28,6 +28,7 @@ from mlflow.types import ColSpec, Schema
 
 from tfi.config import RegistryConfig
 from tfi.errors import StageError
+from tfi.interrupts import critical_section
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ def signature(features: Sequence[str]) -> ModelSignature:
     )
 
 
+@critical_section
 def log_model(
     booster: lgb.Booster,
     features: Sequence[str],
@@ -91,6 +93,7 @@ class Promotion:
     reason: str
 
 
+@critical_section
 def register_and_promote(
     model_uri: str,
     config: RegistryConfig,

@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 
 from tfi import data as data_io
 from tfi import registry, tracking
+from tfi import study as studies
 from tfi.config import ExperimentConfig
 from tfi.data import MarketData
 from tfi.errors import StageError
@@ -55,6 +57,7 @@ class Session:
     storage_uri: str
     digest: str
     _full: MarketData | None = field(default=None, repr=False)
+    _storage: RDBStorage | None = field(default=None, repr=False)
 
     @classmethod
     def open(
@@ -87,6 +90,12 @@ class Session:
                 {k: v for k, v in full.nan_counts.items() if k in features},
             )
         return data_io.load(self.config.data, features=features, digest=self.digest)
+
+    def storage(self) -> RDBStorage:
+        """The Optuna storage, opened (and checked) once."""
+        if self._storage is None:
+            self._storage = studies.open_storage(self.storage_uri, self.config.tuning)
+        return self._storage
 
     def release(self) -> None:
         """Forget the full feature matrix once only selected columns are needed."""

@@ -27,17 +27,20 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import optuna
-from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning
+from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
-from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from tfi import interrupts
 from tfi.config import TuningConfig
 from tfi.errors import TrackingError
+from tfi.interrupts import critical, critical_section
 from tfi.uris import mask_text, mask_uri
 
 log = logging.getLogger(__name__)
@@ -58,25 +61,35 @@ def experimental_ok() -> Iterator[None]:
         yield
 
 
-def open_storage(uri: str, config: TuningConfig) -> RDBStorage:
-    """An RDB storage with heartbeats; a clear error (password masked) if it cannot be used."""
+def open_storage(uri: str, config: TuningConfig, attempts: int = 4) -> RDBStorage:
+    """An RDB storage with heartbeats; a clear error (password masked) if it cannot be used.
+
+    Two commands creating the schema of a new database at once can collide: retried.
+    """
     engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
     if uri.startswith("sqlite"):
         # Several worker processes share one SQLite file: wait for the write lock.
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    try:
-        with experimental_ok():
-            return RDBStorage(
-                uri,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=config.heartbeat_interval,
-                grace_period=config.heartbeat_grace,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(config.max_retry),
-            )
-    except Exception as exc:  # SQLAlchemy and driver errors vary by backend
-        raise TrackingError(
-            f"cannot open the Optuna storage {mask_uri(uri)}: {mask_text(str(exc))}"
-        ) from None
+    problem: Exception | None = None
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(0.5 * attempt)
+        try:
+            with experimental_ok():
+                return RDBStorage(
+                    uri,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=config.heartbeat_interval,
+                    grace_period=config.heartbeat_grace,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                        config.max_retry
+                    ),
+                )
+        except Exception as exc:  # SQLAlchemy and driver errors vary by backend
+            problem = exc
+    raise TrackingError(
+        f"cannot open the Optuna storage {mask_uri(uri)}: {mask_text(str(problem))}"
+    )
 
 
 def sampler_and_pruner(
@@ -100,14 +113,15 @@ def open_study(
     storage: RDBStorage, name: str, config: TuningConfig, worker_index: int = 0
 ) -> optuna.Study:
     sampler, pruner = sampler_and_pruner(config, worker_index)
-    study = optuna.create_study(
-        storage=storage,
-        study_name=name,
-        direction=config.direction,
-        sampler=sampler,
-        pruner=pruner,
-        load_if_exists=True,
-    )
+    with critical():
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            direction=config.direction,
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,
+        )
     wanted = StudyDirection.MINIMIZE if config.direction == "minimize" else StudyDirection.MAXIMIZE
     if study.direction != wanted:
         raise TrackingError(
@@ -125,8 +139,9 @@ def study_lock(study: optuna.Study, timeout: float = 300.0) -> Iterator[None]:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            lock_id = storage.create_new_study([StudyDirection.MINIMIZE], lock_name)
-            storage.set_study_user_attr(lock_id, "acquired_at", time.time())
+            with critical():
+                lock_id = storage.create_new_study([StudyDirection.MINIMIZE], lock_name)
+                storage.set_study_user_attr(lock_id, "acquired_at", time.time())
             break
         except DuplicatedStudyError:
             _break_if_stale(storage, lock_name)
@@ -138,7 +153,8 @@ def study_lock(study: optuna.Study, timeout: float = 300.0) -> Iterator[None]:
     try:
         yield
     finally:
-        storage.delete_study(lock_id)
+        with critical():
+            storage.delete_study(lock_id)
 
 
 def _break_if_stale(storage: optuna.storages.BaseStorage, lock_name: str) -> None:
@@ -159,13 +175,13 @@ class Budget:
     joined: bool
 
 
-def open_budget(study: optuna.Study, n_trials: int) -> Budget:
+@critical_section
+def open_budget(study: optuna.Study, n_trials: int, grace_seconds: float) -> Budget:
     """Join the study's unfinished round, or enqueue a new round of ``n_trials``.
 
     Call under :func:`study_lock`.
     """
-    with experimental_ok():
-        fail_stale_trials(study)
+    reap(study, grace_seconds)
     rounds = int(study.user_attrs.get(ROUNDS_ATTR, 0))
     if study.get_trials(deepcopy=False, states=UNFINISHED):
         return Budget(rounds, 0, joined=True)
@@ -177,12 +193,43 @@ def open_budget(study: optuna.Study, n_trials: int) -> Budget:
 
 def claim(study: optuna.Study) -> optuna.Trial | None:
     """Atomically take one waiting trial, or None when the queue is empty."""
-    trial_id = study._pop_waiting_trial_id()
-    if trial_id is None:
-        return None
-    trial = optuna.Trial(study, trial_id)
-    trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+    # A stop request during the claim waits for the trial loop, which records the trial.
+    with critical(reraise=False):
+        trial_id = study._pop_waiting_trial_id()
+        if trial_id is None:
+            return None
+        storage = study._storage
+        if is_heartbeat_enabled(storage):
+            storage.record_heartbeat(trial_id)  # from now on a dead worker's trial goes stale
+        trial = optuna.Trial(study, trial_id)
+        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
     return trial
+
+
+def reap(study: optuna.Study, grace_seconds: float) -> None:
+    """Fail (and retry) the trials of dead workers.
+
+    A trial is dead when its heartbeat is stale, or when it has been running for longer than
+    the grace period without ever being marked by a worker (its worker died while claiming it).
+    """
+    storage = study._storage
+    with experimental_ok():
+        fail_stale_trials(study)
+    if not is_heartbeat_enabled(storage):
+        return
+    cutoff = datetime.now() - timedelta(seconds=grace_seconds)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        unmarked = WORKER_ATTR not in trial.user_attrs
+        if unmarked and trial.datetime_start and trial.datetime_start < cutoff:
+            try:
+                if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                    continue
+            except UpdateFinishedTrialError:
+                continue
+            log.warning("trial %d was claimed by a worker that died: retrying it", trial.number)
+            retry = storage.get_heartbeat_stale_trial_callback()
+            if retry is not None:
+                retry(study, storage.get_trial(trial._trial_id))
 
 
 class TrialHooks(Protocol):
@@ -205,6 +252,7 @@ def work(
     objective: Callable[[optuna.Trial], float],
     hooks: TrialHooks,
     wait_for_all: bool,
+    grace_seconds: float,
     poll_seconds: float = 1.0,
 ) -> WorkSummary:
     """Run queued trials until none is left; with ``wait_for_all`` also outlive other workers.
@@ -213,22 +261,24 @@ def work(
     that died (once their heartbeat is stale) and only returns when no trial is unfinished.
     """
     summary = WorkSummary()
-    while True:
-        with experimental_ok():
-            fail_stale_trials(study)
-        trial = claim(study)
-        if trial is not None:
-            state = _run_one(study, trial, objective, hooks)
-            if state == TrialState.COMPLETE:
-                summary.complete += 1
-            elif state == TrialState.PRUNED:
-                summary.pruned += 1
-            else:
-                summary.failed += 1
-            continue
-        if not wait_for_all or not study.get_trials(deepcopy=False, states=UNFINISHED):
-            return summary
-        time.sleep(poll_seconds)
+    # Everything here but the model fitting is storage I/O: stop requests wait for it.
+    with critical():
+        while True:
+            interrupts.check()
+            reap(study, grace_seconds)
+            trial = claim(study)
+            if trial is not None:
+                state = _run_one(study, trial, objective, hooks)
+                if state == TrialState.COMPLETE:
+                    summary.complete += 1
+                elif state == TrialState.PRUNED:
+                    summary.pruned += 1
+                else:
+                    summary.failed += 1
+                continue
+            if not wait_for_all or not study.get_trials(deepcopy=False, states=UNFINISHED):
+                return summary
+            time.sleep(poll_seconds)
 
 
 def _run_one(
@@ -237,10 +287,11 @@ def _run_one(
     objective: Callable[[optuna.Trial], float],
     hooks: TrialHooks,
 ) -> TrialState:
-    hooks.started(trial)
     error: str | None = None
     value: float | None = None
     try:
+        interrupts.check()
+        hooks.started(trial)
         with get_heartbeat_thread(trial._trial_id, study._storage):
             try:
                 value = objective(trial)
@@ -250,18 +301,21 @@ def _run_one(
             except Exception as exc:  # a failing trial is recorded; the study goes on
                 state = TrialState.FAIL
                 error = mask_text(f"{type(exc).__name__}: {exc}")
-                trial.set_user_attr(ERROR_ATTR, error[:1000])
                 log.warning("trial %d failed: %s", trial.number, error)
     except BaseException:
-        # Interrupted (Ctrl-C, SystemExit): record the trial as failed, then stop.
-        frozen = study.tell(trial, state=TrialState.FAIL)
-        hooks.finished(frozen, "interrupted")
+        # Interrupted (Ctrl-C, SIGTERM): record the trial as failed, then stop.
+        with critical():
+            frozen = study.tell(trial, state=TrialState.FAIL)
+            hooks.finished(frozen, "interrupted")
         raise
-    if state == TrialState.COMPLETE:
-        frozen = study.tell(trial, value)
-    else:
-        frozen = study.tell(trial, state=state)
-    hooks.finished(frozen, error)
+    with critical():
+        if state == TrialState.COMPLETE:
+            frozen = study.tell(trial, value)
+        else:
+            if error:
+                trial.set_user_attr(ERROR_ATTR, error[:1000])
+            frozen = study.tell(trial, state=state)
+        hooks.finished(frozen, error)
     return frozen.state
 
 

@@ -129,7 +129,7 @@ def _flow(spec: SyntheticSpec, latent: np.ndarray) -> dict[str, np.ndarray]:
     n = spec.rows
     minute = np.arange(n)
     minute_of_day = minute % 1440
-    day_of_week = (pd.Timestamp(spec.start).dayofweek + minute // 1440) % 7
+    day_of_week = (pd.Timestamp(spec.start).day_of_week + minute // 1440) % 7
     intraday = np.exp(0.5 * np.cos(2 * np.pi * (minute_of_day - 14 * 60) / 1440))
     weekly = np.where(day_of_week >= 5, 0.7, 1.0)
     activity = np.exp(0.4 * _ar1(rng, n, 0.995))

@@ -38,6 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tfi.data import MarketData
 from tfi.errors import StageError, TfiError, TrackingError
+from tfi.interrupts import critical, critical_section
 from tfi.objective import fold_scores
 from tfi.uris import mask_text, mask_uri
 
@@ -124,15 +125,20 @@ class Tracker:
         else:
             for key, value in all_tags.items():
                 self.client.set_tag(run_id, key, value)
-        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-            try:
-                yield StageRun(self.client, run_id)
-            except TfiError as exc:
-                self.client.set_tag(run_id, ERROR, mask_text(str(exc))[:5000])
-                raise
-            except BaseException as exc:
-                self.client.set_tag(run_id, ERROR, mask_text(f"{type(exc).__name__}: {exc}"))
-                raise
+        with critical():
+            mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
+        status = "FINISHED"
+        try:
+            yield StageRun(self.client, run_id)
+        except BaseException as exc:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            reason = str(exc) if isinstance(exc, TfiError) else f"{type(exc).__name__}: {exc}"
+            with critical():
+                self.client.set_tag(run_id, ERROR, mask_text(reason)[:5000])
+            raise
+        finally:
+            with critical():
+                mlflow.end_run(status)
 
     def download(self, run_id: str, path: str, into: Path) -> Path:
         return Path(
@@ -149,12 +155,15 @@ class Tracker:
         with tempfile.TemporaryDirectory() as tmp:
             return pd.read_parquet(self.download(run_id, path, Path(tmp)))
 
+    @critical_section
     def tag(self, run_id: str, tags: Mapping[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    @critical_section
     def resume(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
 
+    @critical_section
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
 
@@ -173,30 +182,37 @@ class StageRun:
         self.client = client
         self.id = run_id
 
+    @critical_section
     def log_params(self, params: Mapping[str, Any]) -> None:
         self.client.log_batch(
             self.id, params=[Param(k, _param_value(v)) for k, v in params.items()]
         )
 
+    @critical_section
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         now = _now_ms()
         self.client.log_batch(
             self.id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
         )
 
+    @critical_section
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self.client.log_batch(self.id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    @critical_section
     def log_dict(self, payload: Any, path: str) -> None:
         self.client.log_dict(self.id, payload, path)
 
+    @critical_section
     def log_text(self, text: str, path: str) -> None:
         self.client.log_text(self.id, text, path)
 
+    @critical_section
     def log_figure(self, figure: Figure, path: str) -> None:
         self.client.log_figure(self.id, figure, path)
         figure.clear()
 
+    @critical_section
     def log_table(self, table: pd.DataFrame, path: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / Path(path).name
@@ -204,6 +220,7 @@ class StageRun:
             folder = str(Path(path).parent)
             self.client.log_artifact(self.id, str(local), None if folder == "." else folder)
 
+    @critical_section
     def log_dataset(self, data: MarketData, context: str) -> None:
         """Name the run's data in MLflow's dataset tracking, with tfi's content digest."""
         if data.source.startswith("synthetic("):
@@ -237,6 +254,7 @@ class TrialRuns:
         self.parent_run_id = parent_run_id
         self.study_name = study_name
 
+    @critical_section
     def started(self, trial: optuna.Trial) -> None:
         run = self.client.create_run(
             self.experiment_id,
@@ -254,6 +272,7 @@ class TrialRuns:
         )
         trial.set_user_attr(RUN_ATTR, run.info.run_id)
 
+    @critical_section
     def finished(self, trial: FrozenTrial, error: str | None) -> None:
         run_id = trial.user_attrs.get(RUN_ATTR)
         if run_id is None:
@@ -283,6 +302,7 @@ def trial_metrics(trial: FrozenTrial) -> dict[str, float]:
     return metrics
 
 
+@critical_section
 def record_trial(client: MlflowClient, run_id: str, trial: FrozenTrial, error: str | None) -> None:
     tags = {"optuna.trial_state": trial.state.name}
     if error:
@@ -296,6 +316,7 @@ def record_trial(client: MlflowClient, run_id: str, trial: FrozenTrial, error: s
     )
 
 
+@critical_section
 def close_orphan_trial_runs(tracker: Tracker, study: optuna.Study) -> int:
     """Mark FAILED the child runs of trials whose worker died (Optuna already failed them)."""
     closed = 0

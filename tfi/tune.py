@@ -36,6 +36,7 @@ from tfi.uris import mask_uri
 log = logging.getLogger(__name__)
 
 PARENT_ATTR = "mlflow_parent_run_id"
+SUMMARISED_TAG = "tfi.summarised_trials"
 
 
 def _objective(session: Session, prepared: Prepared, selected: Selected) -> CVObjective:
@@ -61,13 +62,12 @@ def tune(
     """Run (or join) a budget round of the study; every trial is a child run of one parent."""
     cfg = session.config.tuning
     tracker = session.tracker
-    storage = studies.open_storage(session.storage_uri, cfg)
-    study = studies.open_study(storage, session.study_name, cfg)
+    study = studies.open_study(session.storage(), session.study_name, cfg)
     objective = _objective(session, prepared, selected)
 
     with studies.study_lock(study):
         parent = _tune_parent(session, study, prepared, selected, parent_id, run_id, objective)
-        budget = studies.open_budget(study, cfg.n_trials)
+        budget = studies.open_budget(study, cfg.n_trials, cfg.heartbeat_grace)
     if budget.joined:
         log.info("tune: study %s has unfinished trials: joining them", study.study_name)
     else:
@@ -82,10 +82,14 @@ def tune(
     hooks = _ProgressHooks(tracking.TrialRuns(tracker, parent, study.study_name), study, cfg.metric)
     try:
         with _local_workers(session, cfg.workers - 1, tracker.experiment_id):
-            studies.work(study, objective, hooks, wait_for_all=True)
+            studies.work(
+                study, objective, hooks, wait_for_all=True, grace_seconds=cfg.heartbeat_grace
+            )
     except BaseException:
+        # Stopped: unless other workers are still running trials, the parent is not RUNNING
+        # any more. Its waiting trials stay queued for the next command to resume.
         with studies.study_lock(study):
-            if not study.get_trials(deepcopy=False, states=studies.UNFINISHED):
+            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 tracker.end(parent, "KILLED")
         raise
     with studies.study_lock(study):
@@ -198,6 +202,9 @@ def _finish_tune(session: Session, study: optuna.Study, parent: str, round_: int
     trials = study.get_trials(deepcopy=False)
     counts = {state: sum(t.state == state for t in trials) for state in TrialState}
     best = studies.best_trial(study)
+    summarised = tracker.client.get_run(parent).data.tags.get(SUMMARISED_TAG)
+    if best is not None and summarised == str(len(trials)):
+        return best  # another command of this round summarised it already
     run = tracking.StageRun(tracker.client, parent)
     run.log_metrics(
         {
@@ -244,6 +251,7 @@ def _finish_tune(session: Session, study: optuna.Study, parent: str, round_: int
     )
     for name, figure in _study_figures(study):
         run.log_figure(figure, f"plots/{name}.png")
+    run.set_tags({SUMMARISED_TAG: len(trials)})
     tracker.end(parent, "FINISHED")
     log.info(
         "tune: best cv_%s=%.4f (trial %d) after %d trials (%d pruned, %d failed)",
@@ -258,19 +266,19 @@ def _finish_tune(session: Session, study: optuna.Study, parent: str, round_: int
 
 
 def _study_figures(study: optuna.Study) -> Iterator[tuple[str, object]]:
+    """Optuna's own plots; importances and parallel coordinates need two complete trials."""
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as optuna_plots
 
-    plots = {
-        "optimization_history": optuna_plots.plot_optimization_history,
-        "param_importances": optuna_plots.plot_param_importances,
-        "parallel_coordinate": optuna_plots.plot_parallel_coordinate,
-    }
+    plots = {"optimization_history": optuna_plots.plot_optimization_history}
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 2:
+        plots["param_importances"] = optuna_plots.plot_param_importances
+        plots["parallel_coordinate"] = optuna_plots.plot_parallel_coordinate
     for name, plot in plots.items():
         try:
             with studies.experimental_ok():
                 axes = plot(study)
-        except (ValueError, RuntimeError) as exc:  # e.g. importances need 2+ complete trials
+        except (ValueError, RuntimeError) as exc:  # e.g. no parameter varied
             log.info("tune: no %s plot: %s", name, exc)
             continue
         figure = np.ravel(axes)[0].figure
@@ -328,9 +336,7 @@ def work_as_worker(
 ) -> None:
     """A local worker process: claim queued trials of the study until none is left."""
     cfg = session.config.tuning
-    study = studies.open_study(
-        studies.open_storage(session.storage_uri, cfg), session.study_name, cfg, worker_index
-    )
+    study = studies.open_study(session.storage(), session.study_name, cfg, worker_index)
     parent = study.user_attrs.get(PARENT_ATTR)
     if parent is None:
         raise StageError(f"study {study.study_name} has no parent run: start `tfi tune` instead")
@@ -338,15 +344,13 @@ def work_as_worker(
     hooks = _ProgressHooks(
         tracking.TrialRuns(session.tracker, parent, study.study_name), study, cfg.metric
     )
-    studies.work(study, objective, hooks, wait_for_all=False)
+    studies.work(study, objective, hooks, wait_for_all=False, grace_seconds=cfg.heartbeat_grace)
 
 
 def tuned_study(session: Session, prepared: Prepared, selected: Selected) -> Tuned | None:
     """The finished study for these inputs, if one exists; refuses while trials are running."""
-    cfg = session.config.tuning
-    storage = studies.open_storage(session.storage_uri, cfg)
     try:
-        study = optuna.load_study(study_name=session.study_name, storage=storage)
+        study = optuna.load_study(study_name=session.study_name, storage=session.storage())
     except KeyError:
         return None
     unfinished = study.get_trials(deepcopy=False, states=studies.UNFINISHED)

@@ -1,0 +1,51 @@
+"""Helpers for building tiny inputs and running tfi in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+PYTHON = sys.executable
+
+
+def bars(
+    n: int = 60,
+    start: str = "2023-03-01",
+    seed: int = 0,
+    extra: dict[str, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """A small, valid minute-bar frame with a DatetimeIndex named timestamp."""
+    rng = np.random.default_rng(seed)
+    volume = rng.uniform(1.0, 10.0, n)
+    share = rng.uniform(0.1, 0.9, n)
+    frame = pd.DataFrame(
+        {
+            "bid_qty": rng.uniform(1, 5, n),
+            "ask_qty": rng.uniform(1, 5, n),
+            "buy_qty": volume * share,
+            "sell_qty": volume * (1 - share),
+            "volume": volume,
+            "X1": rng.standard_normal(n),
+            "X2": rng.standard_normal(n),
+            "label": rng.standard_normal(n),
+        },
+        index=pd.date_range(start, periods=n, freq="min", name="timestamp"),
+    )
+    for name, values in (extra or {}).items():
+        frame[name] = values
+    return frame
+
+
+def subprocess_env(store: Path) -> dict[str, str]:
+    """Environment for a `python -m tfi` child that uses the test's store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_RUN")}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+

@@ -1,0 +1,100 @@
+import pytest
+import yaml
+
+from tfi.config import load_config
+from tfi.errors import ConfigError
+
+from .helpers import ROOT, SMOKE
+
+
+@pytest.mark.parametrize("name", ["smoke", "default", "wide", "drw"])
+def test_shipped_experiments_validate(name):
+    config = load_config(ROOT / "experiments" / f"{name}.yaml")
+    assert config.name == name
+
+
+def test_drw_config_matches_the_real_layout():
+    config = load_config(ROOT / "experiments" / "drw.yaml")
+    assert config.data.source == "train.parquet"
+    assert config.split.test_start.isoformat() == "2024-01-01T00:00:00"
+    assert config.labels.horizon == 5
+    assert (config.labels.low_quantile, config.labels.high_quantile) == (0.3, 0.7)
+    assert config.tuning.n_trials == 50
+    assert "label" in config.data.exclude
+
+
+def _variant(tmp_path, section, value):
+    """The smoke experiment with one section replaced, written to a file."""
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw[section] = value
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _tuning(**changes):
+    tuning = yaml.safe_load(SMOKE.read_text())["tuning"]
+    return {**tuning, **changes}
+
+
+def test_unknown_key_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"labels\.horizn: unknown key"):
+        load_config(_variant(tmp_path, "labels", {"horizn": 5}))
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "message"),
+    [
+        ("labels", {"horizon": 0}, r"labels\.horizon"),
+        ("labels", {"low_quantile": 0.8, "high_quantile": 0.7}, "must be below"),
+        ("cv", {"n_splits": 1}, r"cv\.n_splits"),
+        ("split", {}, r"split\.test_start"),
+        (
+            "tuning",
+            _tuning(search_space={"num_leafs": {"type": "int", "low": 2, "high": 8}}),
+            "unknown LightGBM",
+        ),
+        (
+            "tuning",
+            _tuning(search_space={"objective": {"type": "categorical", "choices": ["x"]}}),
+            "set by tfi",
+        ),
+        (
+            "tuning",
+            _tuning(
+                search_space={"learning_rate": {"type": "float", "low": 0, "high": 1, "log": True}}
+            ),
+            "low > 0",
+        ),
+        (
+            "tuning",
+            _tuning(search_space={"learning_rate": {"type": "float", "low": 1, "high": 0.1}}),
+            "must be below",
+        ),
+        ("tuning", _tuning(search_space={}), "at least one"),
+        ("tuning", _tuning(fixed_params={"reg_lambda": 1.0}), "both tuned and fixed"),
+        ("tuning", _tuning(metric="auc"), r"tuning\.metric"),
+    ],
+)
+def test_bad_values_are_explained(tmp_path, section, value, message):
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_config(_variant(tmp_path, section, value))
+    assert "invalid config" in str(raised.value)
+
+
+def test_overrides_replace_single_fields_and_are_validated():
+    config = load_config(SMOKE, **{"tuning.n_trials": 7, "data.source": "x.parquet"})
+    assert config.tuning.n_trials == 7
+    assert config.data.source == "x.parquet"
+    assert config.labels == load_config(SMOKE).labels
+    with pytest.raises(ConfigError, match=r"tuning\.n_trials"):
+        load_config(SMOKE, **{"tuning.n_trials": -1})
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)

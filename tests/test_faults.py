@@ -1,0 +1,226 @@
+"""Faults: failing trials, killed and interrupted commands, several workers on one study.
+
+Real subprocesses (`python -m tfi`), a real SQLite MLflow store and a real Optuna storage.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from tfi import pipeline, study as studies
+from tfi.config import CategoricalParam, load_config
+from tfi.session import Session, available_cores
+from tfi.tune import PARENT_ATTR
+
+from .helpers import PYTHON, SMOKE, subprocess_env
+
+STUDY = "faults"
+
+
+def _tune_command(n_trials: int, *extra: str) -> list[str]:
+    return [
+        PYTHON, "-m", "tfi", "tune", "--config", str(SMOKE), "--study", STUDY,
+        "--n-trials", str(n_trials), *extra,
+    ]  # fmt: skip
+
+
+def _study(store: Path) -> optuna.Study:
+    return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{store / 'optuna.db'}")
+
+
+def _finished(store: Path) -> int:
+    try:
+        trials = _study(store).get_trials(deepcopy=False)
+    except (KeyError, Exception):  # the study or its tables may not exist yet
+        return 0
+    return sum(t.state.is_finished() for t in trials)
+
+
+def _trial_runs(parent: str) -> list:
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tfi-smoke")
+    return client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`tfi.stage` = 'trial' and tags.`mlflow.parentRunId` = '{parent}'",
+    )
+
+
+def _check_exactly_once(store: Path, expected_slots: int) -> optuna.Study:
+    """Every slot ran once, every trial has exactly one MLflow run, one parent holds them."""
+    study = _study(store)
+    trials = study.get_trials(deepcopy=False)
+    assert not [t for t in trials if t.state in studies.UNFINISHED]
+    retried = [t for t in trials if "failed_trial" in t.system_attrs]
+    assert len(trials) == expected_slots + len(retried)
+    assert len({t.number for t in trials}) == len(trials)
+    parent = study.user_attrs[PARENT_ATTR]
+    runs = _trial_runs(parent)
+    numbers = [int(r.data.tags["optuna.trial_number"]) for r in runs]
+    assert sorted(numbers) == sorted(t.number for t in trials)
+    assert MlflowClient().get_run(parent).info.status == "FINISHED"
+    return study
+
+
+def _prepare_upstream(store: Path) -> None:
+    """Run prepare and select once, so concurrent commands only race on the study."""
+    done = subprocess.run(
+        [PYTHON, "-m", "tfi", "select", "--config", str(SMOKE)],
+        cwd=store, env=subprocess_env(store), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(store, smoke_config):
+    # num_leaves=1 makes LightGBM raise; num_leaves=8 trains fine.
+    tuning = smoke_config.tuning.model_copy(
+        update={
+            "study": "failing",
+            "n_trials": 6,
+            "search_space": {
+                **smoke_config.tuning.search_space,
+                "num_leaves": CategoricalParam(type="categorical", choices=(1, 8)),
+            },
+        }
+    )
+    session = Session.open(smoke_config.model_copy(update={"tuning": tuning}))
+    tuned = pipeline.run_tune(session, None)
+    study = optuna.load_study(study_name="failing", storage=session.storage())
+    states = [t.state for t in study.trials]
+    assert TrialState.FAIL in states and TrialState.COMPLETE in states
+    assert len(states) == 6
+    runs = {r.data.tags["optuna.trial_number"]: r for r in _trial_runs(tuned.run_id)}
+    for trial in study.trials:
+        run = runs[str(trial.number)]
+        if trial.state == TrialState.FAIL:
+            assert run.info.status == "FAILED"
+            assert "num_leaves" in run.data.tags["tfi.error"]
+            assert run.data.tags["optuna.trial_state"] == "FAIL"
+        else:
+            assert run.info.status == "FINISHED"
+    assert tuned.best.params["num_leaves"] == 8
+
+
+def test_killed_tune_is_resumed_by_the_same_command(store):
+    _prepare_upstream(store)
+    budget = 40
+    command = _tune_command(budget)
+    first = subprocess.Popen(
+        command, cwd=store, env=subprocess_env(store),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while _finished(store) < 4:
+        assert first.poll() is None, first.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    finished_before = {t.number for t in _study(store).trials if t.state.is_finished()}
+    assert len(finished_before) < budget
+
+    again = subprocess.run(
+        command, cwd=store, env=subprocess_env(store), capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr
+    assert "joining them" in again.stderr
+    study = _check_exactly_once(store, budget)
+    after = {t.number: t for t in study.trials}
+    assert all(after[n].state.is_finished() for n in finished_before)  # kept, not redone
+    # The trial that was running when the worker died is failed and retried with its params.
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    retries = [t for t in study.trials if "failed_trial" in t.system_attrs]
+    assert len(failed) <= 1 and len(retries) == len(failed)
+    for retry in retries:
+        assert retry.params == after[retry.system_attrs["failed_trial"]].params
+        orphan = [r for r in _trial_runs(study.user_attrs[PARENT_ATTR])
+                  if r.data.tags["optuna.trial_number"] == str(retry.system_attrs["failed_trial"])]
+        assert orphan[0].info.status == "FAILED"
+
+
+def _default_sigint() -> None:
+    # A test runner started in the background may ignore SIGINT; its children would inherit that.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_tune_marks_its_trial_and_parent(store, stop):
+    _prepare_upstream(store)
+    proc = subprocess.Popen(
+        _tune_command(200), cwd=store, env=subprocess_env(store), preexec_fn=_default_sigint,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while _finished(store) < 2:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(stop)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    study = _study(store)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    parent = MlflowClient().get_run(study.user_attrs[PARENT_ATTR])
+    assert parent.info.status == "KILLED"
+    statuses = {r.info.status for r in _trial_runs(parent.info.run_id)}
+    assert "RUNNING" not in statuses
+
+
+def test_two_commands_share_one_budget(store):
+    """A second command on a study with unfinished trials joins them instead of adding more."""
+    _prepare_upstream(store)
+    budget = 60
+
+    def start():
+        return subprocess.Popen(
+            _tune_command(budget), cwd=store, env=subprocess_env(store),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    first = start()
+    deadline = time.monotonic() + 120
+    while _finished(store) < 1:
+        assert first.poll() is None, first.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    second = start()
+    outputs = [proc.communicate(timeout=300)[1] for proc in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    assert "joining them" in outputs[1]
+    study = _check_exactly_once(store, budget)
+    assert study.user_attrs[studies.ROUNDS_ATTR] == 1  # one round, shared by both commands
+    workers = {t.user_attrs[studies.WORKER_ATTR] for t in study.trials}
+    assert len(workers) == 2
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tfi-smoke")
+    assert len(client.search_runs([experiment.experiment_id], "tags.`tfi.stage` = 'tune'")) == 1
+
+
+def test_workers_option_runs_local_processes_on_one_round(store, smoke_config):
+    config = smoke_config.with_overrides(
+        **{"tuning.study": STUDY, "tuning.n_trials": 60, "tuning.workers": 2}
+    )
+    session = Session.open(config)
+    pipeline.run_tune(session, None)
+    study = _check_exactly_once(store, 60)
+    workers = {t.user_attrs[studies.WORKER_ATTR] for t in study.trials}
+    assert len(workers) == 2  # this process and the worker process it started
+    assert session.threads == max(1, available_cores() // 2)
+
+
+@pytest.mark.parametrize("stage", ["train"])
+def test_champion_refuses_while_trials_are_unfinished(store, smoke_config, stage):
+    session = Session.open(smoke_config.with_overrides(**{"tuning.study": "busy"}))
+    pipeline.run_tune(session, None)
+    study = optuna.load_study(study_name="busy", storage=session.storage())
+    study.enqueue_trial({})  # a trial waiting for a worker
+    with pytest.raises(Exception, match="waiting or running trials"):
+        pipeline.run_train(session, None)

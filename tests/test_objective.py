@@ -1,0 +1,85 @@
+"""The tuning objective: parameters that take effect, Datasets built once, per-fold pruning."""
+
+import lightgbm as lgb
+import numpy as np
+import optuna
+import pytest
+
+from tfi.config import IntParam
+from tfi.objective import FOLDS_ATTR, CVObjective, build_folds, fold_scores, lightgbm_params
+from tfi.split import Fold
+
+
+@pytest.fixture(scope="module")
+def folds():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3000, 6)).astype(np.float32)
+    score = X[:, 0] + 0.5 * X[:, 1] + rng.standard_normal(3000)
+    y = np.digitize(score, np.quantile(score, [0.3, 0.7])).astype(np.int32)
+    plan = [Fold(700, 750, 1500), Fold(1450, 1500, 2250), Fold(2200, 2250, 3000)]
+    return build_folds(X, y, plan, max_bin=63, num_threads=1)
+
+
+def test_n_estimators_becomes_rounds_and_subsample_gets_a_frequency():
+    params, rounds = lightgbm_params({"n_estimators": 300, "subsample": 0.7}, 2, 1)
+    assert rounds == 300 and "n_estimators" not in params
+    assert params["bagging_freq"] == 1
+    kept, _ = lightgbm_params({"subsample": 0.7, "subsample_freq": 5}, 2, 1)
+    assert kept["subsample_freq"] == 5 and "bagging_freq" not in kept
+    plain, _ = lightgbm_params({"subsample": 1.0}, 2, 1)
+    assert "bagging_freq" not in plain
+    assert params["objective"] == "multiclass" and params["num_class"] == 3
+
+
+def test_subsample_without_a_frequency_does_nothing_in_lightgbm(folds):
+    """The seed's subsample=0.737 was a no-op; with tfi's bagging_freq it changes the model."""
+    fold = folds[0]
+    base = {"objective": "multiclass", "num_class": 3, "verbose": -1, "seed": 3}
+
+    def predict(params):
+        booster = lgb.train(params, fold.train, num_boost_round=20)
+        return booster.predict(fold.X_valid)
+
+    full = predict({**base, "subsample": 1.0})
+    np.testing.assert_array_equal(predict({**base, "subsample": 0.5}), full)
+    ours, _ = lightgbm_params({"subsample": 0.5}, 1, 3)
+    assert not np.allclose(predict(ours), full)
+
+
+def test_objective_scores_every_fold_and_reuses_the_datasets(folds, smoke_config):
+    handles = [fold.train._handle.value for fold in folds]
+    objective = CVObjective(folds, smoke_config.tuning, num_threads=1)
+    trial = optuna.trial.FixedTrial(
+        {"learning_rate": 0.1, "n_estimators": 40, "num_leaves": 8, "reg_lambda": 1.0}
+    )
+    value = objective(trial)
+    scores = trial.user_attrs[FOLDS_ATTR]
+    assert len(scores) == 3
+    assert value == pytest.approx(np.mean([s["f1_macro"] for s in scores]))
+    assert all(1 <= s["best_iteration"] <= 40 for s in scores)
+    assert [s["n_train"] for s in scores] == [700, 1450, 2200]
+    objective(trial)  # a second trial trains on the very same binned Datasets
+    assert [fold.train._handle.value for fold in folds] == handles
+    assert value > 0.45  # the planted signal is found
+
+
+def test_a_hopeless_trial_is_pruned_after_its_first_fold(folds, smoke_config):
+    tuning = smoke_config.tuning.model_copy(
+        update={
+            "search_space": {
+                "min_child_samples": IntParam(type="int", low=5, high=5000),
+            },
+            "fixed_params": {"n_estimators": 30, "learning_rate": 0.2, "num_leaves": 8},
+        }
+    )
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=2)
+    )
+    for leaf_rows in (5, 6, 5000):  # 5000 > any fold's rows: no split, majority-level F1
+        study.enqueue_trial({"min_child_samples": leaf_rows})
+    study.optimize(CVObjective(folds, tuning, num_threads=1), n_trials=3)
+    good, _, hopeless = study.trials
+    assert good.state == optuna.trial.TrialState.COMPLETE
+    assert len(fold_scores(good)) == 3
+    assert hopeless.state == optuna.trial.TrialState.PRUNED
+    assert len(fold_scores(hopeless)) == 1  # stopped after the smallest fold

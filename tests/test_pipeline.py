@@ -1,0 +1,229 @@
+"""End to end on the smoke config with a real SQLite MLflow store, registry and Optuna storage."""
+
+from __future__ import annotations
+
+import subprocess
+
+import lightgbm as lgb
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from tfi import pipeline
+from tfi.config import CategoricalParam, load_config
+from tfi.session import Session
+
+from .helpers import PYTHON, ROOT, SMOKE, subprocess_env
+
+# LightGBM reports loaded parameters under their canonical names.
+CANONICAL = {
+    "reg_alpha": "lambda_l1",
+    "reg_lambda": "lambda_l2",
+    "subsample": "bagging_fraction",
+    "colsample_bytree": "feature_fraction",
+    "min_child_samples": "min_data_in_leaf",
+}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One full `main` on the smoke config; the tests below read what it left behind."""
+    folder = tmp_path_factory.mktemp("smoke")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            patch.delenv(name, raising=False)
+        patch.delenv("TFI_OPTUNA_STORAGE", raising=False)
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.chdir(folder)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        config = load_config(SMOKE)
+        session = Session.open(config)
+        trained = pipeline.run_main(session, None)
+        yield {"folder": folder, "config": config, "session": session, "trained": trained}
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
+def _runs(stage, experiment="tfi-smoke", extra=""):
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    query = f"tags.`tfi.stage` = '{stage}'" + (f" and {extra}" if extra else "")
+    return client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time ASC"])
+
+
+def test_main_nests_every_stage_and_every_trial(smoke_run):
+    (main,) = _runs("main")
+    for stage in ("prepare", "select", "tune", "train"):
+        (run,) = _runs(stage)
+        assert run.data.tags["mlflow.parentRunId"] == main.info.run_id
+        assert run.info.status == "FINISHED"
+    (tune,) = _runs("tune")
+    trials = _runs("trial", extra=f"tags.`mlflow.parentRunId` = '{tune.info.run_id}'")
+    assert len(trials) == smoke_run["config"].tuning.n_trials
+    for trial in trials:
+        assert set(trial.data.params) == set(smoke_run["config"].tuning.search_space)
+        assert "cv_f1_macro" in trial.data.metrics
+        assert trial.data.tags["optuna.trial_state"] in {"COMPLETE", "PRUNED"}
+        assert "best_iteration_fold_0" in trial.data.metrics
+        assert trial.data.metrics["duration_s"] >= 0
+    assert main.data.tags["tfi.promotion"] == "champion"
+
+
+def test_prepare_logs_thresholds_balance_and_auditable_labels(smoke_run):
+    (prepare,) = _runs("prepare")
+    run_id = prepare.info.run_id
+    thresholds = mlflow.artifacts.load_dict(f"runs:/{run_id}/thresholds.json")
+    assert thresholds["low"] < thresholds["high"]
+    labels = pd.read_parquet(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/labels.parquet"))
+    assert {"timestamp", "future_imbalance", "target", "period"} <= set(labels.columns)
+    assert set(labels["period"].unique()) == {"train", "test", "purged", "unlabelled"}
+    train = labels[labels["period"] == "train"]
+    assert train["target"].notna().all()
+    assert train["future_imbalance"].quantile(0.3) == pytest.approx(thresholds["low"], abs=1e-9)
+    assert (labels.loc[labels["period"] == "unlabelled", "target"].isna()).all()
+    metrics = prepare.data.metrics
+    assert metrics["rows_purged"] == smoke_run["config"].labels.horizon
+    assert metrics["rows_train"] + metrics["rows_test"] + 10 == metrics["rows_total"]
+    inputs = prepare.inputs.dataset_inputs
+    assert inputs and inputs[0].dataset.digest == smoke_run["session"].digest
+
+
+def test_select_logs_features_and_plots(smoke_run):
+    (select,) = _runs("select")
+    run_id = select.info.run_id
+    report = mlflow.artifacts.load_dict(f"runs:/{run_id}/selected_features.json")
+    assert 1 <= report["n_selected"] == len(report["features"]) <= 12
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run_id)}
+    assert {"lasso_path.png", "coefficients.png", "selected_features.json"} <= artifacts
+    assert select.data.metrics["alpha"] > 0
+
+
+def test_tune_parent_holds_the_study_summary(smoke_run):
+    (tune,) = _runs("tune")
+    params = tune.data.params
+    assert params["study_name"].startswith("tfi-smoke-")
+    assert params["optuna_storage"].startswith("sqlite:///")
+    client = MlflowClient()
+    artifacts = {a.path for a in client.list_artifacts(tune.info.run_id)}
+    assert {"best_params.json", "selected_features.json", "plots"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(tune.info.run_id, "plots")}
+    assert {"plots/optimization_history.png", "plots/parallel_coordinate.png"} <= plots
+    best = mlflow.artifacts.load_dict(f"runs:/{tune.info.run_id}/best_params.json")
+    assert best["value"] == pytest.approx(tune.data.metrics["best_cv_f1_macro"])
+    assert set(best["params"]) == set(smoke_run["config"].tuning.search_space)
+    assert "reference_lightgbm_defaults_cv_f1_macro" in tune.data.metrics
+
+
+def test_champion_uses_every_tuned_parameter(smoke_run):
+    (tune,) = _runs("tune")
+    best = mlflow.artifacts.load_dict(f"runs:/{tune.info.run_id}/best_params.json")
+    (train,) = _runs("train")
+    for name, value in {**best["params"], **best["fixed_params"]}.items():
+        if name == "n_estimators":
+            continue  # the maximum; the champion's rounds come from the folds' best iterations
+        assert float(train.data.params[f"lgb.{name}"]) == pytest.approx(value)
+    model_dir = mlflow.artifacts.download_artifacts(f"{smoke_run['trained'].model_uri}")
+    booster = lgb.Booster(model_file=f"{model_dir}/artifacts/booster.txt")
+    loaded = booster.params
+    for name, value in {**best["params"], **best["fixed_params"]}.items():
+        if name == "n_estimators":
+            continue
+        assert float(loaded[CANONICAL.get(name, name)]) == pytest.approx(value)
+    assert booster.num_trees() == 3 * int(train.data.params["num_boost_round"])
+
+
+def test_registered_version_carries_its_report(smoke_run):
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("tfi-classifier", "champion")
+    files = {a.path for a in mlflow.artifacts.list_artifacts("models:/tfi-classifier@champion")}
+    assert {"confusion_matrix.png", "classification_report.json", "classification_report.txt"} <= files
+    assert float(version.tags["test_f1_macro"]) > 0.3
+    assert "macro-F1" in version.description
+    (train,) = _runs("train")
+    for metric in ("test_accuracy", "test_f1_macro", "test_f1_weighted", "test_log_loss"):
+        assert metric in train.data.metrics
+    references = mlflow.artifacts.load_dict(f"runs:/{train.info.run_id}/references.json")
+    assert {row["model"] for row in references} == {
+        "tfi (tuned)",
+        "lightgbm defaults",
+        "persistence",
+        "majority class",
+    }
+
+
+def test_fresh_process_scores_like_the_runs_own_evaluation(smoke_run):
+    folder = smoke_run["folder"]
+    out = folder / "scored.parquet"
+    done = subprocess.run(
+        [PYTHON, "-m", "tfi", "score", "--config", str(SMOKE), "--output", str(out)],
+        cwd=folder,
+        env=subprocess_env(folder),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    scored = pd.read_parquet(out)
+    assert list(scored.columns) == ["timestamp", "prediction", "p_sell", "p_neutral", "p_buy"]
+    (train,) = _runs("train")
+    evaluated = pd.read_parquet(
+        mlflow.artifacts.download_artifacts(f"runs:/{train.info.run_id}/test_predictions.parquet")
+    )
+    merged = evaluated.merge(scored, on="timestamp", suffixes=("_run", "_scored"))
+    assert len(merged) == len(evaluated)
+    np.testing.assert_array_equal(merged["prediction_run"], merged["prediction_scored"])
+    np.testing.assert_allclose(merged["p_buy_run"], merged["p_buy_scored"], rtol=1e-6)
+    row_sums = scored[["p_sell", "p_neutral", "p_buy"]].sum(axis=1)
+    np.testing.assert_allclose(row_sums, 1.0, rtol=1e-6)
+
+
+def test_rerun_reuses_upstream_and_resumes_the_study(smoke_run):
+    session = Session.open(smoke_run["config"].with_overrides(**{"tuning.n_trials": 2}))
+    pipeline.run_tune(session, None)
+    assert len(_runs("prepare")) == 1 and len(_runs("select")) == 1  # reused, not recomputed
+    (tune,) = _runs("tune")  # one parent per study
+    trials = _runs("trial", extra=f"tags.`mlflow.parentRunId` = '{tune.info.run_id}'")
+    assert len(trials) == smoke_run["config"].tuning.n_trials + 2
+    numbers = sorted(int(t.data.tags["optuna.trial_number"]) for t in trials)
+    assert numbers == list(range(len(trials)))
+    assert tune.info.status == "FINISHED"
+
+
+def test_a_worse_model_does_not_take_the_champion_alias(smoke_run):
+    crippled = smoke_run["config"].tuning.model_copy(
+        update={
+            "study": "crippled",
+            "n_trials": 1,
+            "search_space": {"num_leaves": CategoricalParam(type="categorical", choices=(2,))},
+            "fixed_params": {"n_estimators": 1, "learning_rate": 0.01},
+        }
+    )
+    config = smoke_run["config"].model_copy(update={"tuning": crippled})
+    client = MlflowClient()
+    before = client.get_model_version_by_alias("tfi-classifier", "champion").version
+    trained = pipeline.run_train(Session.open(config), None)
+    assert trained.promotion.alias == "challenger"
+    assert client.get_model_version_by_alias("tfi-classifier", "champion").version == before
+    challenger = client.get_model_version_by_alias("tfi-classifier", "challenger")
+    assert challenger.version == trained.promotion.version
+    assert "does not beat" in challenger.tags["tfi.promotion_reason"]
+    (run,) = [r for r in _runs("train") if r.info.run_id == trained.run_id]
+    assert run.data.metrics["champion_test_f1_macro"] > run.data.metrics["test_f1_macro"]
+
+
+def test_mlproject_entry_points_take_config_and_data_and_main_takes_all():
+    project = yaml.safe_load((ROOT / "MLproject").read_text())
+    entries = project["entry_points"]
+    assert {"main", "prepare", "select", "tune", "train", "score", "bench"} <= set(entries)
+    for name, entry in entries.items():
+        assert {"config", "data"} <= set(entry["parameters"]), name
+        for parameter in entry["parameters"]:
+            assert "{" + parameter + "}" in entry["command"], (name, parameter)
+    pipeline_stages = ("prepare", "select", "tune", "train")
+    stage_parameters = set().union(*(entries[s]["parameters"] for s in pipeline_stages))
+    assert stage_parameters <= set(entries["main"]["parameters"])

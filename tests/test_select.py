@@ -1,0 +1,125 @@
+"""LASSO from block moments: scikit-learn's answers, the planted features, the fallback rules."""
+
+import numpy as np
+import pytest
+from sklearn.linear_model import Lasso
+from sklearn.preprocessing import StandardScaler
+
+from tfi import synthetic
+from tfi.config import DataConfig, SelectionConfig, SyntheticSpec
+from tfi.data import load
+from tfi.errors import SelectionError
+from tfi.prepare import prepare_labels, training_folds
+from tfi.select import (
+    _apply_rules,
+    _block_moments,
+    _path,
+    _standardise,
+    _validation_mse,
+    select_features,
+)
+from tfi.split import TRAIN, Fold
+
+
+def _problem(n=3000, p=12, seed=0):
+    rng = np.random.default_rng(seed)
+    X = (rng.standard_normal((n, p)) * rng.uniform(0.5, 5, p) + 3).astype(np.float32)
+    X[rng.random((n, p)) < 0.01] = np.nan
+    y = 0.5 * np.nan_to_num(X[:, 0]) - 0.3 * np.nan_to_num(X[:, 3]) + rng.standard_normal(n)
+    return X, y
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_fold_path_and_validation_error_match_scikit_learn():
+    X, y = _problem()
+    blocks = _block_moments(X, y, [0, 900, 1000, 2000, 3000])
+    train = _standardise(blocks[0])
+    alphas = np.geomspace(0.5, 0.005, 8)
+    coefs = _path(train, alphas)
+    # scikit-learn on the same rows: NaN -> training mean, scaler fitted on the fold's rows.
+    filled = np.where(np.isnan(X), np.nanmean(X, axis=0), X)
+    scaler = StandardScaler().fit(filled[:900])
+    for k in (2, 5):
+        lasso = Lasso(alpha=alphas[k], tol=1e-12, max_iter=100_000)
+        lasso.fit(scaler.transform(filled[:900]), y[:900])
+        np.testing.assert_allclose(coefs[:, k], lasso.coef_, atol=1e-5)
+        mse = np.mean((y[1000:2000] - lasso.predict(scaler.transform(filled[1000:2000]))) ** 2)
+        assert _validation_mse(train, coefs, blocks[2])[k] == pytest.approx(mse, rel=1e-5)
+
+
+def test_rows_argument_equals_a_copied_subset():
+    X, y = _problem()
+    rows = np.arange(0, 3000, 2)
+    folds = [Fold(400, 500, 1000), Fold(900, 1000, 1500)]
+    config = SelectionConfig(n_alphas=10, max_features=None)
+    direct = select_features(X[rows], y[rows], folds, [f"f{i}" for i in range(12)], config)
+    indexed = select_features(X, y[rows], folds, [f"f{i}" for i in range(12)], config, rows=rows)
+    np.testing.assert_allclose(direct.coef, indexed.coef, atol=1e-6)
+    assert direct.selected == indexed.selected
+
+
+def test_selects_the_planted_informative_features(smoke_config):
+    spec = SyntheticSpec(rows=20000, features=60, informative=5, collinear=3, seed=2)
+    config = smoke_config.with_overrides(
+        **{
+            "data.synthetic": spec.model_dump(),
+            "split.test_start": "2023-03-13",
+            "cv.n_splits": 4,
+            "selection.max_features": None,
+        }
+    )
+    data = load(DataConfig(synthetic=spec))
+    labelled = prepare_labels(data, config)
+    rows = labelled.rows(TRAIN)
+    result = select_features(
+        data.features,
+        labelled.target[rows],
+        training_folds(labelled, config.cv),
+        data.feature_names,
+        config.selection,
+        rows=rows,
+    )
+    planted = set(synthetic.layout(spec).informative)
+    collinear = synthetic.layout(spec).collinear
+    # Every informative view is selected itself or through one of its near-copies.
+    for name in planted:
+        copies = {copy for copy, source in collinear.items() if source == name}
+        assert {name, *copies} & set(result.selected), name
+    assert len(result.selected) < len(data.feature_names) / 2
+    assert result.cv_mse.shape == (4, config.selection.n_alphas)
+
+
+def test_cap_keeps_the_largest_coefficients():
+    X, y = _problem()
+    folds = [Fold(900, 1000, 2000), Fold(1900, 2000, 3000)]
+    capped = select_features(X, y, folds, list("abcdefghijkl"), SelectionConfig(max_features=1))
+    assert capped.selected == ("a",)
+    assert "max_features" in capped.rule
+
+
+def test_empty_support_takes_the_first_features_to_enter_the_path():
+    alphas = np.array([1.0, 0.5, 0.25, 0.1])
+    path = np.array(
+        [
+            [0.0, 0.0, 0.0, 0.2],  # a enters last
+            [0.0, 0.3, 0.4, 0.5],  # b enters first
+            [0.0, 0.0, 0.1, 0.1],  # c enters second
+            [0.0, 0.0, 0.0, 0.0],  # d never
+        ]
+    )
+    selected, rule = _apply_rules(path, alphas, 0, list("abcd"), SelectionConfig(min_features=2))
+    assert selected == ("b", "c")
+    assert "first 2 features to enter the path" in rule
+    with pytest.raises(SelectionError, match="LASSO kept 0 features"):
+        _apply_rules(path, alphas, 0, list("abcd"), SelectionConfig(on_empty="error"))
+
+
+def test_pure_noise_never_yields_an_empty_list():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((2000, 6)).astype(np.float32)
+    y = rng.standard_normal(2000)
+    folds = [Fold(600, 700, 1300), Fold(1300, 1400, 2000)]
+    picked = select_features(X, y, folds, list("abcdef"), SelectionConfig(min_features=2))
+    assert len(picked.selected) >= 2
+    if picked.n_lasso < 2:
+        assert "enter the path" in picked.rule
