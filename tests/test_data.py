@@ -85,7 +85,10 @@ BAD_FRAMES = {
         r"required columns must be numeric.*volume",
     ),
     "NaN volume": (_with(bars(10), "volume", [3], np.nan), r"'volume' has 1 NaN values at rows 3"),
-    "inf feature": (_with(bars(10), "X1", [4, 6], np.inf), r"infinite values in feature columns.*'X1': 2"),
+    "inf feature": (
+        _with(bars(10), "X1", [4, 6], np.inf),
+        r"infinite values in feature columns.*'X1': 2",
+    ),
     "inf flow": (_with(bars(10), "buy_qty", [1], np.inf), r"'buy_qty' has 1 infinite values"),
     "negative volume": (
         _with(_with(bars(10), "volume", [2], -1.0), "buy_qty", [2], 0.0),
@@ -157,7 +160,9 @@ def test_missing_file_and_empty_table(tmp_path):
 
 
 def test_empty_row_group_schema_is_handled(tmp_path):
-    table = pa.table({"timestamp": pa.array([], pa.timestamp("ns")), "volume": pa.array([], pa.float64())})
+    table = pa.table(
+        {"timestamp": pa.array([], pa.timestamp("ns")), "volume": pa.array([], pa.float64())}
+    )
     path = tmp_path / "t.parquet"
     pq.write_table(table, path)
     with pytest.raises(DataError, match="has no rows"):
@@ -177,7 +182,9 @@ def frames(draw):
         quantity = st.floats(0, 1e4, width=32)
         columns["buy_qty"] = draw(st.lists(quantity, min_size=n, max_size=n))
         columns["sell_qty"] = draw(st.lists(quantity, min_size=n, max_size=n))
-        columns["volume"] = [b + s for b, s in zip(columns["buy_qty"], columns["sell_qty"])]
+        columns["volume"] = [
+            b + s for b, s in zip(columns["buy_qty"], columns["sell_qty"], strict=True)
+        ]
     if draw(st.booleans()):
         minutes = sorted(set(draw(st.lists(st.integers(0, 45), min_size=n, max_size=n))))
         columns = {name: values[: len(minutes)] for name, values in columns.items()}

@@ -15,8 +15,9 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from tfi import pipeline, study as studies
-from tfi.config import CategoricalParam, load_config
+from tfi import pipeline
+from tfi import study as studies
+from tfi.config import CategoricalParam
 from tfi.session import Session, available_cores
 from tfi.tune import PARENT_ATTR
 
@@ -140,8 +141,11 @@ def test_killed_tune_is_resumed_by_the_same_command(store):
     assert len(failed) <= 1 and len(retries) == len(failed)
     for retry in retries:
         assert retry.params == after[retry.system_attrs["failed_trial"]].params
-        orphan = [r for r in _trial_runs(study.user_attrs[PARENT_ATTR])
-                  if r.data.tags["optuna.trial_number"] == str(retry.system_attrs["failed_trial"])]
+        orphan = [
+            r
+            for r in _trial_runs(study.user_attrs[PARENT_ATTR])
+            if r.data.tags["optuna.trial_number"] == str(retry.system_attrs["failed_trial"])
+        ]
         assert orphan[0].info.status == "FAILED"
 
 

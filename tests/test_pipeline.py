@@ -141,7 +141,11 @@ def test_registered_version_carries_its_report(smoke_run):
     client = MlflowClient()
     version = client.get_model_version_by_alias("tfi-classifier", "champion")
     files = {a.path for a in mlflow.artifacts.list_artifacts("models:/tfi-classifier@champion")}
-    assert {"confusion_matrix.png", "classification_report.json", "classification_report.txt"} <= files
+    assert {
+        "confusion_matrix.png",
+        "classification_report.json",
+        "classification_report.txt",
+    } <= files
     assert float(version.tags["test_f1_macro"]) > 0.3
     assert "macro-F1" in version.description
     (train,) = _runs("train")

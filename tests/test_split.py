@@ -112,7 +112,13 @@ def test_a_class_missing_from_training_is_an_error(smoke_config, tmp_path):
 def test_label_table_round_trips(smoke_config, tmp_path):
     labelled, _ = _prepared(bars(120), _split_config(smoke_config, "2023-03-01 01:00"), tmp_path)
     table = labelled.table()
-    assert list(table.columns) == ["timestamp", "future_imbalance", "window_end", "target", "period"]
+    assert list(table.columns) == [
+        "timestamp",
+        "future_imbalance",
+        "window_end",
+        "target",
+        "period",
+    ]
     assert str(table["target"].dtype) == "Int8"
     assert set(table["target"].dropna().unique()) == {-1, 0, 1}
     path = tmp_path / "labels.parquet"
@@ -121,4 +127,3 @@ def test_label_table_round_trips(smoke_config, tmp_path):
     np.testing.assert_array_equal(back.target, labelled.target)
     np.testing.assert_array_equal(back.period, labelled.period)
     assert back.timestamps.equals(labelled.timestamps)
-

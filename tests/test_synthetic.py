@@ -55,7 +55,9 @@ def test_signal_is_learnable_from_the_informative_columns(smoke_config):
     y = lightgbm_classes(np.nan_to_num(labelled.target))
     model = LogisticRegression(max_iter=500).fit(informative[train], y[train])
     f1 = f1_score(y[test], model.predict(informative[test]), average="macro")
-    majority = f1_score(y[test], np.full(len(test), np.bincount(y[train]).argmax()), average="macro")
+    majority = f1_score(
+        y[test], np.full(len(test), np.bincount(y[train]).argmax()), average="macro"
+    )
     assert majority < 0.25
     assert f1 > majority + 0.15
 
