@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
+import time
+import urllib.error
+import urllib.request
 
 import lightgbm as lgb
 import mlflow
@@ -12,7 +17,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tfi import pipeline
+from tfi import pipeline, synthetic
 from tfi.config import CategoricalParam, load_config
 from tfi.session import Session
 
@@ -231,3 +236,62 @@ def test_mlproject_entry_points_take_config_and_data_and_main_takes_all():
     pipeline_stages = ("prepare", "select", "tune", "train")
     stage_parameters = set().union(*(entries[s]["parameters"] for s in pipeline_stages))
     assert stage_parameters <= set(entries["main"]["parameters"])
+
+
+def test_score_names_the_missing_feature_columns(smoke_run, capsys):
+    from tfi.cli import main
+
+    model = mlflow.pyfunc.load_model("models:/tfi-classifier@champion")
+    features = model.metadata.get_input_schema().input_names()
+    frame = synthetic.frame(smoke_run["config"].data.synthetic).drop(columns=[features[-1]])
+    path = smoke_run["folder"] / "without_a_feature.parquet"
+    frame.to_parquet(path)
+    status = main(["score", "--config", str(SMOKE), "--data", str(path), "--output", "x.parquet"])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    assert f"lacks feature columns ['{features[-1]}']" in err
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_with_predictions(smoke_run):
+    folder = smoke_run["folder"]
+    port = _free_port()
+    server = subprocess.Popen(
+        [PYTHON, "-m", "mlflow", "models", "serve", "-m", "models:/tfi-classifier@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=folder, env=subprocess_env(folder),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        model = mlflow.pyfunc.load_model("models:/tfi-classifier@champion")
+        features = model.metadata.get_input_schema().input_names()
+        rows = synthetic.frame(smoke_run["config"].data.synthetic).iloc[-20:]
+        payload = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
+        body = json.dumps(payload).encode()
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stderr.read()
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/invocations",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=10) as reply:
+                    answer = json.loads(reply.read())
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.5)
+        served = pd.DataFrame(answer["predictions"])
+        local = model.predict(rows[features])
+        np.testing.assert_array_equal(served["prediction"], local["prediction"])
+        np.testing.assert_allclose(served["p_buy"], local["p_buy"], rtol=1e-6)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

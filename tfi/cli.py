@@ -17,7 +17,7 @@ from typing import Any
 from tfi import interrupts
 from tfi.config import DEFAULT_CONFIG, ExperimentConfig, load_config
 from tfi.errors import TfiError
-from tfi.uris import mask_text
+from tfi.uris import has_password, mask_text
 
 log = logging.getLogger("tfi")
 
@@ -174,8 +174,15 @@ def _setup_logging() -> None:
     root.setLevel(logging.INFO)
     for noisy in ("optuna", "alembic", "urllib3", "matplotlib", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    import mlflow
     import optuna
 
+    # MLflow logs through its own handlers and prints run links straight to stdout: keep
+    # credentials in a tracking URI out of both.
+    for mlflow_handler in logging.getLogger("mlflow").handlers:
+        mlflow_handler.addFilter(_MaskSecrets())
+    if has_password(mlflow.get_tracking_uri()):
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
     optuna.logging.set_verbosity(optuna.logging.WARNING)

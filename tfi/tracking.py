@@ -18,7 +18,6 @@ import os
 import socket
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import mlflow
 import optuna
 import pandas as pd
+import requests
 from matplotlib.figure import Figure
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.sources import LocalArtifactDatasetSource
@@ -63,9 +63,9 @@ def check_tracking() -> None:
     uri = tracking_uri()
     try:
         if uri.startswith(("http://", "https://")):
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as reply:
-                if reply.status != 200:
-                    raise OSError(f"HTTP {reply.status}")
+            # requests (MLflow's own HTTP client) turns user:password@ into basic auth.
+            reply = requests.get(f"{uri.rstrip('/')}/health", timeout=10)
+            reply.raise_for_status()
         else:
             MlflowClient().search_experiments(max_results=1)
     except Exception as exc:  # urllib, SQLAlchemy and MLflow raise many kinds
