@@ -178,7 +178,7 @@ def train(
     log.info(
         "train: references on the test period\n%s", references_table.to_string(float_format="%.4f")
     )
-    return Trained(run.id, info.model_uri, promotion, test_metrics)
+    return Trained(run.id, info.model_uri, promotion, test_metrics, train_seconds)
 
 
 def _references(

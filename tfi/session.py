@@ -166,6 +166,7 @@ class Trained:
     model_uri: str
     promotion: registry.Promotion
     metrics: dict[str, float]
+    fit_seconds: float
 
 
 # --- prepare -------------------------------------------------------------------------------

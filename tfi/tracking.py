@@ -256,21 +256,10 @@ class TrialRuns:
 
     @critical_section
     def started(self, trial: optuna.Trial) -> None:
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"trial-{trial.number:04d}",
-            tags={
-                MLFLOW_PARENT_RUN_ID: self.parent_run_id,
-                STAGE: "trial",
-                STUDY: self.study_name,
-                "optuna.study_name": self.study_name,
-                "optuna.trial_number": str(trial.number),
-                "optuna.trial_state": "RUNNING",
-                "tfi.worker_host": socket.gethostname(),
-                "tfi.worker_pid": str(os.getpid()),
-            },
+        run_id = create_trial_run(
+            self.client, self.experiment_id, self.parent_run_id, self.study_name, trial.number
         )
-        trial.set_user_attr(RUN_ATTR, run.info.run_id)
+        trial.set_user_attr(RUN_ATTR, run_id)
 
     @critical_section
     def finished(self, trial: FrozenTrial, error: str | None) -> None:
@@ -316,16 +305,67 @@ def record_trial(client: MlflowClient, run_id: str, trial: FrozenTrial, error: s
     )
 
 
+def create_trial_run(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, study_name: str, number: int
+) -> str:
+    run = client.create_run(
+        experiment_id,
+        run_name=f"trial-{number:04d}",
+        tags={
+            MLFLOW_PARENT_RUN_ID: parent_run_id,
+            STAGE: "trial",
+            STUDY: study_name,
+            "optuna.study_name": study_name,
+            "optuna.trial_number": str(number),
+            "optuna.trial_state": "RUNNING",
+            "tfi.worker_host": socket.gethostname(),
+            "tfi.worker_pid": str(os.getpid()),
+        },
+    )
+    return run.info.run_id
+
+
+def trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[int, Run]:
+    """The study's trial runs under its parent, by trial number (all pages)."""
+    found: dict[int, Run] = {}
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            f"tags.`{STAGE}` = 'trial' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
+            max_results=1000,
+            page_token=token,
+        )
+        found.update({int(run.data.tags["optuna.trial_number"]): run for run in page})
+        token = page.token
+        if not token:
+            return found
+
+
 @critical_section
-def close_orphan_trial_runs(tracker: Tracker, study: optuna.Study) -> int:
-    """Mark FAILED the child runs of trials whose worker died (Optuna already failed them)."""
+def close_orphan_trial_runs(tracker: Tracker, study: optuna.Study, parent_run_id: str) -> int:
+    """Give every failed trial of a dead worker a FAILED child run, exactly one.
+
+    A worker that died mid-trial leaves its run RUNNING; one that died while claiming the trial
+    left no run at all. Optuna has already failed (and retried) those trials.
+    """
+    experiment_id = tracker.client.get_run(parent_run_id).info.experiment_id
+    runs = trial_runs(tracker.client, experiment_id, parent_run_id)
     closed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        run_id = trial.user_attrs.get(RUN_ATTR)
-        if run_id and tracker.status(run_id) == "RUNNING":
-            record_trial(tracker.client, run_id, trial, "worker stopped; trial failed")
-            tracker.end(run_id, "FAILED")
-            closed += 1
+        run = runs.get(trial.number)
+        if run is not None and run.info.status != "RUNNING":
+            continue
+        run_id = (
+            run.info.run_id
+            if run
+            else create_trial_run(
+                tracker.client, experiment_id, parent_run_id, study.study_name, trial.number
+            )
+        )
+        record_trial(tracker.client, run_id, trial, "its worker stopped; the trial failed")
+        tracker.end(run_id, "FAILED")
+        closed += 1
     return closed
 
 

@@ -198,7 +198,7 @@ def _finish_tune(session: Session, study: optuna.Study, parent: str, round_: int
         if best is None:
             raise StageError(f"study {study.study_name} has no complete trial yet")
         return best  # other workers are still at it; the last one summarises
-    tracking.close_orphan_trial_runs(tracker, study)
+    tracking.close_orphan_trial_runs(tracker, study, parent)
     trials = study.get_trials(deepcopy=False)
     counts = {state: sum(t.state == state for t in trials) for state in TrialState}
     best = studies.best_trial(study)

@@ -1,0 +1,223 @@
+"""Benchmark: the real pipeline on DRW-sized data, optionally beside the seed's approach.
+
+``python -m tfi bench [--rows 525600] [--features 780] [--n-trials N] [--reference true]``
+
+Writes synthetic DRW-shaped data to a temporary parquet file (or uses ``--data``), then runs, each
+in a fresh child process so that peak memory is its own: tfi's pipeline (prepare, select, tune,
+train, evaluate, register; into a throwaway MLflow store) and, with ``--reference``, the seed
+notebook's approach (:mod:`tfi.reference`) on the same file, labels and trial budget. The report
+(seconds per stage and per trial, pruned trials, peak memory, CV and test macro-F1, and the
+speed-up) is printed as JSON, written to ``--output`` and logged to MLflow as a ``bench`` run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import resource
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from tfi.config import SyntheticSpec, load_config
+
+log = logging.getLogger(__name__)
+
+TEST_SHARE = 0.1636  # DRW: 2024-01-01 .. 2024-02-29 of 2023-03-01 .. 2024-02-29
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="tfi bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="experiments/drw.yaml")
+    parser.add_argument("--data", default="", help="an existing parquet file (default: generate)")
+    parser.add_argument("--rows", type=lambda v: int(float(v)), default=525_600)
+    parser.add_argument("--features", type=lambda v: int(float(v)), default=780)
+    parser.add_argument("--n-trials", type=lambda v: int(float(v)), default=0)
+    parser.add_argument("--reference", default="false", choices=["true", "false"])
+    parser.add_argument("--output", default="bench.json")
+    args = parser.parse_args(argv)
+
+    config = load_config(args.config)
+    n_trials = args.n_trials or config.tuning.n_trials
+    with tempfile.TemporaryDirectory(prefix="tfi-bench-") as tmp:
+        folder = Path(tmp)
+        if args.data:
+            data_path = Path(args.data).resolve()
+            test_start = config.split.test_start.isoformat()
+        else:
+            spec = SyntheticSpec(
+                rows=args.rows,
+                features=args.features,
+                informative=16,
+                collinear=24,
+                seed=config.tuning.seed,
+            )
+            data_path = folder / "bench.parquet"
+            log.info(
+                "bench: writing %d x %d synthetic rows to %s",
+                args.rows,
+                args.features + 5,
+                data_path,
+            )
+            _in_child(_generate, spec.model_dump(mode="json"), str(data_path))
+            split_minute = int(args.rows * (1 - TEST_SHARE)) // 60 * 60
+            test_start = (spec.start + timedelta(minutes=split_minute)).isoformat()
+        overrides = {
+            "data.source": str(data_path),
+            "split.test_start": test_start,
+            "tuning.n_trials": n_trials,
+            "tuning.study": "bench",
+            "output_dir": str(folder),
+        }
+        report: dict[str, Any] = {
+            "data": {
+                "source": args.data or "synthetic",
+                "rows": args.rows,
+                "features": args.features,
+            },
+            "config": args.config,
+            "n_trials": n_trials,
+            "cores": len(os.sched_getaffinity(0)),
+        }
+        log.info("bench: tfi pipeline, %d trials", n_trials)
+        report["tfi"] = _in_child(_run_tfi, args.config, overrides, str(folder / "tfi"))
+        if args.reference == "true":
+            log.info("bench: the seed's approach, %d trials", n_trials)
+            report["reference"] = _in_child(_run_reference, args.config, overrides)
+            report["speedup"] = (
+                report["reference"]["total_seconds"] / report["tfi"]["total_seconds"]
+            )
+            report["test_f1_macro_difference"] = (
+                report["tfi"]["test_f1_macro"] - report["reference"]["test_f1_macro"]
+            )
+    text = json.dumps(report, indent=2)
+    Path(args.output).write_text(text)
+    print(text)  # noqa: T201 - the report is this command's output
+    _log_report(report, args.output)
+    return 0
+
+
+def _in_child(function: Callable[..., Any], *args: Any) -> Any:
+    """Run in a fresh process (its peak memory is its own) and return the result."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # kB on Linux
+
+
+def _generate(spec: dict[str, Any], path: str) -> None:
+    from tfi import synthetic
+
+    synthetic.write_parquet(SyntheticSpec(**spec), path)
+
+
+def _child_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("mlflow", "alembic", "optuna", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[str, Any]:
+    _child_logging()
+    os.makedirs(store, exist_ok=True)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    from optuna.trial import TrialState
+
+    from tfi import pipeline
+    from tfi.champion import train
+    from tfi.session import Session
+    from tfi.tune import tune
+
+    config = load_config(config_path, **overrides)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    session = Session.open(config)
+    session.data()
+    seconds["load"] = time.perf_counter() - started
+
+    def timed(stage: str, step: Callable[[], Any]) -> Any:
+        begun = time.perf_counter()
+        result = step()
+        seconds[stage] = time.perf_counter() - begun
+        return result
+
+    prepared = timed("label", lambda: pipeline.prepare(session))
+    selected = timed("select", lambda: pipeline.select(session, prepared))
+    session.release()
+    tuned = timed("tune", lambda: tune(session, prepared, selected))
+    trained = timed("train", lambda: train(session, prepared, selected, tuned))
+    seconds["evaluate"] = seconds["train"] - trained.fit_seconds  # references, report, registry
+    seconds["train"] = trained.fit_seconds
+
+    import optuna
+
+    study = optuna.load_study(study_name=session.study_name, storage=session.storage())
+    by_state: dict[str, list[float]] = {"complete": [], "pruned": []}
+    for trial in study.trials:
+        if trial.duration and trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            by_state[trial.state.name.lower()].append(trial.duration.total_seconds())
+    return {
+        "seconds": seconds,
+        "total_seconds": sum(seconds.values()),
+        "n_features": len(selected.features),
+        "trials": {
+            "complete": len(by_state["complete"]),
+            "pruned": len(by_state["pruned"]),
+            "seconds_per_complete_trial": _mean(by_state["complete"]),
+            "seconds_per_pruned_trial": _mean(by_state["pruned"]),
+        },
+        "cv_f1_macro": tuned.best.value,
+        "test_f1_macro": trained.metrics["test_f1_macro"],
+        "peak_rss_gb": _peak_rss_gb(),
+    }
+
+
+def _run_reference(config_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    _child_logging()
+    from tfi import reference
+
+    config = load_config(config_path, **overrides)
+    result = reference.run(config, Path(config.data.source), config.tuning.n_trials)
+    return {**result, "peak_rss_gb": _peak_rss_gb()}
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _flatten(prefix: str, payload: Any) -> dict[str, float]:
+    if isinstance(payload, dict):
+        out: dict[str, float] = {}
+        for key, value in payload.items():
+            out.update(_flatten(f"{prefix}_{key}" if prefix else key, value))
+        return out
+    if isinstance(payload, int | float) and not isinstance(payload, bool):
+        return {prefix: float(payload)}
+    return {}
+
+
+def _log_report(report: dict[str, Any], output: str) -> None:
+    """Record the report as a `bench` run in the user's tracking store."""
+    from tfi import tracking
+
+    tracker = tracking.Tracker("tfi-bench")
+    with tracker.run("bench") as run:
+        run.log_params(
+            {"rows": report["data"]["rows"], "features": report["data"]["features"],
+             "n_trials": report["n_trials"], "config": report["config"],
+             "data": report["data"]["source"], "reference": "reference" in report}
+        )  # fmt: skip
+        run.log_metrics(_flatten("", {k: v for k, v in report.items() if k != "data"}))
+        run.client.log_artifact(run.id, output)

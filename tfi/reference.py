@@ -1,0 +1,148 @@
+"""The seed notebook's approach, kept only as the benchmark's reference (``tfi bench --reference``).
+
+Faithful to the seed's *method*: the whole parquet read with pandas; features standardised in
+float64 and selected by scikit-learn's ``LassoCV`` over a plain ``TimeSeriesSplit(5)``; an Optuna
+study over its search space where every trial fits a fresh ``LGBMClassifier`` on every fold
+(early stopping after 15 rounds, no pruning); and its final model, built from ``best_params`` with
+``.get`` defaults, so the tuned ``reg_alpha``/``reg_lambda`` are dropped and ``num_leaves`` and
+``max_depth`` fall back to 31 and 10, trained for all ``n_estimators`` rounds.
+
+Two deliberate departures, so both sides are scored on the very same test rows and labels: the
+labels and class thresholds are tfi's (the ``t+1..t+k`` window, thresholds fitted on training
+rows), and NaN features are set to zero after scaling (``LassoCV`` would otherwise stop). The
+seed's own training rows are kept: every row before the split date, including those whose label
+window reaches into the test period.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import optuna
+import pandas as pd
+from sklearn.linear_model import LassoCV
+from sklearn.metrics import f1_score
+from sklearn.model_selection import TimeSeriesSplit
+from sklearn.preprocessing import StandardScaler
+
+from tfi.config import ExperimentConfig
+from tfi.data import FLOW, MarketData
+from tfi.prepare import prepare_labels
+from tfi.split import TEST, UNLABELLED
+
+log = logging.getLogger(__name__)
+
+
+def run(config: ExperimentConfig, data_path: Path, n_trials: int) -> dict[str, Any]:
+    """Time each stage of the seed's approach; return seconds, trial times and macro-F1."""
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    frame = pd.read_parquet(data_path, engine="pyarrow")
+    seconds["load"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    flow = {name: frame[name].to_numpy() for name in FLOW}
+    bars = MarketData(frame.index, np.empty((len(frame), 0), np.float32), (), flow, "", "")
+    labelled = prepare_labels(bars, config)  # tfi's labels: the same test rows and classes
+    before_split = frame.index < pd.Timestamp(config.split.test_start)
+    train_rows = before_split & (labelled.period != UNLABELLED)
+    test_rows = labelled.period == TEST
+    target = labelled.target
+    X = frame.drop(columns=list(config.data.exclude), errors="ignore").select_dtypes("number")
+    X_train, y_train = X[train_rows], target[train_rows].astype(int)
+    X_test, y_test = X[test_rows], target[test_rows].astype(int)
+    X_train = X_train.dropna(axis=1, how="all")
+    X_test = X_test[X_train.columns]
+    seconds["label"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    scaled = np.nan_to_num(StandardScaler().fit_transform(X_train))
+    lasso = LassoCV(cv=TimeSeriesSplit(n_splits=5), n_jobs=-1, random_state=42, max_iter=1000)
+    lasso.fit(scaled, y_train)
+    selected = X_train.columns[lasso.coef_ != 0].tolist()
+    seconds["select"] = time.perf_counter() - started
+    del scaled
+    log.info("reference: LassoCV kept %d features in %.1fs", len(selected), seconds["select"])
+
+    X_tuning, y_tuning = X_train[selected], pd.Series(y_train, index=X_train.index)
+    study = optuna.create_study(
+        direction="maximize", sampler=optuna.samplers.TPESampler(seed=config.tuning.seed)
+    )
+    started = time.perf_counter()
+    study.optimize(lambda trial: _objective(trial, X_tuning, y_tuning), n_trials=n_trials)
+    seconds["tune"] = time.perf_counter() - started
+
+    best = study.best_trial.params
+    final = lgb.LGBMClassifier(
+        objective="multiclass",
+        num_class=3,
+        random_state=42,
+        n_jobs=-1,
+        verbose=-1,
+        learning_rate=best.get("learning_rate", 0.05),
+        n_estimators=best.get("n_estimators", 300),
+        num_leaves=best.get("num_leaves", 31),
+        max_depth=best.get("max_depth", 10),
+        subsample=best.get("subsample", 0.8),
+        colsample_bytree=best.get("colsample_bytree", 0.8),
+    )
+    started = time.perf_counter()
+    final.fit(X_train[selected], y_train)
+    seconds["train"] = time.perf_counter() - started
+    started = time.perf_counter()
+    predicted = final.predict(X_test[selected])
+    test_f1 = float(f1_score(y_test, predicted, average="macro"))
+    seconds["evaluate"] = time.perf_counter() - started
+
+    durations = [t.duration.total_seconds() for t in study.trials if t.duration]
+    return {
+        "seconds": seconds,
+        "total_seconds": sum(seconds.values()),
+        "n_features": len(selected),
+        "trials": {
+            "complete": len(durations),
+            "pruned": 0,
+            "seconds_per_complete_trial": float(np.mean(durations)) if durations else None,
+            "seconds_per_pruned_trial": None,
+        },
+        "cv_f1_macro": float(study.best_value),
+        "test_f1_macro": test_f1,
+    }
+
+
+def _objective(trial: optuna.Trial, X: pd.DataFrame, y: pd.Series) -> float:
+    """The seed's objective: its search space, TimeSeriesSplit(5), a fresh model per fold."""
+    params = {
+        "objective": "multiclass",
+        "num_class": 3,
+        "metric": "multi_logloss",
+        "random_state": 42,
+        "n_jobs": -1,
+        "verbose": -1,
+        "learning_rate": trial.suggest_float("learning_rate", 0.008, 0.02),
+        "n_estimators": trial.suggest_int("n_estimators", 800, 2000),
+        "num_leaves": 48,
+        "max_depth": 9,
+        "subsample": 0.737,
+        "colsample_bytree": 0.756,
+        "reg_alpha": trial.suggest_float("reg_alpha", 1e-3, 10.0, log=True),
+        "reg_lambda": trial.suggest_float("reg_lambda", 1e-3, 10.0, log=True),
+    }
+    scores = []
+    for train_index, valid_index in TimeSeriesSplit(n_splits=5).split(X):
+        model = lgb.LGBMClassifier(**params)
+        model.fit(
+            X.iloc[train_index],
+            y.iloc[train_index],
+            eval_set=[(X.iloc[valid_index], y.iloc[valid_index])],
+            eval_metric="multi_logloss",
+            callbacks=[lgb.early_stopping(15, verbose=False)],
+        )
+        predicted = model.predict(X.iloc[valid_index])
+        scores.append(f1_score(y.iloc[valid_index], predicted, average="macro"))
+    return float(np.mean(scores))
