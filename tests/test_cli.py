@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import mlflow
 import yaml
 from mlflow import MlflowClient
 
@@ -105,9 +106,6 @@ def test_config_may_not_write_outside_the_output_location(store, capsys):
 
 
 def test_unreachable_tracking_server_fails_before_any_compute(store, capsys, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://analyst:s3cret@127.0.0.1:9")
-    import mlflow
-
     mlflow.set_tracking_uri("http://analyst:s3cret@127.0.0.1:9")
     started = time.monotonic()
     line = _fail(capsys, "main", "--config", str(SMOKE))

@@ -197,7 +197,7 @@ def test_two_commands_share_one_budget(store):
         time.sleep(0.05)
     second = start()
     outputs = [proc.communicate(timeout=300)[1] for proc in (first, second)]
-    assert [first.returncode, second.returncode] == [0, 0], outputs
+    assert [first.returncode, second.returncode] == [0, 0], [text[-3000:] for text in outputs]
     assert "joining them" in outputs[1]
     study = _check_exactly_once(store, budget)
     assert study.user_attrs[studies.ROUNDS_ATTR] == 1  # one round, shared by both commands

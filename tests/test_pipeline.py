@@ -38,20 +38,23 @@ def smoke_run(tmp_path_factory):
     """One full `main` on the smoke config; the tests below read what it left behind."""
     folder = tmp_path_factory.mktemp("smoke")
     with pytest.MonkeyPatch.context() as patch:
-        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        for name in (
+            "MLFLOW_RUN_ID",
+            "MLFLOW_EXPERIMENT_ID",
+            "MLFLOW_EXPERIMENT_NAME",
+            "MLFLOW_REGISTRY_URI",
+        ):
             patch.delenv(name, raising=False)
         patch.delenv("TFI_OPTUNA_STORAGE", raising=False)
         uri = f"sqlite:///{folder / 'mlflow.db'}"
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.chdir(folder)
         mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
         config = load_config(SMOKE)
         session = Session.open(config)
         trained = pipeline.run_main(session, None)
         yield {"folder": folder, "config": config, "session": session, "trained": trained}
         mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
 
 
 def _runs(stage, experiment="tfi-smoke", extra=""):
