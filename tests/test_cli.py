@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 import time
 
+import mlflow
 import numpy as np
 import pytest
-import mlflow
 import yaml
 from mlflow import MlflowClient
 
