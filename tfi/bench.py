@@ -124,8 +124,11 @@ def _child_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    for noisy in ("mlflow", "alembic", "optuna", "matplotlib"):
+    for noisy in ("mlflow", "alembic", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[str, Any]:

@@ -78,8 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     worker = stage("tune-worker", argparse.SUPPRESS)
     worker.add_argument("--worker-index", type=int, default=1)
 
-    bench = commands.add_parser("bench", help="benchmark the pipeline (see tfi.bench)")
-    bench.add_argument("args", nargs=argparse.REMAINDER)
+    commands.add_parser("bench", help="benchmark the pipeline: tfi bench --help")
     return parser
 
 
@@ -96,12 +95,14 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    _setup_logging()
-    if args.command == "bench":
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # its own options: see `tfi bench --help`
+        _setup_logging()
         from tfi.bench import main as bench_main
 
-        return bench_main(args.args)
+        return bench_main(argv[1:])
+    args = _parser().parse_args(argv)
+    _setup_logging()
     # `mlflow run` hands its run over in MLFLOW_RUN_ID; taken here so that no other
     # start_run() picks it up by accident.
     invocation_run = os.environ.pop("MLFLOW_RUN_ID", None)

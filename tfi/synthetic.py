@@ -103,9 +103,8 @@ def frame(spec: SyntheticSpec, columns: Iterable[str] | None = None) -> pd.DataF
 
 
 def write_parquet(spec: SyntheticSpec, path: str | Path, row_group_size: int = 65_536) -> Path:
-    """Write the data as a DRW-like parquet file (DatetimeIndex ``timestamp``, float32)."""
-    index, data = generate(spec)
-    table = pa.table({"timestamp": pa.array(index.to_numpy()), **data})
+    """Write the data as DRW's train.parquet is laid out: float32 columns, DatetimeIndex."""
+    table = pa.Table.from_pandas(frame(spec), preserve_index=True)
     path = Path(path)
     pq.write_table(table, path, row_group_size=row_group_size)
     return path
