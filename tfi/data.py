@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 
 TIMESTAMP = "timestamp"
 FLOW = ("buy_qty", "sell_qty", "volume")
-_BATCH_ROWS = 65_536
+_COLUMNS_PER_READ = 128  # bounds the arrow buffers of a large row group
+_COUNT_ROWS = 65_536
+Block = tuple[int, Mapping[str, pa.Array | pa.ChunkedArray]]  # first row, columns
 
 
 @dataclass(frozen=True)
@@ -132,15 +134,28 @@ def _load_parquet(
     columns = list(dict.fromkeys([*FLOW, *feature_names]))
     try:
         stamps = parquet.read(columns=[time_column]).column(0)
-        batches = (
-            {col: batch.column(col) for col in columns}
-            for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=columns)
-        )
         return _assemble(
-            config, name, digest, _timestamps(stamps, name), batches, feature_names, dropped
+            config,
+            name,
+            digest,
+            _timestamps(stamps, name),
+            _row_group_blocks(parquet, columns),
+            feature_names,
+            dropped,
         )
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{name} could not be read (truncated or corrupt?): {exc}") from None
+
+
+def _row_group_blocks(parquet: pq.ParquetFile, columns: list[str]) -> Iterator[Block]:
+    """Row group by row group, a bounded number of columns at a time (decoded in parallel)."""
+    offset = 0
+    for group in range(parquet.metadata.num_row_groups):
+        for start in range(0, len(columns), _COLUMNS_PER_READ):
+            chunk = columns[start : start + _COLUMNS_PER_READ]
+            table = parquet.read_row_group(group, columns=chunk, use_threads=True)
+            yield offset, {col: table.column(col) for col in chunk}
+        offset += parquet.metadata.row_group(group).num_rows
 
 
 def _time_column(schema: pa.Schema, name: str) -> str:
@@ -223,7 +238,7 @@ def _load_synthetic(
         feature_names, dropped = list(wanted), {}
     stamps, data = synthetic.generate(spec, dict.fromkeys([*FLOW, *feature_names]))
     arrays = {col: pa.array(values) for col, values in data.items()}
-    return _assemble(config, name, digest, stamps, iter([arrays]), feature_names, dropped)
+    return _assemble(config, name, digest, stamps, iter([(0, arrays)]), feature_names, dropped)
 
 
 # --- shared validation ---------------------------------------------------------------------
@@ -234,7 +249,7 @@ def _assemble(
     name: str,
     digest: str,
     stamps: pd.DatetimeIndex,
-    batches: Iterator[Mapping[str, pa.Array | pa.ChunkedArray]],
+    blocks: Iterator[Block],
     feature_names: list[str],
     dropped: dict[str, str],
 ) -> MarketData:
@@ -243,21 +258,26 @@ def _assemble(
     n = len(stamps)
     features = np.empty((n, len(feature_names)), dtype=np.float32)
     flow = {col: np.empty(n, dtype=np.float32) for col in FLOW}
+    position = {col: j for j, col in enumerate(feature_names)}
+    filled = 0
+    for offset, columns in blocks:
+        arrays = {col: _float32(values) for col, values in columns.items()}
+        stop = offset + len(next(iter(arrays.values())))
+        if stop > n:
+            raise DataError(f"{name}: more values than timestamps")
+        for col in flow.keys() & arrays.keys():
+            flow[col][offset:stop] = arrays[col]
+        for col in arrays.keys() & position.keys():
+            features[offset:stop, position[col]] = arrays[col]
+            filled += stop - offset
+    if filled != n * len(feature_names):
+        raise DataError(f"{name}: fewer values than timestamps")
     nan_counts = np.zeros(len(feature_names), dtype=np.int64)
     inf_counts = np.zeros(len(feature_names), dtype=np.int64)
-    row = 0
-    for batch in batches:
-        size = len(next(iter(batch.values())))
-        for col, values in flow.items():
-            values[row : row + size] = _float32(batch[col])
-        for j, col in enumerate(feature_names):
-            block = _float32(batch[col])
-            features[row : row + size, j] = block
-            nan_counts[j] += np.count_nonzero(np.isnan(block))
-            inf_counts[j] += np.count_nonzero(np.isinf(block))
-        row += size
-    if row != n:
-        raise DataError(f"{name}: {row} rows of values for {n} timestamps")
+    for start in range(0, n, _COUNT_ROWS):
+        block = features[start : start + _COUNT_ROWS]
+        nan_counts += np.count_nonzero(np.isnan(block), axis=0)
+        inf_counts += np.count_nonzero(np.isinf(block), axis=0)
     _check_flow(flow, stamps, name, config.volume_rtol)
     if inf_counts.any():
         bad = {feature_names[j]: int(c) for j, c in enumerate(inf_counts) if c}

@@ -29,10 +29,12 @@ import pandas as pd
 import requests
 from matplotlib.figure import Figure
 from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.dataset import Dataset
 from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import FrozenTrial, TrialState
 
@@ -223,14 +225,48 @@ class StageRun:
     @critical_section
     def log_dataset(self, data: MarketData, context: str) -> None:
         """Name the run's data in MLflow's dataset tracking, with tfi's content digest."""
+        mlflow.log_input(MarketDataset(data), context=context)
+
+
+class MarketDataset(Dataset):
+    """MLflow's dataset record for validated market data.
+
+    ``mlflow.data.from_pandas`` infers the schema by testing every cell for NaN in Python
+    (about 6 minutes for 525,600 x 785); the loader already knows the columns and NaN counts.
+    """
+
+    def __init__(self, data: MarketData):
+        self._data = data
         if data.source.startswith("synthetic("):
             source = CodeDatasetSource({"generator": "tfi.synthetic", "spec": data.source})
         else:
             source = LocalArtifactDatasetSource(str(Path(data.source).resolve()))
-        dataset = mlflow.data.from_pandas(
-            data.frame(), source=source, name=Path(data.source).name, digest=data.digest
-        )
-        mlflow.log_input(dataset, context=context)
+        super().__init__(source=source, name=Path(data.source).name, digest=data.digest)
+
+    def _compute_digest(self) -> str:
+        return self._data.digest
+
+    @property
+    def schema(self) -> Schema:
+        return Schema([ColSpec("float", name, required=False) for name in self._data.feature_names])
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        stamps = self._data.timestamps
+        return {
+            "num_rows": self._data.n_rows,
+            "num_features": len(self._data.feature_names),
+            "first_timestamp": str(stamps[0]),
+            "last_timestamp": str(stamps[-1]),
+            "nan_cells": int(sum(self._data.nan_counts.values())),
+        }
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            **super().to_dict(),
+            "schema": json.dumps({"mlflow_colspec": self.schema.to_dict()}),
+            "profile": json.dumps(self.profile),
+        }
 
 
 def _param_value(value: Any) -> str:
