@@ -274,7 +274,11 @@ def test_mlflow_models_serve_answers_with_predictions(smoke_run):
         model = mlflow.pyfunc.load_model("models:/tfi-classifier@champion")
         features = model.metadata.get_input_schema().input_names()
         rows = synthetic.frame(smoke_run["config"].data.synthetic).iloc[-20:]
-        payload = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
+        payload = {
+            "dataframe_split": json.loads(
+                rows.to_json(orient="split", index=False, date_format="iso")
+            )
+        }
         body = json.dumps(payload).encode()
         deadline = time.monotonic() + 120
         while True:
@@ -298,3 +302,29 @@ def test_mlflow_models_serve_answers_with_predictions(smoke_run):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_failed_promotion_leaves_the_registry_as_it_was(smoke_run):
+    """A failure after the version is created deletes it; the aliases do not move."""
+    from tfi import registry
+
+    client = MlflowClient()
+    name = smoke_run["config"].registry.model_name
+    before = {v.version for v in client.search_model_versions(f"name = '{name}'")}
+    champion = client.get_model_version_by_alias(name, "champion").version
+
+    def broken_scorer(uri: str) -> float:
+        raise RuntimeError("the champion's store went away mid-comparison")
+
+    with pytest.raises(RuntimeError, match="went away"):
+        registry.register_and_promote(
+            smoke_run["trained"].model_uri,
+            smoke_run["config"].registry,
+            0.99,
+            broken_scorer,
+            tags={},
+            description="never registered",
+        )
+    after = {v.version for v in client.search_model_versions(f"name = '{name}'")}
+    assert after == before
+    assert client.get_model_version_by_alias(name, "champion").version == champion

@@ -104,6 +104,7 @@ def train(
             "tfi.prepare_run_id": prepared.run_id,
         },
     ) as run:
+        run.log_dataset(data, context="train")
         run.log_params(
             {
                 **{f"lgb.{k}": v for k, v in params.items() if k != "num_threads"},

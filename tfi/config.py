@@ -199,7 +199,13 @@ class TuningConfig(_Strict):
     search_space: dict[str, ParamSpec]
     fixed_params: dict[str, int | float | str | bool] = {}
     early_stopping_rounds: int = Field(20, ge=1)
-    pruner: Literal["median", "halving", "none"] = "median"
+    pruner: Literal["median", "percentile", "halving", "none"] = Field(
+        "median",
+        description="stop a trial after a fold where it is below the median ('median') or "
+        "outside the best pruner_percentile % ('percentile') of earlier trials at that fold; "
+        "successive halving over folds ('halving'); or never ('none')",
+    )
+    pruner_percentile: float = Field(25.0, gt=0, lt=100)
     pruner_startup_trials: int = Field(3, ge=0)
     seed: int = 42
     study: str | None = None

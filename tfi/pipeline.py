@@ -134,6 +134,7 @@ def select(
         run_id,
         {tracking.DATA_DIGEST: session.digest, "tfi.prepare_run_id": prepared.run_id},
     ) as run:
+        run.log_dataset(data, context="select")
         run.log_params(
             {
                 "target": cfg.selection.target,

@@ -100,8 +100,11 @@ def sampler_and_pruner(
         seed=config.seed + worker_index, multivariate=True, constant_liar=True
     )
     pruner: optuna.pruners.BasePruner
-    if config.pruner == "median":
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=config.pruner_startup_trials)
+    if config.pruner in ("median", "percentile"):
+        percentile = 50.0 if config.pruner == "median" else config.pruner_percentile
+        pruner = optuna.pruners.PercentilePruner(
+            percentile, n_startup_trials=config.pruner_startup_trials
+        )
     elif config.pruner == "halving":
         pruner = optuna.pruners.SuccessiveHalvingPruner()
     else:

@@ -31,11 +31,11 @@ from matplotlib.figure import Figure
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.dataset import Dataset
 from mlflow.data.sources import LocalArtifactDatasetSource
-from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 from optuna.trial import FrozenTrial, TrialState
 
 from tfi.data import MarketData
@@ -225,7 +225,9 @@ class StageRun:
     @critical_section
     def log_dataset(self, data: MarketData, context: str) -> None:
         """Name the run's data in MLflow's dataset tracking, with tfi's content digest."""
-        mlflow.log_input(MarketDataset(data), context=context)
+        dataset = MarketDataset(data)._to_mlflow_entity()
+        context_tag = InputTag(key=MLFLOW_DATASET_CONTEXT, value=context)
+        self.client.log_inputs(self.id, [DatasetInput(dataset=dataset, tags=[context_tag])])
 
 
 class MarketDataset(Dataset):

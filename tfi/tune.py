@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tfi import study as studies
 from tfi import tracking
+from tfi.data import MarketData
 from tfi.errors import StageError
 from tfi.objective import CVObjective, build_folds, fold_scores, lightgbm_params, reference_cv
 from tfi.prepare import lightgbm_classes, training_folds
@@ -39,7 +40,9 @@ PARENT_ATTR = "mlflow_parent_run_id"
 SUMMARISED_TAG = "tfi.summarised_trials"
 
 
-def _objective(session: Session, prepared: Prepared, selected: Selected) -> CVObjective:
+def _objective(
+    session: Session, prepared: Prepared, selected: Selected
+) -> tuple[CVObjective, MarketData]:
     """Fold Datasets over the selected features, binned once for every trial of this process."""
     labelled = prepared.labelled
     data = session.data(selected.features)
@@ -49,7 +52,7 @@ def _objective(session: Session, prepared: Prepared, selected: Selected) -> CVOb
     y = lightgbm_classes(labelled.target[rows])
     folds = training_folds(labelled, session.config.cv)
     built = build_folds(X, y, folds, session.config.tuning.max_bin, session.threads)
-    return CVObjective(built, session.config.tuning, session.threads)
+    return CVObjective(built, session.config.tuning, session.threads), data
 
 
 def tune(
@@ -63,11 +66,15 @@ def tune(
     cfg = session.config.tuning
     tracker = session.tracker
     study = studies.open_study(session.storage(), session.study_name, cfg)
-    objective = _objective(session, prepared, selected)
+    objective, data = _objective(session, prepared, selected)
 
     with studies.study_lock(study):
-        parent = _tune_parent(session, study, prepared, selected, parent_id, run_id, objective)
+        parent, created = _tune_parent(session, study, prepared, selected, parent_id, run_id)
         budget = studies.open_budget(study, cfg.n_trials, cfg.heartbeat_grace)
+    if created:  # outside the lock: these fits take a while on large data
+        run = tracking.StageRun(tracker.client, parent)
+        run.log_dataset(data, context="tune")
+        run.log_metrics(reference_cv(objective.folds, session.threads, cfg.seed))
     if budget.joined:
         log.info("tune: study %s has unfinished trials: joining them", study.study_name)
     else:
@@ -106,9 +113,8 @@ def _tune_parent(
     selected: Selected,
     parent_id: str | None,
     run_id: str | None,
-    objective: CVObjective,
-) -> str:
-    """The study's one parent run: found by the study's record of it, else created now."""
+) -> tuple[str, bool]:
+    """The study's one parent run, found by the study's record of it or created now."""
     tracker = session.tracker
     existing = study.user_attrs.get(PARENT_ATTR)
     if existing and tracker.status(existing) is not None:
@@ -116,7 +122,7 @@ def _tune_parent(
         if run_id and run_id != existing:
             # This command's own run (from `mlflow run`) records where its trials went.
             tracker.tag(run_id, {tracking.STAGE: "tune-worker", tracking.TUNE_RUN: existing})
-        return existing
+        return existing, False
     cfg = session.config
     tags = {
         tracking.STAGE: "tune",
@@ -156,9 +162,8 @@ def _tune_parent(
         {"select_run_id": selected.run_id, "features": list(selected.features)},
         "selected_features.json",
     )
-    run.log_metrics(reference_cv(objective.folds, session.threads, cfg.tuning.seed))
     study.set_user_attr(PARENT_ATTR, run_id)
-    return run_id
+    return run_id, True
 
 
 class _ProgressHooks:
@@ -340,7 +345,7 @@ def work_as_worker(
     parent = study.user_attrs.get(PARENT_ATTR)
     if parent is None:
         raise StageError(f"study {study.study_name} has no parent run: start `tfi tune` instead")
-    objective = _objective(session, prepared, selected)
+    objective, _ = _objective(session, prepared, selected)
     hooks = _ProgressHooks(
         tracking.TrialRuns(session.tracker, parent, study.study_name), study, cfg.metric
     )
