@@ -285,13 +285,13 @@ def _assemble(
 
     all_nan = nan_counts == n
     if all_nan.any():
-        for j in np.flatnonzero(all_nan):
-            dropped[feature_names[j]] = "all values NaN"
+        empty = [feature_names[j] for j in np.flatnonzero(all_nan)]
+        dropped.update(dict.fromkeys(empty, "all values NaN"))
         keep = np.flatnonzero(~all_nan)
         features = np.ascontiguousarray(features[:, keep])
         feature_names = [feature_names[j] for j in keep]
         nan_counts = nan_counts[keep]
-        log.warning("%s: dropped all-NaN columns %s", name, sorted(c for c in dropped))
+        log.warning("%s: dropped all-NaN columns %s", name, empty)
     if not feature_names:
         raise DataError(f"{name} has no usable feature columns")
     counts = {col: int(c) for col, c in zip(feature_names, nan_counts, strict=True) if c}
