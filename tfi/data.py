@@ -67,12 +67,6 @@ class MarketData:
             raise DataError(f"{self.source}: missing feature columns {missing}")
         return np.ascontiguousarray(self.features[:, [index[name] for name in names]])
 
-    def frame(self, names: Sequence[str] | None = None) -> pd.DataFrame:
-        """Features as a DataFrame indexed by timestamp (a view where possible)."""
-        names = list(self.feature_names if names is None else names)
-        values = self.features if names == list(self.feature_names) else self.columns(names)
-        return pd.DataFrame(values, index=self.timestamps, columns=names, copy=False)
-
 
 def source_digest(config: DataConfig) -> str:
     """Content digest of the configured data: the file's bytes, or the generator's spec."""

@@ -57,6 +57,7 @@ class Session:
     storage_uri: str
     digest: str
     _full: MarketData | None = field(default=None, repr=False)
+    _subset: MarketData | None = field(default=None, repr=False)
     _storage: RDBStorage | None = field(default=None, repr=False)
 
     @classmethod
@@ -73,14 +74,19 @@ class Session:
         )
 
     def data(self, features: Sequence[str] | None = None) -> MarketData:
-        """All feature columns (loaded once), or just ``features`` (read alone when possible)."""
+        """All feature columns (loaded once), or just ``features`` (read alone when possible).
+
+        The last subset is kept: tune and train of one command use the same selected columns.
+        """
         if features is None:
             if self._full is None:
                 self._full = data_io.load(self.config.data, digest=self.digest)
             return self._full
+        if self._subset is not None and self._subset.feature_names == tuple(features):
+            return self._subset
         if self._full is not None:
             full = self._full
-            return MarketData(
+            self._subset = MarketData(
                 full.timestamps,
                 full.columns(features),
                 tuple(features),
@@ -89,7 +95,9 @@ class Session:
                 full.digest,
                 {k: v for k, v in full.nan_counts.items() if k in features},
             )
-        return data_io.load(self.config.data, features=features, digest=self.digest)
+        else:
+            self._subset = data_io.load(self.config.data, features=features, digest=self.digest)
+        return self._subset
 
     def storage(self) -> RDBStorage:
         """The Optuna storage, opened (and checked) once."""
