@@ -6,7 +6,15 @@ import optuna
 import pytest
 
 from tfi.config import IntParam
-from tfi.objective import FOLDS_ATTR, CVObjective, build_folds, fold_scores, lightgbm_params
+from tfi.metrics import classification_metrics
+from tfi.objective import (
+    FOLDS_ATTR,
+    CVObjective,
+    build_folds,
+    fit_fold,
+    fold_scores,
+    lightgbm_params,
+)
 from tfi.split import Fold
 
 
@@ -29,6 +37,27 @@ def test_n_estimators_becomes_rounds_and_subsample_gets_a_frequency():
     plain, _ = lightgbm_params({"subsample": 1.0}, 2, 1)
     assert "bagging_freq" not in plain
     assert params["objective"] == "multiclass" and params["num_class"] == 3
+
+
+@pytest.mark.parametrize("early_stopping", [5, None])
+def test_fold_scores_are_those_of_the_best_iteration_without_a_second_prediction(
+    folds, early_stopping
+):
+    """The kept probabilities are those LightGBM's early stopping chose (or the last round)."""
+    fold = folds[1]
+    params, _ = lightgbm_params({"learning_rate": 0.3, "num_leaves": 15}, 1, 5)
+    score = fit_fold(params, 60, fold, early_stopping)
+
+    callbacks = [lgb.early_stopping(early_stopping, verbose=False)] if early_stopping else []
+    booster = lgb.train(params, fold.train, 60, valid_sets=[fold.valid], callbacks=callbacks)
+    best = booster.best_iteration or booster.current_iteration()
+    assert early_stopping is None or best < 60  # the test exercises stopping early
+    assert score.best_iteration == best
+    expected = classification_metrics(
+        fold.y_valid, booster.predict(fold.X_valid, num_iteration=best)
+    )
+    assert score.f1_macro == pytest.approx(expected["f1_macro"])
+    assert score.log_loss == pytest.approx(expected["log_loss"], rel=1e-9)
 
 
 def test_subsample_without_a_frequency_does_nothing_in_lightgbm(folds):

@@ -266,7 +266,7 @@ class TrainingConfig(_Strict):
         "row ratio ('last'), or their plain mean ('none')",
     )
     contribution_rows: int = Field(
-        1000, ge=10, description="test rows sampled for the pred_contrib summary (TreeSHAP is slow)"
+        300, ge=10, description="test rows sampled for the pred_contrib summary (TreeSHAP is slow)"
     )
 
 

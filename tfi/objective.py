@@ -130,31 +130,60 @@ class FoldScore:
     n_train: int
 
 
+class _ValidationTracker:
+    """Eval function: validation multi-logloss; keeps the best iteration's probabilities.
+
+    LightGBM hands every eval function the validation rows' current class probabilities, so
+    keeping those of the best iteration costs a copy per improvement instead of a second
+    prediction pass over the validation rows after training. It is the only metric, so the
+    early-stopping callback and the kept probabilities agree on the best iteration.
+    """
+
+    def __init__(self, y_valid: np.ndarray, keep_best: bool):
+        self.rows = np.arange(len(y_valid))
+        self.classes = y_valid.astype(np.intp)
+        self.keep_best = keep_best
+        self.iteration = 0
+        self.best_iteration = 0
+        self.best_loss = np.inf
+        self.proba: np.ndarray | None = None
+
+    def __call__(self, proba: np.ndarray, _: lgb.Dataset) -> tuple[str, float, bool]:
+        self.iteration += 1
+        picked = np.clip(proba[self.rows, self.classes], 1e-15, 1.0)
+        loss = float(-np.log(picked).mean())
+        if loss < self.best_loss or not self.keep_best:
+            self.best_loss, self.best_iteration = loss, self.iteration
+            self.proba = np.array(proba)  # LightGBM reuses its buffer
+        return "multi_logloss", loss, False
+
+
 def fit_fold(
     params: Mapping[str, Any], rounds: int, fold: FoldData, early_stopping_rounds: int | None
 ) -> FoldScore:
     """Train on a fold (early stopping on validation multi-logloss); score the best iteration."""
+    tracker = _ValidationTracker(fold.y_valid, keep_best=bool(early_stopping_rounds))
     callbacks = []
     if early_stopping_rounds:
         callbacks.append(lgb.early_stopping(early_stopping_rounds, verbose=False))
     with interruptible():  # Ctrl-C stops a long fit at once; the trial loop records it
-        booster = lgb.train(
-            dict(params),
+        lgb.train(
+            {**params, "metric": "None"},
             fold.train,
             num_boost_round=rounds,
             valid_sets=[fold.valid],
             valid_names=["valid"],
+            feval=tracker,
             callbacks=callbacks,
         )
-        best = booster.best_iteration or booster.current_iteration()
-        proba = booster.predict(fold.X_valid, num_iteration=best)
-    scores = classification_metrics(fold.y_valid, proba)
+    assert tracker.proba is not None  # at least one round ran
+    scores = classification_metrics(fold.y_valid, tracker.proba)
     return FoldScore(
         scores["f1_macro"],
         scores["precision_macro"],
         scores["log_loss"],
         scores["accuracy"],
-        int(best),
+        tracker.best_iteration,
         fold.n_train,
     )
 
