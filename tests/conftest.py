@@ -10,7 +10,7 @@ import pytest
 
 from tfi.config import ExperimentConfig, load_config
 
-from .helpers import SMOKE
+from .helpers import SMOKE, isolate_tracking
 
 
 @pytest.fixture
@@ -21,19 +21,7 @@ def smoke_config() -> ExperimentConfig:
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh SQLite tracking store and working directory; Optuna's DB lands beside it."""
-    for name in (
-        "MLFLOW_RUN_ID",
-        "MLFLOW_EXPERIMENT_ID",
-        "MLFLOW_EXPERIMENT_NAME",
-        "MLFLOW_REGISTRY_URI",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("TFI_OPTUNA_STORAGE", raising=False)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(uri)  # the registry follows the tracking store
+    isolate_tracking(monkeypatch, tmp_path)
     yield tmp_path
     while mlflow.active_run():
         mlflow.end_run()

@@ -6,8 +6,10 @@ import os
 import sys
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.yaml"
@@ -50,3 +52,25 @@ def subprocess_env(store: Path) -> dict[str, str]:
     # `mlflow run --env-manager local` starts `python`: make it this interpreter.
     env["PATH"] = str(Path(PYTHON).parent) + os.pathsep + env.get("PATH", "")
     return env
+
+
+def isolate_tracking(patch: pytest.MonkeyPatch, folder: Path) -> str:
+    """Point MLflow (and Optuna's default DB) at a fresh SQLite store in ``folder``, cd there.
+
+    Variables a caller may have set (an active run, an experiment, a registry, a storage) are
+    removed, so nothing leaks into or out of the test.
+    """
+    for name in (
+        "MLFLOW_RUN_ID",
+        "MLFLOW_EXPERIMENT_ID",
+        "MLFLOW_EXPERIMENT_NAME",
+        "MLFLOW_REGISTRY_URI",
+        "TFI_OPTUNA_STORAGE",
+    ):
+        patch.delenv(name, raising=False)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    patch.setenv("MLFLOW_TRACKING_URI", uri)
+    patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    patch.chdir(folder)
+    mlflow.set_tracking_uri(uri)  # the registry follows the tracking store
+    return uri

@@ -109,19 +109,30 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(store, smoke_config):
     assert tuned.best.params["num_leaves"] == 8
 
 
+def _start_until_finished(command: list[str], store, trials: int) -> subprocess.Popen:
+    """Start a tune command and return once ``trials`` of its trials have finished."""
+    proc = subprocess.Popen(
+        command, cwd=store, env=subprocess_env(store), preexec_fn=_default_sigint,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while _finished(store) < trials:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return proc
+
+
+def _default_sigint() -> None:
+    # A test runner started in the background may ignore SIGINT; its children would inherit that.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_killed_tune_is_resumed_by_the_same_command(store):
     _prepare_upstream(store)
     budget = 40
     command = _tune_command(budget)
-    first = subprocess.Popen(
-        command, cwd=store, env=subprocess_env(store),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while _finished(store) < 4:
-        assert first.poll() is None, first.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    first = _start_until_finished(command, store, trials=4)
     first.send_signal(signal.SIGKILL)
     first.wait()
     finished_before = {t.number for t in _study(store).trials if t.state.is_finished()}
@@ -151,23 +162,10 @@ def test_killed_tune_is_resumed_by_the_same_command(store):
         assert orphan[0].info.status == "FAILED"
 
 
-def _default_sigint() -> None:
-    # A test runner started in the background may ignore SIGINT; its children would inherit that.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_tune_marks_its_trial_and_parent(store, stop):
     _prepare_upstream(store)
-    proc = subprocess.Popen(
-        _tune_command(200), cwd=store, env=subprocess_env(store), preexec_fn=_default_sigint,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while _finished(store) < 2:
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    proc = _start_until_finished(_tune_command(200), store, trials=2)
     proc.send_signal(stop)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr

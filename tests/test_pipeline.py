@@ -21,7 +21,7 @@ from tfi import pipeline, synthetic
 from tfi.config import CategoricalParam, load_config
 from tfi.session import Session
 
-from .helpers import PYTHON, ROOT, SMOKE, subprocess_env
+from .helpers import PYTHON, ROOT, SMOKE, isolate_tracking, subprocess_env
 
 # LightGBM reports loaded parameters under their canonical names.
 CANONICAL = {
@@ -38,18 +38,7 @@ def smoke_run(tmp_path_factory):
     """One full `main` on the smoke config; the tests below read what it left behind."""
     folder = tmp_path_factory.mktemp("smoke")
     with pytest.MonkeyPatch.context() as patch:
-        for name in (
-            "MLFLOW_RUN_ID",
-            "MLFLOW_EXPERIMENT_ID",
-            "MLFLOW_EXPERIMENT_NAME",
-            "MLFLOW_REGISTRY_URI",
-        ):
-            patch.delenv(name, raising=False)
-        patch.delenv("TFI_OPTUNA_STORAGE", raising=False)
-        uri = f"sqlite:///{folder / 'mlflow.db'}"
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.chdir(folder)
-        mlflow.set_tracking_uri(uri)
+        isolate_tracking(patch, folder)
         config = load_config(SMOKE)
         session = Session.open(config)
         trained = pipeline.run_main(session, None)

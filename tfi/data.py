@@ -172,19 +172,9 @@ def _feature_columns(
     exclude: Iterable[str],
     wanted: Sequence[str] | None,
 ) -> tuple[list[str], dict[str, str]]:
-    missing = [col for col in FLOW if col not in types]
-    if missing:
-        raise DataError(f"{name} lacks required columns {missing}")
-    bad = {col: str(types[col]) for col in FLOW if not _is_numeric(types[col])}
-    if bad:
-        raise DataError(f"{name}: required columns must be numeric, got {bad}")
+    _require_numeric(name, types, FLOW, "required")
     if wanted is not None:
-        absent = [col for col in wanted if col not in types]
-        if absent:
-            raise DataError(f"{name} lacks feature columns {absent}")
-        wrong = {col: str(types[col]) for col in wanted if not _is_numeric(types[col])}
-        if wrong:
-            raise DataError(f"{name}: feature columns must be numeric, got {wrong}")
+        _require_numeric(name, types, wanted, "feature")
         return list(wanted), {}
     excluded = set(exclude)
     dropped = {col: "excluded by data.exclude" for col in types if col in excluded}
@@ -194,6 +184,17 @@ def _feature_columns(
         if col not in excluded and not _is_numeric(kind)
     }
     return [col for col in types if col not in dropped], dropped
+
+
+def _require_numeric(
+    name: str, types: Mapping[str, pa.DataType], columns: Sequence[str], kind: str
+) -> None:
+    missing = [col for col in columns if col not in types]
+    if missing:
+        raise DataError(f"{name} lacks {kind} columns {missing}")
+    bad = {col: str(types[col]) for col in columns if not _is_numeric(types[col])}
+    if bad:
+        raise DataError(f"{name}: {kind} columns must be numeric, got {bad}")
 
 
 def _timestamps(column: pa.ChunkedArray, name: str) -> pd.DatetimeIndex:

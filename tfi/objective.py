@@ -3,8 +3,8 @@
 Pure of MLflow. :func:`build_folds` bins each fold's training and validation rows into LightGBM
 ``Dataset`` objects once; :class:`CVObjective` is called by Optuna for every trial, trains one
 booster per fold with the native API and early stopping on the validation fold's multi-logloss,
-scores the best iteration, records per-fold results in the trial's user attributes, and reports
-each fold's score (smallest training set first) so a pruner can stop a hopeless trial early.
+scores the best iteration, records per-fold results in the trial's user attributes, and reports the
+mean so far after each fold (smallest training set first) so a pruner can stop a hopeless trial.
 """
 
 from __future__ import annotations
@@ -189,7 +189,11 @@ def fit_fold(
 
 
 class CVObjective:
-    """Mean of the configured metric over the purged folds; prunable after every fold."""
+    """Mean of the configured metric over the purged folds; prunable after every fold.
+
+    After fold k the trial reports the mean over folds 0..k, so a pruner compares trials on the
+    same folds; the last report is the objective value.
+    """
 
     def __init__(self, folds: Sequence[FoldData], config: TuningConfig, num_threads: int):
         self.folds = list(folds)
@@ -202,13 +206,17 @@ class CVObjective:
             {**self.config.fixed_params, **sampled}, self.num_threads, self.config.seed
         )
         scores: list[FoldScore] = []
+        running_mean = np.nan
         for step, fold in enumerate(self.folds):
             scores.append(fit_fold(params, rounds, fold, self.config.early_stopping_rounds))
             trial.set_user_attr(FOLDS_ATTR, [asdict(score) for score in scores])
-            trial.report(getattr(scores[-1], self.config.metric), step)
+            # The mean over the folds so far estimates the objective itself and is less noisy
+            # than the last fold alone; every trial reaches step k on the same folds.
+            running_mean = float(np.mean([getattr(score, self.config.metric) for score in scores]))
+            trial.report(running_mean, step)
             if step + 1 < len(self.folds) and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after fold {step}")
-        return float(np.mean([getattr(score, self.config.metric) for score in scores]))
+        return running_mean
 
 
 def reference_cv(folds: Sequence[FoldData], num_threads: int, seed: int) -> dict[str, float]:
