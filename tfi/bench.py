@@ -19,14 +19,16 @@ import multiprocessing
 import os
 import resource
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from tfi.config import SyntheticSpec, load_config
+from tfi.errors import StageError
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +107,44 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _in_child(function: Callable[..., Any], *args: Any) -> Any:
-    """Run in a fresh process (its peak memory is its own) and return the result."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
+    """Run in a fresh process (its peak memory is its own) and return the result.
+
+    The child never outlives this command: it is terminated if the command stops (Ctrl-C,
+    SIGTERM from a scheduler's time limit) and stops itself if the command is killed.
+    """
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_child_main, args=(sender, os.getpid(), function, args))
+    child.start()
+    sender.close()
+    try:
+        succeeded, payload = receiver.recv()
+    except EOFError:
+        raise StageError(
+            f"benchmark child {function.__name__} died (exit code {child.exitcode})"
+        ) from None
+    finally:
+        if child.is_alive():
+            child.terminate()
+        child.join()
+    if not succeeded:
+        raise payload
+    return payload
+
+
+def _child_main(
+    sender: Connection, parent: int, function: Callable[..., Any], args: tuple[Any, ...]
+) -> None:
+    def exit_with_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
+    try:
+        sender.send((True, function(*args)))
+    except BaseException as exc:  # handed to the parent, which raises it
+        sender.send((False, exc))
 
 
 def _peak_rss_gb() -> float:

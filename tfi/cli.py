@@ -11,7 +11,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tfi import interrupts
@@ -100,16 +100,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging()
         from tfi.bench import main as bench_main
 
-        return bench_main(argv[1:])
+        interrupts.install()
+        return _exit_status(lambda: bench_main(argv[1:]), None)
     args = _parser().parse_args(argv)
     _setup_logging()
     # `mlflow run` hands its run over in MLFLOW_RUN_ID; taken here so that no other
     # start_run() picks it up by accident.
     invocation_run = os.environ.pop("MLFLOW_RUN_ID", None)
     interrupts.install()
+    return _exit_status(lambda: _dispatch(args, _config(args), invocation_run), invocation_run)
+
+
+def _exit_status(command: Callable[[], object], invocation_run: str | None) -> int:
+    """Run a command; a TfiError or an interrupt becomes one log line and an exit status."""
     try:
-        config = _config(args)
-        _dispatch(args, config, invocation_run)
+        command()
     except TfiError as exc:
         message = mask_text(str(exc))
         log.error("%s", message)

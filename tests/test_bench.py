@@ -1,0 +1,97 @@
+"""The benchmark command: one side-by-side report, logged; its children never outlive it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from .helpers import PYTHON, SMOKE, subprocess_env
+
+STAGES = {"load", "label", "select", "tune", "train", "evaluate"}
+
+
+def _bench(*options: str) -> list[str]:
+    return [PYTHON, "-m", "tfi", "bench", "--config", str(SMOKE), *options]
+
+
+def test_bench_reports_tfi_beside_the_seed_approach(store):
+    output = store / "bench.json"
+    done = subprocess.run(
+        _bench("--rows", "6000", "--features", "60", "--n-trials", "3", "--reference", "true",
+               "--output", str(output)),
+        cwd=store, env=subprocess_env(store), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(output.read_text())
+    assert report["n_trials"] == 3 and report["data"]["rows"] == 6000
+    for side in ("tfi", "reference"):
+        result = report[side]
+        assert set(result["seconds"]) == STAGES
+        assert result["total_seconds"] == pytest.approx(sum(result["seconds"].values()))
+        assert 0 < result["test_f1_macro"] <= 1 and 0 < result["cv_f1_macro"] <= 1
+        assert result["peak_rss_gb"] > 0
+    tfi_trials, seed_trials = report["tfi"]["trials"], report["reference"]["trials"]
+    assert tfi_trials["complete"] + tfi_trials["pruned"] == 3
+    assert seed_trials == {
+        "complete": 3,
+        "pruned": 0,
+        "seconds_per_complete_trial": pytest.approx(seed_trials["seconds_per_complete_trial"]),
+        "seconds_per_pruned_trial": None,
+    }
+    assert report["speedup"] == pytest.approx(
+        report["reference"]["total_seconds"] / report["tfi"]["total_seconds"]
+    )
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tfi-bench")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.tags["tfi.stage"] == "bench"
+    assert run.data.metrics["speedup"] == pytest.approx(report["speedup"])
+    assert run.data.metrics["tfi_seconds_tune"] == pytest.approx(report["tfi"]["seconds"]["tune"])
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["bench.json"]
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")  # a zombie has stopped; only its exit status is left
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+def test_a_stopped_bench_leaves_no_child_running(store, stop):
+    """A scheduler's time limit (SIGTERM) or a kill must not leave a benchmark eating the cores."""
+    scratch = store / "scratch"
+    scratch.mkdir()
+    bench = subprocess.Popen(
+        _bench("--rows", "2000000", "--features", "60", "--output", str(store / "b.json")),
+        cwd=store, env={**subprocess_env(store), "TMPDIR": str(scratch)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    children: list[int] = []
+    while not children:
+        assert bench.poll() is None and time.monotonic() < deadline
+        children = [pid for pid in _children(bench.pid) if _running(pid)]
+        time.sleep(0.1)
+    time.sleep(1)  # the child is at work
+    bench.send_signal(stop)
+    assert bench.wait(timeout=30) == (130 if stop == signal.SIGTERM else -signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while any(_running(pid) for pid in children):
+        assert time.monotonic() < deadline, f"bench child {children} still running"
+        time.sleep(0.2)
+    if stop == signal.SIGTERM:  # stopped in order: its temporary data is gone too
+        assert list(scratch.iterdir()) == []
