@@ -54,7 +54,7 @@ def subprocess_env(store: Path) -> dict[str, str]:
     return env
 
 
-def isolate_tracking(patch: pytest.MonkeyPatch, folder: Path) -> str:
+def isolate_tracking(patch: pytest.MonkeyPatch, folder: Path) -> None:
     """Point MLflow (and Optuna's default DB) at a fresh SQLite store in ``folder``, cd there.
 
     Variables a caller may have set (an active run, an experiment, a registry, a storage) are
@@ -73,4 +73,3 @@ def isolate_tracking(patch: pytest.MonkeyPatch, folder: Path) -> str:
     patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     patch.chdir(folder)
     mlflow.set_tracking_uri(uri)  # the registry follows the tracking store
-    return uri
