@@ -7,6 +7,7 @@ import time
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -144,15 +145,20 @@ def test_errors_exit_2_without_a_traceback_in_a_real_process(store):
     assert "timestamps are not sorted" in done.stderr
 
 
+def _mlflow_run(store, entry_point: str, *params: str) -> None:
+    """`mlflow run` of an entry point on the smoke config, as a user types it."""
+    options = [arg for param in (f"config={SMOKE}", *params) for arg in ("-P", param)]
+    command = [PYTHON, "-m", "mlflow", "run", str(ROOT), "-e", entry_point,
+               "--env-manager", "local", "--experiment-name", "tfi-smoke", *options]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=store, env=subprocess_env(store), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_mlflow_run_tune_nests_trials_under_its_own_run(store):
     """`mlflow run . -e tune`: the run mlflow creates is the study's parent."""
-    done = subprocess.run(
-        [PYTHON, "-m", "mlflow", "run", str(ROOT), "-e", "tune", "--env-manager", "local",
-         "--experiment-name", "tfi-smoke", "-P", f"config={SMOKE}", "-P", "n_trials=3",
-         "-P", "study=via-mlflow-run"],
-        cwd=store, env=subprocess_env(store), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    _mlflow_run(store, "tune", "n_trials=3", "study=via-mlflow-run")
     client = MlflowClient()
     experiment = client.get_experiment_by_name("tfi-smoke")
     (parent,) = client.search_runs([experiment.experiment_id], "tags.`tfi.stage` = 'tune'")
@@ -164,3 +170,26 @@ def test_mlflow_run_tune_nests_trials_under_its_own_run(store):
     assert len(children) == 3
     assert {c.data.tags["tfi.stage"] for c in children} == {"trial"}
     assert parent.info.status == "FINISHED"
+
+
+def test_mlflow_run_main_then_score_as_the_readme_says(store):
+    """The -P values mlflow logs stay as typed; the values tfi resolved sit beside them."""
+    _mlflow_run(store, "main")
+    output = store / "predictions.parquet"  # `mlflow run` works in the project folder
+    _mlflow_run(store, "score", f"output={output}")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tfi-smoke")
+    (main_run,) = client.search_runs([experiment.experiment_id], "tags.`tfi.stage` = 'main'")
+    assert main_run.info.status == "FINISHED"
+    assert main_run.data.params["config"] == str(SMOKE)
+    assert main_run.data.params["config_resolved"] == "smoke"
+    assert main_run.data.tags["tfi.promotion"] == "champion"
+    (score_run,) = client.search_runs([experiment.experiment_id], "tags.`tfi.stage` = 'score'")
+    assert score_run.info.status == "FINISHED"
+    assert score_run.data.params["model_uri"] == "''"  # mlflow's record of an empty -P
+    assert score_run.data.params["model_uri_resolved"] == "models:/tfi-classifier@champion"
+    assert score_run.data.params["output"] == str(output)
+    assert "output_resolved" not in score_run.data.params
+    predictions = pd.read_parquet(output)
+    assert list(predictions.columns) == ["timestamp", "prediction", "p_sell", "p_neutral", "p_buy"]
+    assert int(score_run.data.params["rows"]) == len(predictions)

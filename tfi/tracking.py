@@ -186,9 +186,21 @@ class StageRun:
 
     @critical_section
     def log_params(self, params: Mapping[str, Any]) -> None:
-        self.client.log_batch(
-            self.id, params=[Param(k, _param_value(v)) for k, v in params.items()]
-        )
+        """Log params; one already logged with another value goes in as ``<key>_resolved``.
+
+        `mlflow run` logs each -P value as typed (a config path, "" for "the config's value")
+        on the run it hands over, and MLflow never lets a param change: the value tfi used
+        then sits beside the one the user typed.
+        """
+        logged = self.client.get_run(self.id).data.params
+        batch = []
+        for key, value in params.items():
+            text = _param_value(value)
+            if logged.get(key, text) != text:
+                key = f"{key}_resolved"
+            if logged.get(key) != text:
+                batch.append(Param(key, text))
+        self.client.log_batch(self.id, params=batch)
 
     @critical_section
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
