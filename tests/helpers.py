@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -73,3 +74,21 @@ def isolate_tracking(patch: pytest.MonkeyPatch, folder: Path) -> None:
     patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     patch.chdir(folder)
     mlflow.set_tracking_uri(uri)  # the registry follows the tracking store
+
+
+def mlflow_run(
+    store: Path, entry_point: str, *params: str, env: dict[str, str] | None = None
+) -> None:
+    """`mlflow run` of an entry point on the smoke config, as a user types it."""
+    options = [arg for param in (f"config={SMOKE}", *params) for arg in ("-P", param)]
+    command = [PYTHON, "-m", "mlflow", "run", str(ROOT), "-e", entry_point,
+               "--env-manager", "local", "--experiment-name", "tfi-smoke", *options]  # fmt: skip
+    done = subprocess.run(
+        command,
+        cwd=store,
+        env={**subprocess_env(store), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from .helpers import PYTHON, SMOKE, subprocess_env
+from .helpers import PYTHON, SMOKE, mlflow_run, subprocess_env
 
 STAGES = {"load", "label", "select", "tune", "train", "evaluate"}
 
@@ -54,6 +54,34 @@ def test_bench_reports_tfi_beside_the_seed_approach(store):
     assert run.data.tags["tfi.stage"] == "bench"
     assert run.data.metrics["speedup"] == pytest.approx(report["speedup"])
     assert run.data.metrics["tfi_seconds_tune"] == pytest.approx(report["tfi"]["seconds"]["tune"])
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["bench.json"]
+
+
+def test_mlflow_run_bench_reports_into_its_own_run(store):
+    """`mlflow run . -e bench`: the report lands on the run mlflow made, not on a second one.
+
+    The benchmark's own study and runs stay in throwaway stores, even where the user's
+    environment names a shared Optuna storage.
+    """
+    output = store / "bench.json"
+    team_storage = store / "team-optuna.db"
+    mlflow_run(
+        store, "bench", "rows=6000", "features=60", "n_trials=2", f"output={output}",
+        env={"TFI_OPTUNA_STORAGE": f"sqlite:///{team_storage}"},
+    )  # fmt: skip
+    assert not team_storage.exists()
+    report = json.loads(output.read_text())
+    client = MlflowClient()
+    assert client.get_experiment_by_name("tfi-bench") is None
+    experiment = client.get_experiment_by_name("tfi-smoke")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.project.entryPoint"] == "bench"
+    assert run.data.tags["tfi.stage"] == "bench"
+    assert run.data.params["n_trials"] == "2"
+    assert run.data.params["reference"] == "false"
+    assert run.data.params["data_resolved"] == "synthetic"  # mlflow logged the empty -P
+    assert run.data.metrics["tfi_total_seconds"] == pytest.approx(report["tfi"]["total_seconds"])
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["bench.json"]
 
 

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from tfi.cli import main
 
-from .helpers import PYTHON, ROOT, SMOKE, bars, subprocess_env
+from .helpers import PYTHON, SMOKE, bars, mlflow_run, subprocess_env
 
 
 def _no_runs() -> bool:
@@ -145,20 +145,9 @@ def test_errors_exit_2_without_a_traceback_in_a_real_process(store):
     assert "timestamps are not sorted" in done.stderr
 
 
-def _mlflow_run(store, entry_point: str, *params: str) -> None:
-    """`mlflow run` of an entry point on the smoke config, as a user types it."""
-    options = [arg for param in (f"config={SMOKE}", *params) for arg in ("-P", param)]
-    command = [PYTHON, "-m", "mlflow", "run", str(ROOT), "-e", entry_point,
-               "--env-manager", "local", "--experiment-name", "tfi-smoke", *options]  # fmt: skip
-    done = subprocess.run(
-        command, cwd=store, env=subprocess_env(store), capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-
-
 def test_mlflow_run_tune_nests_trials_under_its_own_run(store):
     """`mlflow run . -e tune`: the run mlflow creates is the study's parent."""
-    _mlflow_run(store, "tune", "n_trials=3", "study=via-mlflow-run")
+    mlflow_run(store, "tune", "n_trials=3", "study=via-mlflow-run")
     client = MlflowClient()
     experiment = client.get_experiment_by_name("tfi-smoke")
     (parent,) = client.search_runs([experiment.experiment_id], "tags.`tfi.stage` = 'tune'")
@@ -174,9 +163,9 @@ def test_mlflow_run_tune_nests_trials_under_its_own_run(store):
 
 def test_mlflow_run_main_then_score_as_the_readme_says(store):
     """The -P values mlflow logs stay as typed; the values tfi resolved sit beside them."""
-    _mlflow_run(store, "main")
+    mlflow_run(store, "main")
     output = store / "predictions.parquet"  # `mlflow run` works in the project folder
-    _mlflow_run(store, "score", f"output={output}")
+    mlflow_run(store, "score", f"output={output}")
     client = MlflowClient()
     experiment = client.get_experiment_by_name("tfi-smoke")
     (main_run,) = client.search_runs([experiment.experiment_id], "tags.`tfi.stage` = 'main'")

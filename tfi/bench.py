@@ -33,9 +33,17 @@ from tfi.errors import StageError
 log = logging.getLogger(__name__)
 
 TEST_SHARE = 0.1636  # DRW: 2024-01-01 .. 2024-02-29 of 2023-03-01 .. 2024-02-29
+# What points a process at the user's runs (`mlflow run` sets the first two).
+_MLFLOW_POINTERS = (
+    "MLFLOW_RUN_ID",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_REGISTRY_URI",
+)
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str], run_id: str | None = None) -> int:
+    """Run the benchmark; the report goes into ``run_id`` (``mlflow run``'s) or a new run."""
     parser = argparse.ArgumentParser(prog="tfi bench", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="experiments/drw.yaml")
     parser.add_argument("--data", default="", help="an existing parquet file (default: generate)")
@@ -76,6 +84,8 @@ def main(argv: Sequence[str]) -> int:
             "split.test_start": test_start,
             "tuning.n_trials": n_trials,
             "tuning.study": "bench",
+            # The benchmark's study and runs go into throwaway stores, never the user's.
+            "tuning.storage": f"sqlite:///{folder / 'optuna.db'}",
             "output_dir": str(folder),
         }
         report: dict[str, Any] = {
@@ -102,7 +112,7 @@ def main(argv: Sequence[str]) -> int:
     text = json.dumps(report, indent=2)
     Path(args.output).write_text(text)
     print(text)  # noqa: T201 - the report is this command's output
-    _log_report(report, args.output)
+    _log_report(report, args.output, run_id)
     return 0
 
 
@@ -171,8 +181,11 @@ def _child_logging() -> None:
 def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[str, Any]:
     _child_logging()
     os.makedirs(store, exist_ok=True)
+    from tfi.session import STORAGE_ENV
+
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
-    os.environ.pop("MLFLOW_RUN_ID", None)
+    for pointer in (*_MLFLOW_POINTERS, STORAGE_ENV):
+        os.environ.pop(pointer, None)
     from optuna.trial import TrialState
 
     from tfi import pipeline
@@ -248,16 +261,17 @@ def _flatten(prefix: str, payload: Any) -> dict[str, float]:
     return {}
 
 
-def _log_report(report: dict[str, Any], output: str) -> None:
+def _log_report(report: dict[str, Any], output: str, run_id: str | None) -> None:
     """Record the report as a `bench` run in the user's tracking store."""
     from tfi import tracking
 
-    tracker = tracking.Tracker("tfi-bench")
-    with tracker.run("bench") as run:
+    tracker = tracking.Tracker("tfi-bench", run_id)
+    with tracker.run("bench", run_id=run_id) as run:
         run.log_params(
             {"rows": report["data"]["rows"], "features": report["data"]["features"],
              "n_trials": report["n_trials"], "config": report["config"],
-             "data": report["data"]["source"], "reference": "reference" in report}
+             "data": report["data"]["source"],
+             "reference": str("reference" in report).lower()}
         )  # fmt: skip
         run.log_metrics(_flatten("", {k: v for k, v in report.items() if k != "data"}))
         run.client.log_artifact(run.id, output)

@@ -96,18 +96,16 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # its own options: see `tfi bench --help`
-        _setup_logging()
-        from tfi.bench import main as bench_main
-
-        interrupts.install()
-        return _exit_status(lambda: bench_main(argv[1:]), None)
-    args = _parser().parse_args(argv)
+    args = None if argv[:1] == ["bench"] else _parser().parse_args(argv)
     _setup_logging()
     # `mlflow run` hands its run over in MLFLOW_RUN_ID; taken here so that no other
     # start_run() picks it up by accident.
     invocation_run = os.environ.pop("MLFLOW_RUN_ID", None)
     interrupts.install()
+    if args is None:  # bench has its own options: see `tfi bench --help`
+        from tfi.bench import main as bench_main
+
+        return _exit_status(lambda: bench_main(argv[1:], invocation_run), invocation_run)
     return _exit_status(lambda: _dispatch(args, _config(args), invocation_run), invocation_run)
 
 

@@ -139,7 +139,8 @@ def _objective(trial: optuna.Trial, X: pd.DataFrame, y: pd.Series) -> float:
         model.fit(
             X.iloc[train_index],
             y.iloc[train_index],
-            eval_set=[(X.iloc[valid_index], y.iloc[valid_index])],
+            eval_X=X.iloc[valid_index],
+            eval_y=y.iloc[valid_index],
             eval_metric="multi_logloss",
             callbacks=[lgb.early_stopping(15, verbose=False)],
         )
