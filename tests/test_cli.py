@@ -161,6 +161,26 @@ def test_mlflow_run_tune_nests_trials_under_its_own_run(store):
     assert parent.info.status == "FINISHED"
 
 
+def test_mlflow_run_stage_by_stage_reuses_each_upstream_run(store):
+    """prepare, select, tune, train as four `mlflow run`s: each finds the runs before it."""
+    for entry_point, *params in (["prepare"], ["select"], ["tune", "n_trials=2"], ["train"]):
+        mlflow_run(store, entry_point, *params)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tfi-smoke")
+    runs = {}
+    for stage in ("prepare", "select", "tune", "train"):
+        (run,) = client.search_runs([experiment.experiment_id], f"tags.`tfi.stage` = '{stage}'")
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.project.entryPoint"] == stage  # mlflow's run, adopted
+        runs[stage] = run.data.tags | {"run_id": run.info.run_id}
+    assert runs["select"]["tfi.prepare_run_id"] == runs["prepare"]["run_id"]
+    for later in ("tune", "train"):
+        assert runs[later]["tfi.prepare_run_id"] == runs["prepare"]["run_id"]
+        assert runs[later]["tfi.select_run_id"] == runs["select"]["run_id"]
+    assert runs["train"]["tfi.tune_run_id"] == runs["tune"]["run_id"]  # not tuned again
+    assert runs["train"]["tfi.promotion"] == "champion"
+
+
 def test_mlflow_run_main_then_score_as_the_readme_says(store):
     """The -P values mlflow logs stay as typed; the values tfi resolved sit beside them."""
     mlflow_run(store, "main")
