@@ -85,6 +85,15 @@ def test_mlflow_run_bench_reports_into_its_own_run(store):
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["bench.json"]
 
 
+def test_python_m_tfi_bench_is_the_bench_command(store):
+    done = subprocess.run(
+        [PYTHON, "-m", "tfi.bench", "--rows", "not-a-number"],
+        cwd=store, env=subprocess_env(store), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "tfi bench: error: argument --rows" in done.stderr
+
+
 def _children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(child) for child in path.read_text().split()] if path.exists() else []

@@ -275,3 +275,11 @@ def _log_report(report: dict[str, Any], output: str, run_id: str | None) -> None
         )  # fmt: skip
         run.log_metrics(_flatten("", {k: v for k, v in report.items() if k != "data"}))
         run.client.log_artifact(run.id, output)
+
+
+if __name__ == "__main__":  # `python -m tfi.bench ...` is `python -m tfi bench ...`
+    import sys
+
+    from tfi.cli import main as cli_main
+
+    raise SystemExit(cli_main(["bench", *sys.argv[1:]]))
