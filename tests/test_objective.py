@@ -25,7 +25,7 @@ def folds():
     score = X[:, 0] + 0.5 * X[:, 1] + rng.standard_normal(3000)
     y = np.digitize(score, np.quantile(score, [0.3, 0.7])).astype(np.int32)
     plan = [Fold(700, 750, 1500), Fold(1450, 1500, 2250), Fold(2200, 2250, 3000)]
-    return build_folds(X, y, plan, max_bin=63, num_threads=1)
+    return build_folds(X, [y] * len(plan), plan, max_bin=63, num_threads=1)
 
 
 def test_n_estimators_becomes_rounds_and_subsample_gets_a_frequency():

@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 
 from tfi import pipeline, synthetic
 from tfi.config import CategoricalParam, load_config
+from tfi.prepare import LabelledData, training_folds
 from tfi.session import Session
 
 from .helpers import PYTHON, ROOT, SMOKE, isolate_tracking, subprocess_env
@@ -88,6 +89,24 @@ def test_prepare_logs_thresholds_balance_and_auditable_labels(smoke_run):
     assert metrics["rows_train"] + metrics["rows_test"] + 10 == metrics["rows_total"]
     inputs = prepare.inputs.dataset_inputs
     assert inputs and inputs[0].dataset.digest == smoke_run["session"].digest
+
+
+def test_tune_records_each_folds_own_thresholds(smoke_run):
+    """Inside CV each fold's classes come from quantiles of its own training rows."""
+    (prepare,) = _runs("prepare")
+    (tune,) = _runs("tune")
+    run_id = prepare.info.run_id
+    table = pd.read_parquet(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/labels.parquet"))
+    period = mlflow.artifacts.load_dict(f"runs:/{run_id}/thresholds.json")
+    labelled = LabelledData.from_table(table, period)
+    folds = training_folds(labelled, smoke_run["config"].cv)
+    recorded = mlflow.artifacts.load_dict(f"runs:/{tune.info.run_id}/fold_thresholds.json")
+    assert [entry["fold"] for entry in recorded] == list(range(len(folds)))
+    imbalance = labelled.future_imbalance[labelled.rows("train")]
+    for fold, entry in zip(folds, recorded, strict=True):
+        low, high = np.quantile(imbalance[: fold.train_stop], [0.3, 0.7])
+        assert (entry["low"], entry["high"]) == pytest.approx((low, high), abs=1e-12)
+    assert recorded[0]["low"] != pytest.approx(period["low"], abs=1e-9)
 
 
 def test_select_logs_features_and_plots(smoke_run):

@@ -32,7 +32,9 @@ def _problem(n=3000, p=12, seed=0):
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_fold_path_and_validation_error_match_scikit_learn():
     X, y = _problem()
-    blocks = _block_moments(X, y, [0, 900, 1000, 2000, 3000])
+    blocks = [
+        block.target(0) for block in _block_moments(X, y[:, None], [0, 900, 1000, 2000, 3000])
+    ]
     train = _standardise(blocks[0])
     alphas = np.geomspace(0.5, 0.005, 8)
     coefs = _path(train, alphas)
@@ -56,6 +58,30 @@ def test_rows_argument_equals_a_copied_subset():
     indexed = select_features(X, y[rows], folds, [f"f{i}" for i in range(12)], config, rows=rows)
     np.testing.assert_allclose(direct.coef, indexed.coef, atol=1e-6)
     assert direct.selected == indexed.selected
+
+
+def test_each_fold_is_scored_on_its_own_target():
+    """Per-fold targets (classes from each fold's thresholds) drive that fold's CV error only."""
+    X, y = _problem()
+    rng = np.random.default_rng(1)
+    fold_y = [y + rng.standard_normal(len(y)), np.round(y)]
+    folds = [Fold(900, 1000, 2000), Fold(1900, 2000, 3000)]
+    config = SelectionConfig(n_alphas=8, max_features=None)
+    names = [f"f{i}" for i in range(12)]
+    shared = select_features(X, y, folds, names, config)
+    same = select_features(X, y, folds, names, config, fold_y=[y, y])
+    np.testing.assert_allclose(same.cv_mse, shared.cv_mse, rtol=1e-9)
+
+    own = select_features(X, y, folds, names, config, fold_y=fold_y)
+    np.testing.assert_allclose(own.path, shared.path, atol=1e-9)  # the period's own target
+    for i, (fold, target) in enumerate(zip(folds, fold_y, strict=True)):
+        # All rows, so that NaNs are filled with the same training mean as in select_features.
+        bounds = [0, fold.train_stop, fold.valid_start, fold.valid_stop, len(y)]
+        blocks = [b.target(0) for b in _block_moments(X, target[:, None], bounds)]
+        train = _standardise(blocks[0])
+        expected = _validation_mse(train, _path(train, own.alphas), blocks[2])
+        np.testing.assert_allclose(own.cv_mse[i], expected, rtol=1e-6)
+        assert not np.allclose(own.cv_mse[i], shared.cv_mse[i])
 
 
 def test_selects_the_planted_informative_features(smoke_config):

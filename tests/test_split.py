@@ -6,7 +6,7 @@ import pytest
 
 from tfi.data import load
 from tfi.errors import SplitError
-from tfi.prepare import LabelledData, prepare_labels, training_folds
+from tfi.prepare import LabelledData, fold_labels, prepare_labels, training_folds
 from tfi.split import PURGED, TEST, TRAIN, UNLABELLED, assign_periods, walk_forward_folds
 
 from .helpers import bars
@@ -56,6 +56,34 @@ def test_thresholds_ignore_the_test_period(smoke_config, tmp_path):
     train = base.period == TRAIN
     np.testing.assert_array_equal(other.target[train], base.target[train])
     assert not np.array_equal(other.target[base.period == TEST], base.target[base.period == TEST])
+
+
+def test_fold_classes_come_from_the_folds_own_training_rows(smoke_config, tmp_path):
+    """Inside CV the validation block is the future: it must not move a fold's thresholds."""
+    config = _split_config(smoke_config, "2023-03-01 03:00", n_splits=3)
+    frame = bars(240)
+    base, config = _prepared(frame, config, tmp_path, "a.parquet")
+    folds = training_folds(base, config.cv)
+    imbalance = base.future_imbalance[base.rows(TRAIN)]
+    labels = fold_labels(base, folds)
+    for fold, own in zip(folds, labels, strict=True):
+        low, high = np.quantile(imbalance[: fold.train_stop], [0.3, 0.7])
+        assert (own.thresholds.low, own.thresholds.high) == pytest.approx((low, high))
+        assert len(own.target) == fold.valid_stop
+        assert set(np.unique(own.target[: fold.train_stop])) == {-1.0, 0.0, 1.0}
+
+    # More buying from fold 0's validation block on, still inside the training period.
+    changed = frame.copy()
+    later = changed.index >= base.timestamps[base.rows(TRAIN)[folds[0].valid_start]]
+    changed.loc[later, "buy_qty"] = (changed["volume"] + changed["buy_qty"])[later] / 2
+    changed.loc[later, "sell_qty"] = (changed["volume"] - changed["buy_qty"])[later]
+    other, _ = _prepared(changed, config, tmp_path, "b.parquet")
+    assert other.thresholds != base.thresholds  # the training period's quantiles moved
+    moved = fold_labels(other, training_folds(other, config.cv))[0]
+    assert moved.thresholds == labels[0].thresholds
+    train_stop = folds[0].train_stop
+    np.testing.assert_array_equal(moved.target[:train_stop], labels[0].target[:train_stop])
+    assert not np.array_equal(other.target[:train_stop], base.target[:train_stop])
 
 
 def test_folds_are_purged_by_the_label_horizon(smoke_config, tmp_path):

@@ -103,12 +103,20 @@ class FoldData:
 
 
 def build_folds(
-    X: np.ndarray, y: np.ndarray, folds: Sequence[Fold], max_bin: int, num_threads: int
+    X: np.ndarray,
+    fold_y: Sequence[np.ndarray],
+    folds: Sequence[Fold],
+    max_bin: int,
+    num_threads: int,
 ) -> list[FoldData]:
-    """Bin each fold once; trials then reuse the constructed Datasets."""
+    """Bin each fold once; trials then reuse the constructed Datasets.
+
+    ``fold_y[i]`` holds fold ``i``'s class indices for rows ``[0, valid_stop)``: each fold has
+    its own labels (see :func:`tfi.prepare.fold_labels`).
+    """
     params = dataset_params(max_bin, num_threads)
     built = []
-    for fold in folds:
+    for fold, y in zip(folds, fold_y, strict=True):
         train = lgb.Dataset(
             X[: fold.train_stop], y[: fold.train_stop], params=params, free_raw_data=True
         ).construct()

@@ -16,7 +16,7 @@ from tfi import data as data_io
 from tfi import score, tracking
 from tfi.champion import train
 from tfi.config import ExperimentConfig
-from tfi.prepare import LabelledData, prepare_labels, training_folds
+from tfi.prepare import LabelledData, fold_labels, prepare_labels, training_folds
 from tfi.select import coefficient_figure, path_figure, select_features
 from tfi.session import Prepared, Selected, Session, Trained, Tuned, check_alignment
 from tfi.split import TRAIN
@@ -111,10 +111,14 @@ def select(
     check_alignment(data, labelled)
     rows = labelled.rows(TRAIN)
     folds = training_folds(labelled, cfg.cv)
-    target = labelled.target if cfg.selection.target == "class" else labelled.future_imbalance
+    if cfg.selection.target == "class":
+        target = labelled.target
+        fold_y = [labels.target for labels in fold_labels(labelled, folds)]
+    else:  # the continuous imbalance needs no thresholds
+        target, fold_y = labelled.future_imbalance, None
     started = time.perf_counter()
     selection = select_features(
-        data.features, target[rows], folds, data.feature_names, cfg.selection, rows=rows
+        data.features, target[rows], folds, data.feature_names, cfg.selection, rows, fold_y
     )
     seconds = time.perf_counter() - started
     log.info(

@@ -7,7 +7,7 @@ read back with :meth:`LabelledData.from_table`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,17 +123,44 @@ def prepare_labels(data: MarketData, config: ExperimentConfig) -> LabelledData:
 def training_folds(labelled: LabelledData, config: CVConfig) -> list[Fold]:
     """Purged walk-forward folds over the training rows (indices into those rows)."""
     rows = labelled.rows(TRAIN)
-    folds = walk_forward_folds(
+    return walk_forward_folds(
         labelled.timestamps.to_numpy()[rows],
         labelled.window_end[rows],
         config.n_splits,
         pd.Timedelta(minutes=config.embargo_minutes),
         config.min_train_rows,
     )
-    target = labelled.target[rows]
+
+
+@dataclass(frozen=True)
+class FoldLabels:
+    """A fold's classes for training rows ``[0, valid_stop)``, from its own thresholds."""
+
+    thresholds: Thresholds
+    target: np.ndarray  # -1/0/1 as float, one per training row up to the fold's valid_stop
+
+
+def fold_labels(labelled: LabelledData, folds: Sequence[Fold]) -> list[FoldLabels]:
+    """Classes of each fold's rows with thresholds fitted on that fold's training rows only.
+
+    The training period's thresholds are quantiles over every training row, so they know the
+    imbalance of each fold's validation block and of the blocks after it. Inside CV, the
+    validation block is the future: a fold's classes (training and validation rows alike) come
+    from the quantiles of its own purged training rows, as the champion's come from the whole
+    training period before the test.
+    """
+    imbalance = labelled.future_imbalance[labelled.rows(TRAIN)]
+    quantiles = labelled.thresholds.low_quantile, labelled.thresholds.high_quantile
+    labels = []
     for i, fold in enumerate(folds):
+        try:
+            thresholds = fit_thresholds(imbalance[: fold.train_stop], *quantiles)
+        except SplitError as error:
+            raise SplitError(f"fold {i}: {error}") from None
+        target = classify(imbalance[: fold.valid_stop], thresholds)
         require_classes(target[: fold.train_stop], f"the training rows of fold {i}", CLASSES)
-    return folds
+        labels.append(FoldLabels(thresholds, target))
+    return labels
 
 
 def lightgbm_classes(target: np.ndarray) -> np.ndarray:

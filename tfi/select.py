@@ -69,14 +69,23 @@ class LassoSelection:
 
 @dataclass(frozen=True)
 class _Moments:
-    """Sums over a range of rows, in coordinates centred on the training mean."""
+    """Sums over a range of rows, in coordinates centred on the training mean.
+
+    ``sy``, ``xy`` and ``yy`` hold one column per target (the training period's, then each
+    fold's); :meth:`target` picks one.
+    """
 
     n: float
     sx: np.ndarray
-    sy: float
+    sy: np.ndarray | float
     xx: np.ndarray
     xy: np.ndarray
-    yy: float
+    yy: np.ndarray | float
+
+    def target(self, column: int) -> _Moments:
+        return _Moments(
+            self.n, self.sx, self.sy[column], self.xx, self.xy[:, column], self.yy[column]
+        )
 
     def __add__(self, other: _Moments) -> _Moments:
         return _Moments(
@@ -96,17 +105,26 @@ def select_features(
     feature_names: Sequence[str],
     config: SelectionConfig,
     rows: np.ndarray | None = None,
+    fold_y: Sequence[np.ndarray] | None = None,
 ) -> LassoSelection:
     """Choose alpha by purged walk-forward CV, fit the path on all rows, apply the rules.
 
     ``rows`` picks the training rows of ``X`` (in time order) without copying the matrix;
-    ``y`` and the folds are indexed in those rows.
+    ``y`` and the folds are indexed in those rows. ``fold_y[i]``, when given, is fold ``i``'s
+    own target for rows ``[0, valid_stop)`` (classes from that fold's thresholds); otherwise
+    every fold uses ``y``.
     """
     n = len(y)
     boundaries = sorted(
         {0, n, *(b for fold in folds for b in (fold.train_stop, fold.valid_start, fold.valid_stop))}
     )
-    blocks = _block_moments(X, np.asarray(y, dtype=np.float64), boundaries, rows)
+    targets = [np.asarray(y, dtype=np.float64)]
+    for fold, values in zip(folds, fold_y or (), strict=fold_y is not None):
+        column = np.zeros(n)  # rows after valid_stop are outside the fold
+        column[: fold.valid_stop] = values[: fold.valid_stop]
+        targets.append(column)
+    blocks = _block_moments(X, np.column_stack(targets), boundaries, rows)
+    fold_columns = range(1, len(folds) + 1) if fold_y is not None else [0] * len(folds)
     at = {b: i for i, b in enumerate(boundaries)}
 
     def span(start: int, stop: int) -> _Moments:
@@ -116,17 +134,18 @@ def select_features(
             total = total + part
         return total
 
-    full = _standardise(span(0, n))
+    full = _standardise(span(0, n).target(0))
     alpha_max = float(np.max(np.abs(full.r)))
     if alpha_max == 0.0:
         raise SelectionError("no feature is correlated with the LASSO target on training rows")
     alphas = np.geomspace(alpha_max, alpha_max * config.eps, config.n_alphas)
 
     cv_mse = np.empty((len(folds), len(alphas)))
-    for i, fold in enumerate(folds):
-        train = _standardise(span(0, fold.train_stop))
+    for i, (fold, column) in enumerate(zip(folds, fold_columns, strict=True)):
+        train = _standardise(span(0, fold.train_stop).target(column))
         coefs = _path(train, alphas)
-        cv_mse[i] = _validation_mse(train, coefs, span(fold.valid_start, fold.valid_stop))
+        valid = span(fold.valid_start, fold.valid_stop).target(column)
+        cv_mse[i] = _validation_mse(train, coefs, valid)
     best = int(np.argmin(cv_mse.mean(axis=0)))
     path = _path(full, alphas)
     coef = path[:, best]
@@ -139,7 +158,10 @@ def select_features(
 def _block_moments(
     X: np.ndarray, y: np.ndarray, boundaries: list[int], rows: np.ndarray | None = None
 ) -> list[_Moments]:
-    """Moments of each block between consecutive boundaries (two passes over the rows)."""
+    """Moments of each block between consecutive boundaries (two passes over the rows).
+
+    ``y`` is (rows, targets): every target's moments come from the same pass.
+    """
     n, p = len(y), X.shape[1]
 
     def chunk_of(lo: int, hi: int) -> np.ndarray:
@@ -152,12 +174,12 @@ def _block_moments(
         total += np.nansum(chunk, axis=0, dtype=np.float64)
         count += np.count_nonzero(~np.isnan(chunk), axis=0)
     center = (total / np.maximum(count, 1)).astype(np.float32)
-    y_center = float(y.mean())
+    y_center = y.mean(axis=0)
 
     blocks = []
     for start, stop in itertools.pairwise(boundaries):
-        sx, xx, xy = np.zeros(p), np.zeros((p, p)), np.zeros(p)
-        sy = yy = 0.0
+        sx, xx = np.zeros(p), np.zeros((p, p))
+        xy, sy, yy = np.zeros((p, y.shape[1])), np.zeros(y.shape[1]), np.zeros(y.shape[1])
         for lo in range(start, stop, _CHUNK_ROWS):
             hi = min(lo + _CHUNK_ROWS, stop)
             z = chunk_of(lo, hi) - center
@@ -167,8 +189,8 @@ def _block_moments(
             # Zᵀ passed as a Fortran (p, rows) view: no copy; upper triangle of ZᵀZ.
             xx += ssyrk(1.0, z.T, trans=0)
             xy += z.T.astype(np.float64) @ v
-            sy += float(v.sum())
-            yy += float(v @ v)
+            sy += v.sum(axis=0)
+            yy += np.einsum("ij,ij->j", v, v)
         upper = np.triu(xx)
         blocks.append(_Moments(float(stop - start), sx, sy, upper + np.triu(upper, 1).T, xy, yy))
     return blocks

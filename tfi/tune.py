@@ -29,7 +29,7 @@ from tfi import tracking
 from tfi.data import MarketData
 from tfi.errors import StageError
 from tfi.objective import CVObjective, build_folds, fold_scores, lightgbm_params, reference_cv
-from tfi.prepare import lightgbm_classes, training_folds
+from tfi.prepare import fold_labels, lightgbm_classes, training_folds
 from tfi.session import STORAGE_ENV, Prepared, Selected, Session, Tuned, check_alignment
 from tfi.split import TRAIN
 from tfi.uris import mask_uri
@@ -42,17 +42,22 @@ SUMMARISED_TAG = "tfi.summarised_trials"
 
 def _objective(
     session: Session, prepared: Prepared, selected: Selected
-) -> tuple[CVObjective, MarketData]:
-    """Fold Datasets over the selected features, binned once for every trial of this process."""
+) -> tuple[CVObjective, MarketData, list[dict[str, float]]]:
+    """Fold Datasets over the selected features, binned once for every trial of this process.
+
+    Also returns each fold's class thresholds (fitted on its own training rows), for the record.
+    """
     labelled = prepared.labelled
     data = session.data(selected.features)
     check_alignment(data, labelled)
     rows = labelled.rows(TRAIN)
     X = data.features[rows]
-    y = lightgbm_classes(labelled.target[rows])
     folds = training_folds(labelled, session.config.cv)
-    built = build_folds(X, y, folds, session.config.tuning.max_bin, session.threads)
-    return CVObjective(built, session.config.tuning, session.threads), data
+    labels = fold_labels(labelled, folds)
+    fold_y = [lightgbm_classes(own.target) for own in labels]
+    built = build_folds(X, fold_y, folds, session.config.tuning.max_bin, session.threads)
+    thresholds = [{"fold": i, **own.thresholds.as_dict()} for i, own in enumerate(labels)]
+    return CVObjective(built, session.config.tuning, session.threads), data, thresholds
 
 
 def tune(
@@ -66,7 +71,7 @@ def tune(
     cfg = session.config.tuning
     tracker = session.tracker
     study = studies.open_study(session.storage(), session.study_name, cfg)
-    objective, data = _objective(session, prepared, selected)
+    objective, data, fold_thresholds = _objective(session, prepared, selected)
 
     with studies.study_lock(study):
         parent, created = _tune_parent(session, study, prepared, selected, parent_id, run_id)
@@ -74,6 +79,7 @@ def tune(
     if created:  # outside the lock: these fits take a while on large data
         run = tracking.StageRun(tracker.client, parent)
         run.log_dataset(data, context="tune")
+        run.log_dict(fold_thresholds, "fold_thresholds.json")
         run.log_metrics(reference_cv(objective.folds, session.threads, cfg.seed))
     if budget.joined:
         log.info("tune: study %s has unfinished trials: joining them", study.study_name)
@@ -345,7 +351,7 @@ def work_as_worker(
     parent = study.user_attrs.get(PARENT_ATTR)
     if parent is None:
         raise StageError(f"study {study.study_name} has no parent run: start `tfi tune` instead")
-    objective, _ = _objective(session, prepared, selected)
+    objective, _, _ = _objective(session, prepared, selected)
     hooks = _ProgressHooks(
         tracking.TrialRuns(session.tracker, parent, study.study_name), study, cfg.metric
     )
