@@ -32,7 +32,7 @@ from sklearn.preprocessing import StandardScaler
 
 from tfi.config import ExperimentConfig
 from tfi.data import FLOW, MarketData
-from tfi.prepare import prepare_labels
+from tfi.prepare import lightgbm_classes, prepare_labels
 from tfi.split import TEST, UNLABELLED
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,10 @@ def run(config: ExperimentConfig, data_path: Path, n_trials: int) -> dict[str, A
     test_rows = labelled.period == TEST
     target = labelled.target
     X = frame.drop(columns=list(config.data.exclude), errors="ignore").select_dtypes("number")
-    X_train, y_train = X[train_rows], target[train_rows].astype(int)
-    X_test, y_test = X[test_rows], target[test_rows].astype(int)
+    # Classes as 0/1/2: LightGBM 4.7's LGBMClassifier encodes y but not eval_y (LightGBM
+    # #7400), so -1/0/1 validation labels would end every fold's early stopping at round 1.
+    X_train, y_train = X[train_rows], lightgbm_classes(target[train_rows])
+    X_test, y_test = X[test_rows], lightgbm_classes(target[test_rows])
     X_train = X_train.dropna(axis=1, how="all")
     X_test = X_test[X_train.columns]
     seconds["label"] = time.perf_counter() - started

@@ -6,13 +6,17 @@ prefixes of the training period and validation sets are blocks of it, so one pas
 that accumulates those moments per block (plus ``Σx``, ``Σy`` and the row count) gives, for every
 fold, its own centred and standardised Gram matrix (scaler fitted on that fold's training rows
 only), the whole LASSO path, and each alpha's validation error, without touching the rows again.
+With the class target each fold has its own classes (thresholds from its own training rows):
+``Xᵀy`` is accumulated for every fold's target in the same pass.
 
 The path itself is solved by scikit-learn's ``lasso_path`` on a square surrogate problem with the
 same Gram matrix (``X̃ = √p·Lᵀ`` for the Cholesky factor ``L`` of the fold's correlation matrix),
 so the solver is scikit-learn's, while the cost no longer grows with the number of rows.
 
 Features are standardised with training statistics; NaNs are replaced by the training mean
-(zero after centring), which is how the selected features are then judged.
+(zero after centring), which is how the selected features are then judged. That fill value is
+the whole training period's mean in every fold, a constant per feature: a fold's own mean would
+cost one more pass over the rows per fold.
 """
 
 from __future__ import annotations
@@ -119,12 +123,14 @@ def select_features(
         {0, n, *(b for fold in folds for b in (fold.train_stop, fold.valid_start, fold.valid_stop))}
     )
     targets = [np.asarray(y, dtype=np.float64)]
-    for fold, values in zip(folds, fold_y or (), strict=fold_y is not None):
-        column = np.zeros(n)  # rows after valid_stop are outside the fold
-        column[: fold.valid_stop] = values[: fold.valid_stop]
-        targets.append(column)
+    fold_columns = [0] * len(folds)  # which target each fold trains and validates on
+    if fold_y is not None:
+        for i, (fold, values) in enumerate(zip(folds, fold_y, strict=True)):
+            column = np.zeros(n)  # rows after valid_stop are outside the fold
+            column[: fold.valid_stop] = values[: fold.valid_stop]
+            targets.append(column)
+            fold_columns[i] = len(targets) - 1
     blocks = _block_moments(X, np.column_stack(targets), boundaries, rows)
-    fold_columns = range(1, len(folds) + 1) if fold_y is not None else [0] * len(folds)
     at = {b: i for i, b in enumerate(boundaries)}
 
     def span(start: int, stop: int) -> _Moments:
