@@ -9,7 +9,8 @@ study over its search space where every trial fits a fresh ``LGBMClassifier`` on
 
 Two deliberate departures, so both sides are scored on the very same test rows and labels: the
 labels and class thresholds are tfi's (the ``t+1..t+k`` window, thresholds fitted on training
-rows), and NaN features are set to zero after scaling (``LassoCV`` would otherwise stop). The
+rows; its CV folds share them, as the seed's did, where tfi's folds fit their own), and NaN
+features are set to zero after scaling (``LassoCV`` would otherwise stop). The
 seed's own training rows are kept: every row before the split date, including those whose label
 window reaches into the test period.
 """
