@@ -23,13 +23,13 @@ def _bench(*options: str) -> list[str]:
 def test_bench_reports_tfi_beside_the_seed_approach(store):
     output = store / "bench.json"
     done = subprocess.run(
-        _bench("--rows", "6000", "--features", "60", "--n-trials", "3", "--reference", "true",
+        _bench("--rows", "6000", "--features", "60", "--n-trials", "6", "--reference", "true",
                "--output", str(output)),
         cwd=store, env=subprocess_env(store), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads(output.read_text())
-    assert report["n_trials"] == 3 and report["data"]["rows"] == 6000
+    assert report["n_trials"] == 6 and report["data"]["rows"] == 6000
     for side in ("tfi", "reference"):
         result = report[side]
         assert set(result["seconds"]) == STAGES
@@ -39,9 +39,12 @@ def test_bench_reports_tfi_beside_the_seed_approach(store):
         assert result["cv_f1_macro"] > 0.3, side
         assert result["peak_rss_gb"] > 0
     tfi_trials, seed_trials = report["tfi"]["trials"], report["reference"]["trials"]
-    assert tfi_trials["complete"] + tfi_trials["pruned"] == 3
+    assert tfi_trials["complete"] + tfi_trials["pruned"] == 6
+    after = tfi_trials["pruned_after_folds"]
+    assert sum(after.values()) == tfi_trials["pruned"]
+    assert all(1 <= int(folds) < 3 for folds in after)  # smoke.yaml: 3 folds; never after the last
     assert seed_trials == {
-        "complete": 3,
+        "complete": 6,
         "pruned": 0,
         "seconds_per_complete_trial": pytest.approx(seed_trials["seconds_per_complete_trial"]),
         "seconds_per_pruned_trial": None,

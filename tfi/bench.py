@@ -6,8 +6,9 @@ Writes synthetic DRW-shaped data to a temporary parquet file (or uses ``--data``
 in a fresh child process so that peak memory is its own: tfi's pipeline (prepare, select, tune,
 train, evaluate, register; into a throwaway MLflow store) and, with ``--reference``, the seed
 notebook's approach (:mod:`tfi.reference`) on the same file, labels and trial budget. The report
-(seconds per stage and per trial, pruned trials, peak memory, CV and test macro-F1, and the
-speed-up) is printed as JSON, written to ``--output`` and logged to MLflow as a ``bench`` run.
+(seconds per stage and per trial, pruned trials and after how many folds, peak memory, CV and
+test macro-F1, and the speed-up) is printed as JSON, written to ``--output`` and logged to
+MLflow as a ``bench`` run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import resource
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from multiprocessing.connection import Connection
@@ -218,9 +220,12 @@ def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[st
 
     study = optuna.load_study(study_name=session.study_name, storage=session.storage())
     by_state: dict[str, list[float]] = {"complete": [], "pruned": []}
+    folds_run: Counter[int] = Counter()  # of pruned trials: how many folds each ran
     for trial in study.trials:
         if trial.duration and trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
             by_state[trial.state.name.lower()].append(trial.duration.total_seconds())
+        if trial.state == TrialState.PRUNED:
+            folds_run[len(trial.intermediate_values)] += 1
     return {
         "seconds": seconds,
         "total_seconds": sum(seconds.values()),
@@ -230,6 +235,7 @@ def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[st
             "pruned": len(by_state["pruned"]),
             "seconds_per_complete_trial": _mean(by_state["complete"]),
             "seconds_per_pruned_trial": _mean(by_state["pruned"]),
+            "pruned_after_folds": {str(n): folds_run[n] for n in sorted(folds_run)},
         },
         "cv_f1_macro": tuned.best.value,
         "test_f1_macro": trained.metrics["test_f1_macro"],
