@@ -201,9 +201,10 @@ class TuningConfig(_Strict):
     early_stopping_rounds: int = Field(20, ge=1)
     pruner: Literal["median", "percentile", "halving", "none"] = Field(
         "median",
-        description="stop a trial after a fold where it is below the median ('median') or "
-        "outside the best pruner_percentile % ('percentile') of earlier trials at that fold; "
-        "successive halving over folds ('halving'); or never ('none')",
+        description="stop a trial after a fold where its best fold score so far is below the "
+        "median ('median') or outside the best pruner_percentile % ('percentile') of the "
+        "completed trials' scores at that fold (Optuna's PercentilePruner); successive halving "
+        "over folds ('halving'); or never ('none')",
     )
     pruner_percentile: float = Field(25.0, gt=0, lt=100)
     pruner_startup_trials: int = Field(3, ge=0)

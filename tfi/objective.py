@@ -215,9 +215,11 @@ class CVObjective:
         for step, fold in enumerate(self.folds):
             scores.append(fit_fold(params, rounds, fold, self.config.early_stopping_rounds))
             trial.set_user_attr(FOLDS_ATTR, [asdict(score) for score in scores])
-            # Each fold's own score, not the running mean: a trial must hold its own at every
-            # fold. With the running mean, 11 of the first 31 full-size trials ran every fold,
-            # against 5 of 50 this way, and tuning took twice as long.
+            # Each fold's own score, not the running mean. Optuna's percentile rule compares the
+            # trial's best reported value so far with the completed trials' values at this fold,
+            # so most pruning happens after the first folds. With the running mean, 11 of the
+            # first 31 full-size trials ran every fold, against 5 of 50 this way, and tuning
+            # took twice as long.
             trial.report(getattr(scores[-1], self.config.metric), step)
             if step + 1 < len(self.folds) and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after fold {step}")
