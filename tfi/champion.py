@@ -61,8 +61,12 @@ def train(
     y_test = lightgbm_classes(labelled.target[test_rows])
 
     threads = available_cores()
-    params = champion_params(cfg.tuning.fixed_params, tuned.best.params, threads, cfg.tuning.seed)
-    rounds = champion_rounds(fold_scores(tuned.best), len(train_rows), cfg.training.round_scaling)
+    params, max_rounds = champion_params(
+        cfg.tuning.fixed_params, tuned.best.params, threads, cfg.tuning.seed
+    )
+    rounds = champion_rounds(
+        fold_scores(tuned.best), len(train_rows), cfg.training.round_scaling, max_rounds
+    )
     started = time.perf_counter()
     booster = fit_booster(X_train, y_train, params, rounds, cfg.tuning.max_bin, threads)
     train_seconds = time.perf_counter() - started

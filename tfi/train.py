@@ -12,35 +12,41 @@ from tfi.objective import FoldScore, dataset_params, lightgbm_params
 
 
 def champion_rounds(
-    folds: Sequence[FoldScore], n_train: int, scaling: Literal["power", "last", "none"]
+    folds: Sequence[FoldScore],
+    n_train: int,
+    scaling: Literal["power", "last", "none"],
+    max_rounds: int,
 ) -> int:
     """Boosting rounds for the whole training period from the folds' early-stopped iterations.
 
     More rows support more trees before the validation loss turns, but less than
     proportionally. ``power`` fits ``best_iteration ~ rows**b`` across the folds (``b`` clipped
     to [0, 1]) and extrapolates to the full training rows; ``last`` scales the largest fold's
-    best iteration by the row ratio; ``none`` averages the best iterations as they are.
+    best iteration by the row ratio; ``none`` averages the best iterations as they are. The
+    result never exceeds ``max_rounds``, the trial's tuned ``n_estimators``: the folds were
+    never allowed more trees, so more would be a model no fold has validated.
     """
     if not folds:
         raise ValueError("the best trial has no fold scores")
     rows = np.array([score.n_train for score in folds], dtype=float)
     best = np.array([max(score.best_iteration, 1) for score in folds], dtype=float)
     if scaling == "none":
-        return max(1, round(float(best.mean())))
-    if scaling == "power" and len(set(rows)) > 1:
+        rounds = float(best.mean())
+    elif scaling == "power" and len(set(rows)) > 1:
         slope = float(np.clip(np.polyfit(np.log(rows), np.log(best), 1)[0], 0.0, 1.0))
         # The line through the folds' mean point with that slope, read off at n_train.
         level = np.log(best).mean() + slope * (np.log(n_train) - np.log(rows).mean())
-        return max(1, round(float(np.exp(level))))
-    return max(1, round(float(best[-1] * n_train / rows[-1])))
+        rounds = float(np.exp(level))
+    else:
+        rounds = float(best[-1] * n_train / rows[-1])
+    return int(np.clip(round(rounds), 1, max_rounds))
 
 
 def champion_params(
     fixed: Mapping[str, Any], best: Mapping[str, Any], num_threads: int, seed: int
-) -> dict[str, Any]:
-    """The complete LightGBM parameters of the best trial: fixed ones plus every tuned one."""
-    params, _ = lightgbm_params({**fixed, **best}, num_threads, seed)
-    return params
+) -> tuple[dict[str, Any], int]:
+    """The best trial's complete LightGBM parameters (fixed plus every tuned one), max rounds."""
+    return lightgbm_params({**fixed, **best}, num_threads, seed)
 
 
 def fit_booster(
