@@ -74,14 +74,57 @@ def test_each_fold_is_scored_on_its_own_target():
 
     own = select_features(X, y, folds, names, config, fold_y=fold_y)
     np.testing.assert_allclose(own.path, shared.path, atol=1e-9)  # the period's own target
+    first_stop = folds[0].train_stop  # NaNs take the means over the first fold's training rows
     for i, (fold, target) in enumerate(zip(folds, fold_y, strict=True)):
-        # All rows, so that NaNs are filled with the same training mean as in select_features.
-        bounds = [0, fold.train_stop, fold.valid_start, fold.valid_stop, len(y)]
-        blocks = [b.target(0) for b in _block_moments(X, target[:, None], bounds)]
-        train = _standardise(blocks[0])
-        expected = _validation_mse(train, _path(train, own.alphas), blocks[2])
+        bounds = sorted({0, first_stop, fold.train_stop, fold.valid_start, fold.valid_stop})
+        blocks = _block_moments(X, target[:, None], bounds, train_stops=[first_stop])
+        at = bounds.index
+        train = _standardise(sum(blocks[1 : at(fold.train_stop)], blocks[0]).target(0))
+        valid = blocks[at(fold.valid_start)].target(0)
+        expected = _validation_mse(train, _path(train, own.alphas), valid)
         np.testing.assert_allclose(own.cv_mse[i], expected, rtol=1e-6)
         assert not np.allclose(own.cv_mse[i], shared.cv_mse[i])
+
+
+def test_no_fold_sees_rows_after_its_validation_block():
+    """A fold's LASSO problem (NaN fill, scaler, validation error) comes from its own rows."""
+    X, y = _problem()
+    X[np.random.default_rng(2).random(X.shape) < 0.2] = np.nan  # the NaN fill matters
+    folds = [Fold(900, 1000, 1500), Fold(1400, 1500, 2000), Fold(1900, 2000, 2500)]
+    stops = [fold.train_stop for fold in folds]
+    alphas = np.geomspace(0.5, 0.005, 8)
+
+    def fold_errors(X, fold, train_stops):
+        bounds = sorted({0, *stops, fold.valid_start, fold.valid_stop, len(y)})
+        blocks = [b.target(0) for b in _block_moments(X, y[:, None], bounds, None, train_stops)]
+        train = _standardise(sum(blocks[1 : bounds.index(fold.train_stop)], blocks[0]))
+        return _validation_mse(train, _path(train, alphas), blocks[bounds.index(fold.valid_start)])
+
+    for fold in folds:
+        later = X.copy()
+        later[fold.valid_stop :] += 50.0  # the future moves, and with it the period's means
+        np.testing.assert_array_equal(fold_errors(later, fold, stops), fold_errors(X, fold, stops))
+        # Filled with the whole period's means instead, the fold would have seen the future.
+        assert not np.allclose(fold_errors(later, fold, ()), fold_errors(X, fold, ()))
+
+
+def test_a_feature_first_seen_in_a_later_fold_is_filled_from_that_fold():
+    X, y = _problem()
+    X[:1200, 5] = np.nan  # no value in the first fold's training rows
+    bounds = [0, 900, 1000, 1400, 1500, 2000, 3000]
+    blocks = _block_moments(X, y[:, None], bounds, train_stops=[900, 1400])
+    # In centred coordinates a NaN sits at 0: a block's sum over feature 5 is then the sum of
+    # (value - fill) over the values present, which pins down the fill value.
+    present = ~np.isnan(X[1500:2000, 5])
+    fill = np.nanmean(X[:1400, 5])
+    np.testing.assert_allclose(
+        blocks[4].sx[5], np.sum(X[1500:2000, 5][present] - np.float32(fill)), rtol=1e-4
+    )
+    assert fill != pytest.approx(np.nanmean(X[:, 5]), abs=1e-3)
+    # Fold 0 sees the feature as a constant: it cannot enter fold 0's path.
+    fold0 = _standardise(blocks[0].target(0))
+    assert fold0.r[5] == 0.0
+    assert not fold0.S[5].any()
 
 
 def test_selects_the_planted_informative_features(smoke_config):

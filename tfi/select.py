@@ -13,10 +13,13 @@ The path itself is solved by scikit-learn's ``lasso_path`` on a square surrogate
 same Gram matrix (``X̃ = √p·Lᵀ`` for the Cholesky factor ``L`` of the fold's correlation matrix),
 so the solver is scikit-learn's, while the cost no longer grows with the number of rows.
 
-Features are standardised with training statistics; NaNs are replaced by the training mean
-(zero after centring), which is how the selected features are then judged. That fill value is
-the whole training period's mean in every fold, a constant per feature: a fold's own mean would
-cost one more pass over the rows per fold.
+Features are standardised with each fold's training statistics. A NaN is replaced by one
+constant per feature, the same in every fold (so the block moments serve every fold): its mean
+over the first fold's training rows, which every fold trains on, so that no fold's fill value
+has seen its validation block. A feature with no value there takes its mean over the first fold
+training set that has one; the folds before that one see it as constant (coefficient 0), so
+the fill cannot matter to them. A feature with no value in any fold's training rows takes its
+mean over the whole training period, used only by the final fit on all of it.
 """
 
 from __future__ import annotations
@@ -130,7 +133,8 @@ def select_features(
             column[: fold.valid_stop] = values[: fold.valid_stop]
             targets.append(column)
             fold_columns[i] = len(targets) - 1
-    blocks = _block_moments(X, np.column_stack(targets), boundaries, rows)
+    train_stops = sorted(fold.train_stop for fold in folds)
+    blocks = _block_moments(X, np.column_stack(targets), boundaries, rows, train_stops)
     at = {b: i for i, b in enumerate(boundaries)}
 
     def span(start: int, stop: int) -> _Moments:
@@ -162,24 +166,32 @@ def select_features(
 
 
 def _block_moments(
-    X: np.ndarray, y: np.ndarray, boundaries: list[int], rows: np.ndarray | None = None
+    X: np.ndarray,
+    y: np.ndarray,
+    boundaries: list[int],
+    rows: np.ndarray | None = None,
+    train_stops: Sequence[int] = (),
 ) -> list[_Moments]:
     """Moments of each block between consecutive boundaries (two passes over the rows).
 
-    ``y`` is (rows, targets): every target's moments come from the same pass.
+    ``y`` is (rows, targets): every target's moments come from the same pass. NaNs in ``X``
+    take each feature's mean over the shortest of the training prefixes ``[0, train_stop)``
+    (each one a boundary) that holds a value of it, else over all rows.
     """
-    n, p = len(y), X.shape[1]
+    p = X.shape[1]
 
     def chunk_of(lo: int, hi: int) -> np.ndarray:
         return X[lo:hi] if rows is None else X[rows[lo:hi]]
 
-    total = np.zeros(p)
-    count = np.zeros(p)
-    for start in range(0, n, _CHUNK_ROWS):
-        chunk = chunk_of(start, min(start + _CHUNK_ROWS, n))
-        total += np.nansum(chunk, axis=0, dtype=np.float64)
-        count += np.count_nonzero(~np.isnan(chunk), axis=0)
-    center = (total / np.maximum(count, 1)).astype(np.float32)
+    sums = np.zeros((len(boundaries) - 1, p))
+    counts = np.zeros((len(boundaries) - 1, p))
+    for b, (start, stop) in enumerate(itertools.pairwise(boundaries)):
+        for lo in range(start, stop, _CHUNK_ROWS):
+            chunk = chunk_of(lo, min(lo + _CHUNK_ROWS, stop))
+            sums[b] += np.nansum(chunk, axis=0, dtype=np.float64)
+            counts[b] += np.count_nonzero(~np.isnan(chunk), axis=0)
+    prefix_blocks = [boundaries.index(stop) for stop in train_stops]
+    center = _fill_values(sums, counts, prefix_blocks).astype(np.float32)
     y_center = y.mean(axis=0)
 
     blocks = []
@@ -200,6 +212,22 @@ def _block_moments(
         upper = np.triu(xx)
         blocks.append(_Moments(float(stop - start), sx, sy, upper + np.triu(upper, 1).T, xy, yy))
     return blocks
+
+
+def _fill_values(sums: np.ndarray, counts: np.ndarray, prefix_blocks: Sequence[int]) -> np.ndarray:
+    """Each feature's mean over the first prefix of ``prefix_blocks`` blocks with a value.
+
+    ``sums`` and ``counts`` are (blocks, features): per block, the sum and count of non-NaN
+    values. The whole range is the last resort; a feature with no value at all gets 0.
+    """
+    prefix_sums, prefix_counts = np.cumsum(sums, axis=0), np.cumsum(counts, axis=0)
+    fill = np.zeros(sums.shape[1])
+    pending = np.ones(sums.shape[1], dtype=bool)
+    for blocks in (*(b for b in prefix_blocks if b > 0), len(sums)):
+        found = pending & (prefix_counts[blocks - 1] > 0)
+        fill[found] = prefix_sums[blocks - 1, found] / prefix_counts[blocks - 1, found]
+        pending &= ~found
+    return fill
 
 
 @dataclass(frozen=True)
