@@ -40,6 +40,13 @@ _OPERATIONAL = {
 }
 
 
+# Part of the select key (and so of the default study name): bumped when selection or the CV
+# objective compute something else from the same inputs, so that a select run or a study from
+# before is not reused for results it would no longer give. 2: each CV fold's classes from its
+# own thresholds; the LASSO's NaN fill from the first fold's training rows.
+METHOD_VERSION = "2"
+
+
 def _hash(*parts: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
@@ -115,7 +122,7 @@ class Session:
 
     @property
     def select_key(self) -> str:
-        return _hash(self.prepare_key, self.config.digest("cv", "selection"))
+        return _hash(self.prepare_key, METHOD_VERSION, self.config.digest("cv", "selection"))
 
     @property
     def study_name(self) -> str:
