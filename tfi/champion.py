@@ -24,7 +24,7 @@ from tfi.data import MarketData
 from tfi.errors import StageError, TfiError
 from tfi.labels import trailing_imbalance
 from tfi.metrics import classification_metrics
-from tfi.objective import default_params, fold_scores
+from tfi.objective import default_params, fold_scores, lightgbm_params
 from tfi.prepare import LabelledData, lightgbm_classes
 from tfi.session import (
     Prepared,
@@ -36,7 +36,7 @@ from tfi.session import (
     check_alignment,
 )
 from tfi.split import TEST, TRAIN
-from tfi.train import champion_params, champion_rounds, fit_booster
+from tfi.train import champion_rounds, fit_booster
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,9 @@ def train(
     y_test = lightgbm_classes(labelled.target[test_rows])
 
     threads = available_cores()
-    params, max_rounds = champion_params(
-        cfg.tuning.fixed_params, tuned.best.params, threads, cfg.tuning.seed
+    # The best trial's complete parameters: fixed ones plus every tuned one.
+    params, max_rounds = lightgbm_params(
+        {**cfg.tuning.fixed_params, **tuned.best.params}, threads, cfg.tuning.seed
     )
     rounds = champion_rounds(
         fold_scores(tuned.best), len(train_rows), cfg.training.round_scaling, max_rounds

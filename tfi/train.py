@@ -8,7 +8,7 @@ from typing import Any, Literal
 import lightgbm as lgb
 import numpy as np
 
-from tfi.objective import FoldScore, dataset_params, lightgbm_params
+from tfi.objective import FoldScore, dataset_params
 
 
 def champion_rounds(
@@ -40,13 +40,6 @@ def champion_rounds(
     else:
         rounds = float(best[-1] * n_train / rows[-1])
     return int(np.clip(round(rounds), 1, max_rounds))
-
-
-def champion_params(
-    fixed: Mapping[str, Any], best: Mapping[str, Any], num_threads: int, seed: int
-) -> tuple[dict[str, Any], int]:
-    """The best trial's complete LightGBM parameters (fixed plus every tuned one), max rounds."""
-    return lightgbm_params({**fixed, **best}, num_threads, seed)
 
 
 def fit_booster(
