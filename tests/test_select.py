@@ -29,6 +29,19 @@ def _problem(n=3000, p=12, seed=0):
     return X, y
 
 
+def _fold_errors(X, target, fold, alphas, train_stops):
+    """A fold's validation MSE per alpha, from block moments, NaNs filled as ``train_stops`` say."""
+    bounds = sorted({0, *train_stops, fold.train_stop, fold.valid_start, fold.valid_stop, len(X)})
+    blocks = [b.target(0) for b in _block_moments(X, target[:, None], bounds, None, train_stops)]
+
+    def span(start, stop):  # a training stop may split a range into several blocks
+        parts = blocks[bounds.index(start) : bounds.index(stop)]
+        return sum(parts[1:], parts[0])
+
+    train = _standardise(span(0, fold.train_stop))
+    return _validation_mse(train, _path(train, alphas), span(fold.valid_start, fold.valid_stop))
+
+
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_fold_path_and_validation_error_match_scikit_learn():
     X, y = _problem()
@@ -74,14 +87,9 @@ def test_each_fold_is_scored_on_its_own_target():
 
     own = select_features(X, y, folds, names, config, fold_y=fold_y)
     np.testing.assert_allclose(own.path, shared.path, atol=1e-9)  # the period's own target
-    first_stop = folds[0].train_stop  # NaNs take the means over the first fold's training rows
+    stops = [fold.train_stop for fold in folds]
     for i, (fold, target) in enumerate(zip(folds, fold_y, strict=True)):
-        bounds = sorted({0, first_stop, fold.train_stop, fold.valid_start, fold.valid_stop})
-        blocks = _block_moments(X, target[:, None], bounds, train_stops=[first_stop])
-        at = bounds.index
-        train = _standardise(sum(blocks[1 : at(fold.train_stop)], blocks[0]).target(0))
-        valid = blocks[at(fold.valid_start)].target(0)
-        expected = _validation_mse(train, _path(train, own.alphas), valid)
+        expected = _fold_errors(X, target, fold, own.alphas, stops)
         np.testing.assert_allclose(own.cv_mse[i], expected, rtol=1e-6)
         assert not np.allclose(own.cv_mse[i], shared.cv_mse[i])
 
@@ -93,19 +101,16 @@ def test_no_fold_sees_rows_after_its_validation_block():
     folds = [Fold(900, 1000, 1500), Fold(1400, 1500, 2000), Fold(1900, 2000, 2500)]
     stops = [fold.train_stop for fold in folds]
     alphas = np.geomspace(0.5, 0.005, 8)
-
-    def fold_errors(X, fold, train_stops):
-        bounds = sorted({0, *stops, fold.valid_start, fold.valid_stop, len(y)})
-        blocks = [b.target(0) for b in _block_moments(X, y[:, None], bounds, None, train_stops)]
-        train = _standardise(sum(blocks[1 : bounds.index(fold.train_stop)], blocks[0]))
-        return _validation_mse(train, _path(train, alphas), blocks[bounds.index(fold.valid_start)])
-
     for fold in folds:
         later = X.copy()
         later[fold.valid_stop :] += 50.0  # the future moves, and with it the period's means
-        np.testing.assert_array_equal(fold_errors(later, fold, stops), fold_errors(X, fold, stops))
+        np.testing.assert_array_equal(
+            _fold_errors(later, y, fold, alphas, stops), _fold_errors(X, y, fold, alphas, stops)
+        )
         # Filled with the whole period's means instead, the fold would have seen the future.
-        assert not np.allclose(fold_errors(later, fold, ()), fold_errors(X, fold, ()))
+        assert not np.allclose(
+            _fold_errors(later, y, fold, alphas, ()), _fold_errors(X, y, fold, alphas, ())
+        )
 
 
 def test_a_feature_first_seen_in_a_later_fold_is_filled_from_that_fold():
