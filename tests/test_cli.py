@@ -202,3 +202,24 @@ def test_mlflow_run_main_then_score_as_the_readme_says(store):
     predictions = pd.read_parquet(output)
     assert list(predictions.columns) == ["timestamp", "prediction", "p_sell", "p_neutral", "p_buy"]
     assert int(score_run.data.params["rows"]) == len(predictions)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["tune", "--n-trials", "-5"], "argument --n-trials: must be 0 (the config's) or more"),
+        (["main", "--workers", "1.5"], "argument --workers: not a whole number: 1.5"),
+        (["score", "--batch-rows", "0"], "argument --batch-rows: must be 1 or more, got 0"),
+    ],
+)
+def test_bad_counts_on_the_command_line_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_folder_as_config_is_one_clear_error(store, capsys):
+    assert "is a folder: give an experiment YAML file" in _fail(
+        capsys, "prepare", "--config", str(store)
+    )

@@ -1,3 +1,7 @@
+"""Experiment files: validated once, unknown keys and bad values named."""
+
+import re
+
 import pytest
 import yaml
 
@@ -7,7 +11,7 @@ from tfi.errors import ConfigError
 from .helpers import ROOT, SMOKE
 
 
-@pytest.mark.parametrize("name", ["smoke", "default", "wide", "drw"])
+@pytest.mark.parametrize("name", ["smoke", "default", "wide", "drw", "binance"])
 def test_shipped_experiments_validate(name):
     config = load_config(ROOT / "experiments" / f"{name}.yaml")
     assert config.name == name
@@ -98,3 +102,21 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_split_date_with_an_offset_is_read_as_utc(smoke_config):
+    config = smoke_config.with_overrides(**{"split.test_start": "2023-03-03T14:00:00+02:00"})
+    assert config.split.test_start.isoformat() == "2023-03-03T12:00:00"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"labels.low_quantile": 0.001, "labels.high_quantile": 0.002}, "below 5% of the rows"),
+        ({"labels.low_quantile": 0.3, "labels.high_quantile": 0.99}, "'buy': 0.01"),
+        ({"selection.max_features": 2, "selection.min_features": 3}, "max_features (2) is below"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused(smoke_config, override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        smoke_config.with_overrides(**override)

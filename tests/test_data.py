@@ -113,7 +113,7 @@ def test_bad_frames_get_one_clear_error(case, tmp_path):
 def test_missing_and_unparseable_timestamps(tmp_path):
     frame = bars(5).reset_index()
     frame["timestamp"] = ["2023-03-01 00:00", "2023-03-01 00:01", "yesterday", None, "x"]
-    with pytest.raises(DataError, match=r"2 timestamps cannot be parsed.*row 2: 'yesterday'"):
+    with pytest.raises(DataError, match=r"2 timestamps are not ISO 8601 dates.*row 2: 'yesterday'"):
         _load(frame, tmp_path, index=False)
     frame = bars(5).reset_index()
     frame.loc[3, "timestamp"] = pd.NaT
@@ -215,3 +215,60 @@ def test_any_frame_loads_and_labels_or_raises_our_error(frame, tmp_path, smoke_c
     defined = ~np.isnan(result.values)
     assert np.all(np.abs(result.values[defined]) <= 1.0 + 1e-6)
     assert set(np.unique(labelled.target[labelled.period == "train"])) == {-1.0, 0.0, 1.0}
+
+
+def test_ambiguous_date_strings_are_refused_not_guessed(tmp_path):
+    frame = bars(3).reset_index()
+    frame["timestamp"] = ["01/03/2023 00:00", "01/03/2023 00:01", "01/03/2023 00:02"]
+    with pytest.raises(DataError, match=r"not ISO 8601 dates.*'01/03/2023 00:00'"):
+        _load(frame, tmp_path, index=False)
+
+
+def test_epoch_timestamps_need_their_unit(tmp_path):
+    frame = bars(4).reset_index()
+    frame["timestamp"] = frame["timestamp"].dt.as_unit("ms").astype("int64")
+    with pytest.raises(DataError, match=r"timestamps are numbers.*data\.epoch_unit"):
+        _load(frame, tmp_path, index=False)
+    data = _load(frame, tmp_path, index=False, epoch_unit="ms")
+    assert data.timestamps[1] == pd.Timestamp("2023-03-01 00:01")
+
+
+def test_large_integer_volumes_are_read(tmp_path):
+    frame = bars(4)
+    for col in ("buy_qty", "sell_qty"):
+        frame[col] = (frame[col] * 1e7).round().astype("int64")  # above 2**24
+    frame["volume"] = frame["buy_qty"] + frame["sell_qty"]
+    data = _load(frame, tmp_path)
+    assert data.flow["volume"][0] == pytest.approx(frame["volume"].iloc[0], rel=1e-7)
+
+
+def test_time_zone_aware_stamps_are_converted_and_said_so(tmp_path, caplog):
+    frame = bars(3)
+    frame.index = frame.index.tz_localize("Europe/Berlin").rename("timestamp")
+    with caplog.at_level("INFO", logger="tfi.data"):
+        data = _load(frame, tmp_path)
+    assert data.timestamps[0] == pd.Timestamp("2023-02-28 23:00")
+    assert "converted to UTC" in caplog.text
+
+
+def test_a_requested_all_nan_feature_is_kept(tmp_path):
+    """A model's input that is all NaN in new data is valid input, not a missing column."""
+    frame = bars(10, extra={"X3": np.full(10, np.nan)})
+    path = tmp_path / "data.parquet"
+    frame.to_parquet(path)
+    data = load(DataConfig(source=str(path)), features=["X1", "X3"])
+    assert data.feature_names == ("X1", "X3") and np.isnan(data.features[:, 1]).all()
+
+
+def test_bar_features_are_added_to_any_source(tmp_path):
+    path = tmp_path / "data.parquet"
+    bars(300).to_parquet(path)
+    data = load(DataConfig(source=str(path), bar_features=True))
+    assert data.feature_names[-3:] == ("volume_vs_1440min", "time_of_day_sin", "time_of_day_cos")
+    frame = bars(300)
+    delta = (frame["buy_qty"] - frame["sell_qty"]).rolling(5, min_periods=1).sum()
+    expected = delta / frame["volume"].rolling(5, min_periods=1).sum()
+    got = data.columns(["imbalance_5"])[:, 0]
+    np.testing.assert_allclose(got, expected.to_numpy(), rtol=1e-5)
+    subset = load(DataConfig(source=str(path), bar_features=True), features=["X1", "imbalance_5"])
+    np.testing.assert_array_equal(subset.features[:, 1], got)

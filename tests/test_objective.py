@@ -6,6 +6,7 @@ import optuna
 import pytest
 
 from tfi.config import IntParam
+from tfi.decision import ARGMAX
 from tfi.metrics import classification_metrics
 from tfi.objective import (
     FOLDS_ATTR,
@@ -14,6 +15,7 @@ from tfi.objective import (
     fit_fold,
     fold_scores,
     lightgbm_params,
+    score_fold,
 )
 from tfi.split import Fold
 
@@ -46,7 +48,7 @@ def test_fold_scores_are_those_of_the_best_iteration_without_a_second_prediction
     """The kept probabilities are those LightGBM's early stopping chose (or the last round)."""
     fold = folds[1]
     params, _ = lightgbm_params({"learning_rate": 0.3, "num_leaves": 15}, 1, 5)
-    score = fit_fold(params, 60, fold, early_stopping)
+    score = score_fold(fold, fit_fold(params, 60, fold, early_stopping), ARGMAX)
 
     callbacks = [lgb.early_stopping(early_stopping, verbose=False)] if early_stopping else []
     booster = lgb.train(params, fold.train, 60, valid_sets=[fold.valid], callbacks=callbacks)

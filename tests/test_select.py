@@ -197,3 +197,16 @@ def test_pure_noise_never_yields_an_empty_list():
     assert len(picked.selected) >= 2
     if picked.n_lasso < 2:
         assert "enter the path" in picked.rule
+
+
+def test_one_huge_value_does_not_overflow_the_moments(caplog):
+    """A finite 1e20 in a float32 feature once made XᵀX inf and emptied the selection."""
+    X, y = _problem()
+    X[1500, 7] = 1e20
+    folds = [Fold(900, 1000, 2000), Fold(1900, 2000, 3000)]
+    config = SelectionConfig(n_alphas=10, max_features=None)
+    with caplog.at_level("WARNING", logger="tfi.select"):
+        selection = select_features(X, y, folds, [f"f{i}" for i in range(12)], config)
+    assert np.isfinite(selection.cv_mse).all()
+    assert {"f0", "f3"} <= set(selection.selected) and "f7" not in selection.selected
+    assert "['f7'] have values over 1e+04 times their usual spread" in caplog.text

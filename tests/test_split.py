@@ -146,12 +146,19 @@ def test_label_table_round_trips(smoke_config, tmp_path):
         "window_end",
         "target",
         "period",
+        "threshold_low",
+        "threshold_high",
     ]
+    # The thresholds each row's class was made with: fixed, so the training period's.
+    assert (table["threshold_low"] == labelled.thresholds.low).all()
+    assert (table["threshold_high"] == labelled.thresholds.high).all()
     assert str(table["target"].dtype) == "Int8"
     assert set(table["target"].dropna().unique()) == {-1, 0, 1}
     path = tmp_path / "labels.parquet"
     table.to_parquet(path)
-    back = LabelledData.from_table(pd.read_parquet(path), labelled.thresholds.as_dict())
+    back = LabelledData.from_table(pd.read_parquet(path), labelled.thresholds_record())
     np.testing.assert_array_equal(back.target, labelled.target)
     np.testing.assert_array_equal(back.period, labelled.period)
     assert back.timestamps.equals(labelled.timestamps)
+    np.testing.assert_array_equal(back.row_thresholds.low, labelled.row_thresholds.low)
+    assert not back.rolling

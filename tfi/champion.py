@@ -1,9 +1,13 @@
-"""The train stage: the champion fit, its test evaluation against references, and registration.
+"""The train stage: the champion fit, its decision, its test evaluation, and registration.
 
 Trains on the whole training period with the study's best trial's complete parameters (fixed
-ones plus every tuned one) and a tree count derived from the folds' best iterations, evaluates
-once on the untouched test period, compares with the majority class, persistence and LightGBM's
-defaults, logs the model with its report and registers it (see :mod:`tfi.registry`).
+ones plus every tuned one) and a tree count derived from the folds' best iterations. Its class
+decision (``tuning.decision``) is fitted on the best trial's out-of-fold CV predictions, never on
+test rows. It is evaluated once on the untouched test period against the majority class,
+persistence and LightGBM's defaults, overall and per period (``test_by_period``), logged with its
+report and registered (see :mod:`tfi.registry`). A candidate whose CV macro-F1 does not beat
+persistence's (or the majority class's) on the same folds is registered as challenger, never as
+champion.
 """
 
 from __future__ import annotations
@@ -12,19 +16,28 @@ import json
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
 
 from tfi import evaluate as ev
 from tfi import registry, score, tracking
 from tfi.config import ExperimentConfig
 from tfi.data import MarketData
+from tfi.decision import Decision, decide, prior_decision
 from tfi.errors import StageError, TfiError
 from tfi.labels import trailing_imbalance
 from tfi.metrics import classification_metrics
-from tfi.objective import default_params, fold_scores, lightgbm_params
+from tfi.objective import (
+    OutOfFold,
+    cross_validate,
+    default_params,
+    fold_scores,
+    lightgbm_params,
+)
 from tfi.prepare import LabelledData, lightgbm_classes
 from tfi.session import (
     Prepared,
@@ -39,6 +52,33 @@ from tfi.split import TEST, TRAIN
 from tfi.train import champion_rounds, fit_booster
 
 log = logging.getLogger(__name__)
+
+MIN_COMPARED_ROWS = 100  # test rows neither model trained on, needed to compare with a champion
+TUNED = "tfi (tuned)"
+
+
+@dataclass(frozen=True)
+class _Split:
+    """The training and test rows of the selected features, as LightGBM sees them."""
+
+    train_rows: np.ndarray
+    test_rows: np.ndarray
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+
+    @classmethod
+    def of(cls, data: MarketData, labelled: LabelledData) -> _Split:
+        train_rows, test_rows = labelled.rows(TRAIN), labelled.rows(TEST)
+        return cls(
+            train_rows,
+            test_rows,
+            data.features[train_rows],
+            lightgbm_classes(labelled.target[train_rows]),
+            data.features[test_rows],
+            lightgbm_classes(labelled.target[test_rows]),
+        )
 
 
 def train(
@@ -55,10 +95,8 @@ def train(
     features = list(selected.features)
     data = session.data(features)
     check_alignment(data, labelled)
-    train_rows, test_rows = labelled.rows(TRAIN), labelled.rows(TEST)
-    X_train, X_test = data.features[train_rows], data.features[test_rows]
-    y_train = lightgbm_classes(labelled.target[train_rows])
-    y_test = lightgbm_classes(labelled.target[test_rows])
+    split = _Split.of(data, labelled)
+    baselines, out_of_fold = _cv_evidence(session, prepared, selected, tuned)
 
     threads = available_cores()
     # The best trial's complete parameters: fixed ones plus every tuned one.
@@ -66,31 +104,42 @@ def train(
         {**cfg.tuning.fixed_params, **tuned.best.params}, threads, cfg.tuning.seed
     )
     rounds = champion_rounds(
-        fold_scores(tuned.best), len(train_rows), cfg.training.round_scaling, max_rounds
+        fold_scores(tuned.best), len(split.train_rows), cfg.training.round_scaling, max_rounds
     )
     started = time.perf_counter()
-    booster = fit_booster(X_train, y_train, params, rounds, cfg.tuning.max_bin, threads)
+    booster = fit_booster(split.X_train, split.y_train, params, rounds, cfg.tuning.max_bin, threads)
     train_seconds = time.perf_counter() - started
-    proba = booster.predict(X_test)
-    evaluation = ev.evaluate(y_test, proba)
+    decision = decide(cfg.tuning.decision, split.y_train, out_of_fold, cfg.tuning.metric)
+    proba = booster.predict(split.X_test)
+    predicted = decision.classes(proba)
+    evaluation = ev.evaluate(split.y_test, proba, predicted)
     log.info(
-        "train: %d rounds in %.1fs; test macro-F1 %.4f",
+        "train: %d rounds in %.1fs; %s decision %s; test macro-F1 %.4f",
         rounds,
         train_seconds,
+        decision.rule,
+        np.round(decision.weights, 3).tolist(),
         evaluation.metrics["f1_macro"],
     )
 
-    references = _references(data, labelled, X_train, y_train, X_test, y_test, threads, cfg)
-    references_table = ev.reference_table({"tfi (tuned)": evaluation.metrics, **references})
-    sample_rows = min(cfg.training.contribution_rows, len(X_test))
-    sample = X_test[np.linspace(0, len(X_test) - 1, sample_rows).astype(int)]
-    contributions = ev.contributions(booster, sample, features)
+    carried = _persistence(data, labelled, split, cfg)
+    references = _references(split, carried, proba, decision, threads, cfg)
+    references_table = ev.reference_table({TUNED: evaluation.metrics, **dict(references.values())})
+    periods = ev.by_period(
+        labelled.timestamps[split.test_rows],
+        split.y_test,
+        {"tfi": predicted, "persistence": carried[0]},
+    )
+    cv_f1 = float(np.mean([s.f1_macro for s in fold_scores(tuned.best)]))
+    blocked = _cv_gate(cv_f1, baselines)
+    if blocked:
+        log.warning("train: %s", blocked)
 
     predictions = pd.DataFrame(
         {
-            "timestamp": labelled.timestamps[test_rows],
-            "target": labelled.target[test_rows].astype(np.int8),
-            "prediction": (proba.argmax(axis=1) - 1).astype(np.int8),
+            "timestamp": labelled.timestamps[split.test_rows],
+            "target": labelled.target[split.test_rows].astype(np.int8),
+            "prediction": (predicted - 1).astype(np.int8),
             "p_sell": proba[:, 0],
             "p_neutral": proba[:, 1],
             "p_buy": proba[:, 2],
@@ -117,25 +166,35 @@ def train(
                 "round_scaling": cfg.training.round_scaling,
                 "best_trial": tuned.best.number,
                 "n_features": len(features),
-                "n_train": len(train_rows),
-                "n_test": len(test_rows),
+                "n_train": len(split.train_rows),
+                "n_test": len(split.test_rows),
+                "decision": decision.rule,  # its weights: the model config's decision_weights
             }
         )
         run.log_metrics(
             {
                 **test_metrics,
                 f"best_cv_{cfg.tuning.metric}": tuned.best.value,
+                "cv_f1_macro": cv_f1,
+                **baselines,
                 "train_seconds": train_seconds,
                 **{
-                    f"reference_{_slug(name)}_test_f1_macro": row["f1_macro"]
-                    for name, row in references.items()
+                    f"reference_{key}_test_f1_macro": row["f1_macro"]
+                    for key, (_, row) in references.items()
                 },
             }
         )
+        run.log_dict(decision.as_dict(), "decision.json")
         run.log_dict(references_table.reset_index().to_dict(orient="records"), "references.json")
         run.log_text(ev.markdown(references_table), "references.md")
+        run.log_text(ev.markdown(periods), "test_by_period.md")
+        run.log_table(periods.reset_index(), "test_by_period.parquet")
+        run.log_figure(ev.by_period_figure(periods), "test_by_period.png")
         run.log_table(predictions, "test_predictions.parquet")
         run.log_figure(ev.importance_figure(booster, features), "feature_importance.png")
+        sample_rows = min(cfg.training.contribution_rows, len(split.X_test))
+        sample = split.X_test[np.linspace(0, len(split.X_test) - 1, sample_rows).astype(int)]
+        contributions = ev.contributions(booster, sample, features)
         run.log_figure(ev.contributions_figure(contributions), "contributions.png")
         run.log_text(contributions.to_csv(), "contributions.csv")
         with tempfile.TemporaryDirectory() as tmp:
@@ -148,13 +207,14 @@ def train(
             figure.savefig(report_dir / "confusion_matrix.png", dpi=110)
             for name in registry.REPORT_FILES:
                 run.client.log_artifact(run.id, str(report_dir / name))
-            example = pd.DataFrame(X_test[:5].astype(np.float64), columns=features).fillna(0.0)
-            info = registry.log_model(booster, features, example, report_dir)
+            example = pd.DataFrame(split.X_test[:5].astype(np.float64), columns=features)
+            info = registry.log_model(
+                booster, features, example.fillna(0.0), report_dir, decision.weights
+            )
         promotion = registry.register_and_promote(
             info.model_uri,
             cfg.registry,
-            evaluation.metrics["f1_macro"],
-            lambda uri: _score_champion(session, uri, labelled, test_rows, y_test),
+            lambda champion: _compare(session, labelled, split, predicted, champion),
             tags={
                 **{k: f"{v:.6f}" for k, v in test_metrics.items()},
                 "tfi.run_id": run.id,
@@ -162,7 +222,10 @@ def train(
                 tracking.DATA_DIGEST: session.digest,
                 "tfi.test_start": cfg.split.test_start.isoformat(),
             },
-            description=_version_description(evaluation.metrics, references_table, rounds),
+            description=_version_description(
+                evaluation.metrics, references_table, rounds, decision
+            ),
+            blocked=blocked,
         )
         run.set_tags(
             {
@@ -187,60 +250,147 @@ def train(
     return Trained(run.id, info.model_uri, promotion, test_metrics, train_seconds)
 
 
-def _references(
-    data: MarketData,
-    labelled: LabelledData,
-    X_train: np.ndarray,
-    y_train: np.ndarray,
-    X_test: np.ndarray,
-    y_test: np.ndarray,
-    threads: int,
-    cfg: ExperimentConfig,
-) -> dict[str, dict[str, float]]:
-    train_rows, test_rows = labelled.rows(TRAIN), labelled.rows(TEST)
+def _cv_evidence(
+    session: Session, prepared: Prepared, selected: Selected, tuned: Tuned
+) -> tuple[dict[str, float], OutOfFold]:
+    """Rule baselines' CV scores and the best trial's out-of-fold predictions.
+
+    Taken from the tune stage of this command when it ran the best trial; otherwise the folds
+    are built again and the best parameters cross-validated once more (the same seed gives the
+    same fold models).
+    """
+    if tuned.baselines is not None and tuned.out_of_fold is not None:
+        return tuned.baselines, tuned.out_of_fold
+    from tfi.tune import cv_setup  # the tune stage's fold set-up, shared rather than copied
+
+    cfg = session.config.tuning
+    setup = cv_setup(session, prepared, selected)
+    params, rounds = lightgbm_params(
+        {**cfg.fixed_params, **tuned.best.params}, session.threads, cfg.seed
+    )
+    log.info("train: cross-validating trial %d again for its decision", tuned.best.number)
+    out_of_fold: OutOfFold = []
+    for _ in cross_validate(params, rounds, setup.objective.folds, cfg, out_of_fold):
+        pass  # the fold scores are the best trial's own; only its predictions are needed
+    return setup.baselines, out_of_fold
+
+
+def _cv_gate(cv_f1: float, baselines: dict[str, float]) -> str | None:
+    """Why the candidate may not become champion on CV evidence, or None."""
+    rules = {
+        "persistence": baselines["reference_persistence_cv_f1_macro"],
+        "the majority class": baselines["reference_majority_class_cv_f1_macro"],
+    }
+    for name, value in rules.items():
+        if not cv_f1 > value:
+            return (
+                f"CV macro-F1 {cv_f1:.4f} does not beat {name}'s {value:.4f} on the same "
+                "folds: a one-line rule does as well, so this model is not served as champion"
+            )
+    return None
+
+
+def _persistence(
+    data: MarketData, labelled: LabelledData, split: _Split, cfg: ExperimentConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Persistence's classes and probabilities on the test rows, with the labels' thresholds."""
     trailing = trailing_imbalance(
         data.flow["buy_qty"], data.flow["sell_qty"], data.flow["volume"], cfg.labels.horizon
     )
-    carried, carried_proba = ev.persistence(
-        trailing[test_rows], labelled.thresholds, y_train, trailing[train_rows]
+    return ev.persistence(
+        trailing[split.test_rows],
+        labelled.row_thresholds[split.test_rows],
+        split.y_train,
+        trailing[split.train_rows],
+        labelled.row_thresholds[split.train_rows],
     )
+
+
+def _references(
+    split: _Split,
+    carried: tuple[np.ndarray, np.ndarray],
+    proba: np.ndarray,
+    decision: Decision,
+    threads: int,
+    cfg: ExperimentConfig,
+) -> dict[str, tuple[str, dict[str, float]]]:
+    """The references' test metrics by metric key: (name for what it is, metrics)."""
     defaults = fit_booster(
-        X_train, y_train, default_params(threads, cfg.tuning.seed), 100, cfg.tuning.max_bin, threads
+        split.X_train, split.y_train, default_params(threads, cfg.tuning.seed), 100, 255, threads
     )
-    return {
-        "lightgbm defaults": classification_metrics(y_test, defaults.predict(X_test)),
-        "persistence": classification_metrics(y_test, carried_proba, predicted=carried),
-        "majority class": classification_metrics(y_test, ev.majority_proba(y_train, len(y_test))),
+    defaults_proba = defaults.predict(split.X_test)
+    # LightGBM's defaults get the parameter-free version of the tuned model's decision.
+    defaults_decision = decision if decision.rule == "argmax" else prior_decision(split.y_train)
+    y_test = split.y_test
+    references = {
+        "lightgbm_defaults": (
+            f"lightgbm defaults (100 rounds, 255 bins, {defaults_decision.rule})",
+            classification_metrics(
+                y_test, defaults_proba, predicted=defaults_decision.classes(defaults_proba)
+            ),
+        ),
+        "persistence": (
+            "persistence",
+            classification_metrics(y_test, carried[1], predicted=carried[0]),
+        ),
+        "majority_class": (
+            "majority class",
+            classification_metrics(y_test, ev.majority_proba(split.y_train, len(y_test))),
+        ),
     }
+    if decision.rule != "argmax":  # what the fitted decision adds to the same probabilities
+        references["tuned_argmax"] = (f"{TUNED}, argmax", classification_metrics(y_test, proba))
+    return references
 
 
-def _score_champion(
-    session: Session, uri: str, labelled: LabelledData, test_rows: np.ndarray, y_test: np.ndarray
-) -> float:
-    model = score.load_model(uri)
+def _compare(
+    session: Session,
+    labelled: LabelledData,
+    split: _Split,
+    predicted: np.ndarray,
+    champion: ModelVersion,
+) -> registry.Comparison:
+    """Both models' macro-F1 on the test rows neither trained on, with the same labels."""
+    tags = champion.tags or {}
+    if tags.get(tracking.DATA_DIGEST) != session.digest:
+        raise StageError(f"champion v{champion.version} was trained on other data")
+    if "tfi.test_start" not in tags:
+        raise StageError(f"champion v{champion.version} does not record its test period")
+    champion_start = np.datetime64(pd.Timestamp(tags["tfi.test_start"]), "ns")
+    stamps = labelled.timestamps[split.test_rows].to_numpy()
+    unseen = stamps >= champion_start
+    if unseen.sum() < MIN_COMPARED_ROWS:
+        raise StageError(
+            f"only {int(unseen.sum())} test rows are unseen by champion v{champion.version} "
+            f"(it trained on rows before {tags['tfi.test_start']}); comparing needs "
+            f"{MIN_COMPARED_ROWS}"
+        )
+    model = score.load_model(f"models:/{champion.name}/{champion.version}")
     features = score.model_features(model)
     try:
         data = session.data(features)
     except TfiError as exc:
         raise StageError(str(exc)) from None
-    frame = pd.DataFrame(data.features[test_rows], columns=features)
-    predicted = model.predict(frame)["prediction"].to_numpy() + 1
-    proba = np.eye(3)[predicted]
-    return classification_metrics(y_test, proba)["f1_macro"]
+    rows = split.test_rows[unseen]
+    frame = pd.DataFrame(data.features[rows], columns=features)
+    champion_predicted = model.predict(frame)["prediction"].to_numpy() + 1
+    y_true = split.y_test[unseen]
+    return registry.Comparison(
+        ev.macro_f1(y_true, predicted[unseen]),
+        ev.macro_f1(y_true, champion_predicted),
+        int(unseen.sum()),
+    )
 
 
-def _version_description(metrics: dict[str, float], references: pd.DataFrame, rounds: int) -> str:
+def _version_description(
+    metrics: dict[str, float], references: pd.DataFrame, rounds: int, decision: Decision
+) -> str:
+    weights = ", ".join(f"{w:.3f}" for w in decision.weights)
     return (
-        f"tfi champion candidate: LightGBM, {rounds} rounds. Test period: "
+        f"tfi champion candidate: LightGBM, {rounds} rounds, {decision.rule} decision "
+        f"(class weights sell, neutral, buy: {weights}). Test period: "
         f"macro-F1 {metrics['f1_macro']:.4f}, accuracy {metrics['accuracy']:.4f}, "
         f"weighted F1 {metrics['f1_weighted']:.4f}, log-loss {metrics['log_loss']:.4f}.\n\n"
         f"{ev.markdown(references)}\n\n"
         "Files: confusion_matrix.png, classification_report.json, classification_report.txt."
     )
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
-
-
-# --- entry points --------------------------------------------------------------------------

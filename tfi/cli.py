@@ -29,8 +29,28 @@ def _optional_str(value: str) -> str | None:
 
 
 def _optional_int(value: str) -> int | None:
-    number = int(float(value))
-    return number if number > 0 else None
+    """A count where 0 (what `mlflow run` passes for a default) means "the config's"."""
+    number = _number(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (the config's) or more, got {value}")
+    return number or None
+
+
+def _positive_int(value: str) -> int:
+    number = _number(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return number
+
+
+def _number(value: str) -> int:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not number.is_integer():
+        raise argparse.ArgumentTypeError(f"not a whole number: {value}")
+    return int(number)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     registry_options(score)
     score.add_argument("--model-uri", type=_optional_str, help="default models:/NAME@champion")
     score.add_argument("--output", default="predictions.parquet", help="output parquet path")
-    score.add_argument("--batch-rows", type=lambda v: int(float(v)), default=100_000)
+    score.add_argument("--batch-rows", type=_positive_int, default=100_000)
 
     worker = stage("tune-worker", argparse.SUPPRESS)
     worker.add_argument("--worker-index", type=int, default=1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tfi.errors import ConfigError
 
 DEFAULT_CONFIG = "experiments/default.yaml"
+MIN_CLASS_SHARE = 0.05  # the smallest intended class share the label quantiles may give
 SYNTHETIC = "synthetic"
 
 # LightGBM parameters an experiment may tune or fix, under the scikit-learn names the seed used
@@ -96,6 +97,15 @@ class DataConfig(_Strict):
         0.01, ge=0, description="allowed |buy+sell-volume|/volume; null disables the check"
     )
     bar_minutes: int = Field(1, ge=1, description="spacing of the bars in minutes")
+    bar_features: bool = Field(
+        False,
+        description="add causal features of the flow columns (past imbalance over 1-240 "
+        "minutes, volume against its trailing hour and day, time of day; see tfi.bars); "
+        "kline sources always have them",
+    )
+    epoch_unit: Literal["s", "ms", "us", "ns"] | None = Field(
+        None, description="unit of a numeric timestamp column (time since 1970-01-01 UTC)"
+    )
 
 
 class LabelConfig(_Strict):
@@ -108,6 +118,17 @@ class LabelConfig(_Strict):
     )
     low_quantile: float = Field(0.3, gt=0, lt=1)
     high_quantile: float = Field(0.7, gt=0, lt=1)
+    thresholds: Literal["fixed", "rolling"] = Field(
+        "fixed",
+        description="'fixed' = quantiles of the training period applied to every row (the "
+        "seed's way, fitted without the test rows); 'rolling' = quantiles of the labels known "
+        "before each minute over the last rolling_days, so classes keep their shares through "
+        "activity regimes",
+    )
+    rolling_days: float = Field(7.0, gt=0, description="trailing window of rolling thresholds")
+    rolling_min_labels: int = Field(
+        1440, ge=10, description="known labels a rolling threshold needs; fewer: no class yet"
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> LabelConfig:
@@ -116,14 +137,34 @@ class LabelConfig(_Strict):
                 f"low_quantile ({self.low_quantile}) must be below "
                 f"high_quantile ({self.high_quantile})"
             )
+        shares = {
+            "sell": self.low_quantile,
+            "neutral": self.high_quantile - self.low_quantile,
+            "buy": 1 - self.high_quantile,
+        }
+        small = {name: round(share, 6) for name, share in shares.items() if share < MIN_CLASS_SHARE}
+        if small:
+            raise ValueError(
+                f"the quantiles leave classes {small} below {MIN_CLASS_SHARE:.0%} of the rows: "
+                "a classifier cannot learn them (every class needs low_quantile >= 0.05, "
+                "high_quantile - low_quantile >= 0.05, high_quantile <= 0.95)"
+            )
         return self
 
 
 class SplitConfig(_Strict):
     """Train/test split at a date."""
 
-    test_start: datetime = Field(description="first timestamp of the test period")
+    test_start: datetime = Field(description="first timestamp of the test period (UTC)")
     embargo_minutes: int = Field(0, ge=0, description="extra gap before the test period")
+
+    @field_validator("test_start")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        # Bars are compared in naive UTC: an offset ('Z', '+05:00') is converted, not refused.
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
 
 
 class CVConfig(_Strict):
@@ -147,6 +188,14 @@ class SelectionConfig(_Strict):
         description="when LASSO keeps fewer than min_features: take the first features to "
         "enter along the path ('path') or stop with an error",
     )
+
+    @model_validator(mode="after")
+    def _feature_bounds(self) -> SelectionConfig:
+        if self.max_features is not None and self.max_features < self.min_features:
+            raise ValueError(
+                f"max_features ({self.max_features}) is below min_features ({self.min_features})"
+            )
+        return self
 
 
 class FloatParam(_Strict):
@@ -217,6 +266,12 @@ class TuningConfig(_Strict):
     heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats")
     heartbeat_grace: int = Field(30, ge=2, description="seconds before a silent trial is stale")
     max_retry: int = Field(1, ge=0, description="retries of a trial whose worker died")
+    decision: Literal["fitted", "prior", "argmax"] = Field(
+        "fitted",
+        description="how class probabilities become a class: 'fitted' = per-class weights that "
+        "maximise the metric on out-of-fold predictions (in CV, each fold's weights come from "
+        "the folds before it); 'prior' = divide by the training class shares; 'argmax'",
+    )
 
     @field_validator("search_space")
     @classmethod
@@ -324,6 +379,10 @@ def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {path} is a folder: give an experiment YAML file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

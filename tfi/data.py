@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tfi import synthetic
+from tfi import bars, klines, synthetic
 from tfi.config import SYNTHETIC, DataConfig, SyntheticSpec
 from tfi.errors import DataError
 
@@ -69,17 +69,30 @@ class MarketData:
 
 
 def source_digest(config: DataConfig) -> str:
-    """Content digest of the configured data: the file's bytes, or the generator's spec."""
+    """Content digest of the configured data: the files' bytes, or the generator's spec."""
     hasher = hashlib.blake2b(digest_size=12)
     if config.source == SYNTHETIC:
         spec = config.synthetic.model_dump(mode="json")
         hasher.update(json.dumps([synthetic.GENERATOR_VERSION, spec], sort_keys=True).encode())
-    else:
-        path = _existing_file(config.source)
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 23):
-                hasher.update(chunk)
+        return hasher.hexdigest()
+    files = klines.kline_files(config.source)
+    if files is not None:  # the features are computed from the files: their version counts
+        hasher.update(f"klines|{bars.FEATURES_VERSION}".encode())
+    for path in files or [_existing_file(config.source)]:
+        try:
+            with _existing_file(str(path)).open("rb") as handle:
+                while chunk := handle.read(1 << 23):
+                    hasher.update(chunk)
+        except OSError as exc:
+            raise DataError(f"data file {path} cannot be read: {exc.strerror}") from None
     return hasher.hexdigest()
+
+
+def source_files(config: DataConfig) -> list[Path]:
+    """The files the configured data is read from (none for the generator)."""
+    if config.source == SYNTHETIC:
+        return []
+    return klines.kline_files(config.source) or [Path(config.source)]
 
 
 def describe_source(config: DataConfig) -> str:
@@ -98,6 +111,9 @@ def load(
     digest = digest or source_digest(config)
     if config.source == SYNTHETIC:
         return _load_synthetic(config, config.synthetic, features, digest)
+    files = klines.kline_files(config.source)
+    if files is not None:
+        return _load_klines(config, files, features, digest)
     return _load_parquet(config, _existing_file(config.source), features, digest)
 
 
@@ -124,6 +140,7 @@ def _load_parquet(
         raise DataError(f"{name} has no rows")
     time_column = _time_column(schema, name)
     types = {field.name: field.type for field in schema if field.name != time_column}
+    wanted, derived = _derived_features(config, name, types, wanted)
     feature_names, dropped = _feature_columns(name, types, config.exclude, wanted)
     columns = list(dict.fromkeys([*FLOW, *feature_names]))
     try:
@@ -132,10 +149,12 @@ def _load_parquet(
             config,
             name,
             digest,
-            _timestamps(stamps, name),
+            _timestamps(stamps, name, config.epoch_unit),
             _row_group_blocks(parquet, columns),
             feature_names,
             dropped,
+            wanted is not None,
+            derived,
         )
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{name} could not be read (truncated or corrupt?): {exc}") from None
@@ -197,22 +216,70 @@ def _require_numeric(
         raise DataError(f"{name}: {kind} columns must be numeric, got {bad}")
 
 
-def _timestamps(column: pa.ChunkedArray, name: str) -> pd.DatetimeIndex:
+def _timestamps(column: pa.ChunkedArray, name: str, epoch_unit: str | None) -> pd.DatetimeIndex:
     values = column.to_pandas()
-    if not pd.api.types.is_datetime64_any_dtype(values):
-        parsed = pd.to_datetime(values, errors="coerce", utc=True)
+    if pd.api.types.is_integer_dtype(values) or pd.api.types.is_float_dtype(values):
+        if epoch_unit is None:
+            raise DataError(
+                f"{name}: timestamps are numbers ({values.dtype}); say what they count with "
+                "data.epoch_unit (s, ms, us or ns since 1970-01-01 UTC)"
+            )
+        values = pd.to_datetime(values, unit=epoch_unit, utc=True)
+    elif not pd.api.types.is_datetime64_any_dtype(values):
+        # ISO 8601 only: '01/03/2023' is March 1st or January 3rd depending on who wrote it.
+        parsed = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
         unparseable = parsed.isna() & values.notna()
         if unparseable.any():
             rows = np.flatnonzero(unparseable.to_numpy())
             examples = ", ".join(f"row {i}: {values.iloc[i]!r}" for i in rows[:3])
             raise DataError(
-                f"{name}: {rows.size} timestamps cannot be parsed as dates ({examples})"
+                f"{name}: {rows.size} timestamps are not ISO 8601 dates like "
+                f"'2023-03-01 00:00' ({examples})"
             )
         values = parsed
     index = pd.DatetimeIndex(values, name=TIMESTAMP)
     if index.tz is not None:
+        if str(index.tz) != "UTC" or not pd.api.types.is_datetime64_any_dtype(column.to_pandas()):
+            log.info("%s: time-zone aware timestamps (%s) converted to UTC", name, index.tz)
         index = index.tz_convert("UTC").tz_localize(None)
     return index.as_unit("ns")
+
+
+# --- Binance klines ------------------------------------------------------------------------
+
+
+def _load_klines(
+    config: DataConfig, files: list[Path], wanted: Sequence[str] | None, digest: str
+) -> MarketData:
+    name = config.source
+    stamps, columns = klines.read(files)
+    _check_timestamps(stamps, name)  # the rolling features need time order
+    flow = klines.flow(columns, name)
+    features = bars.bar_features(stamps, {**columns, **flow})
+    available = [col for col in features if col not in config.exclude]
+    if wanted is None:
+        feature_names = available
+        dropped = {
+            col: "raw kline column: its causal features (tfi.bars) are used"
+            for col in klines.USED
+            if col != "open_time"
+        }
+    else:
+        absent = [col for col in wanted if col not in features]
+        if absent:
+            raise DataError(f"{name}: kline data has no feature columns {absent}")
+        feature_names, dropped = list(wanted), {}
+    arrays = {col: pa.array(values) for col, values in {**flow, **features}.items()}
+    return _assemble(
+        config,
+        name,
+        digest,
+        stamps,
+        iter([(0, arrays)]),
+        feature_names,
+        dropped,
+        wanted is not None,
+    )
 
 
 # --- synthetic -----------------------------------------------------------------------------
@@ -223,6 +290,7 @@ def _load_synthetic(
 ) -> MarketData:
     name = describe_source(config)
     columns = synthetic.layout(spec).columns
+    wanted, derived = _derived_features(config, name, columns, wanted)
     if wanted is None:
         dropped = {col: "excluded by data.exclude" for col in columns if col in config.exclude}
         feature_names = [col for col in columns if col not in dropped]
@@ -233,7 +301,37 @@ def _load_synthetic(
         feature_names, dropped = list(wanted), {}
     stamps, data = synthetic.generate(spec, dict.fromkeys([*FLOW, *feature_names]))
     arrays = {col: pa.array(values) for col, values in data.items()}
-    return _assemble(config, name, digest, stamps, iter([(0, arrays)]), feature_names, dropped)
+    return _assemble(
+        config,
+        name,
+        digest,
+        stamps,
+        iter([(0, arrays)]),
+        feature_names,
+        dropped,
+        wanted is not None,
+        derived,
+    )
+
+
+def _derived_features(
+    config: DataConfig, name: str, columns: Iterable[str], wanted: Sequence[str] | None
+) -> tuple[list[str] | None, list[str]]:
+    """The features to read from the source, and the flow features to compute after reading."""
+    if not config.bar_features:
+        return (None if wanted is None else list(wanted)), []
+    clash = sorted(set(bars.FLOW_FEATURES) & set(columns))
+    if clash:
+        raise DataError(
+            f"{name} has columns {clash} that data.bar_features would compute: rename them "
+            "or set data.bar_features: false"
+        )
+    if wanted is None:
+        return None, list(bars.FLOW_FEATURES)
+    return (
+        [col for col in wanted if col not in bars.FLOW_FEATURES],
+        [col for col in wanted if col in bars.FLOW_FEATURES],
+    )
 
 
 # --- shared validation ---------------------------------------------------------------------
@@ -247,11 +345,20 @@ def _assemble(
     blocks: Iterator[Block],
     feature_names: list[str],
     dropped: dict[str, str],
+    requested: bool = False,
+    derived: Sequence[str] = (),
 ) -> MarketData:
+    """Validated MarketData.
+
+    ``requested``: the caller named the features it needs (a model's inputs), so an all-NaN
+    column is kept (valid input) rather than dropped. ``derived``: causal flow features
+    (:mod:`tfi.bars`) computed from the validated flow columns, after the source's features.
+    """
     stamps = stamps.as_unit("ns")
     _check_timestamps(stamps, name)
     n = len(stamps)
-    features = np.empty((n, len(feature_names)), dtype=np.float32)
+    read = len(feature_names)
+    features = np.empty((n, read + len(derived)), dtype=np.float32)
     flow = {col: np.empty(n, dtype=np.float32) for col in FLOW}
     position = {col: j for j, col in enumerate(feature_names)}
     filled = 0
@@ -265,21 +372,26 @@ def _assemble(
         for col in arrays.keys() & position.keys():
             features[offset:stop, position[col]] = arrays[col]
             filled += stop - offset
-    if filled != n * len(feature_names):
+    if filled != n * read:
         raise DataError(f"{name}: fewer values than timestamps")
+    _check_flow(flow, stamps, name, config.volume_rtol)
+    if derived:
+        computed = bars.bar_features(stamps, flow)
+        for j, col in enumerate(derived, start=read):
+            features[:, j] = computed[col]
+        feature_names = [*feature_names, *derived]
     nan_counts = np.zeros(len(feature_names), dtype=np.int64)
     inf_counts = np.zeros(len(feature_names), dtype=np.int64)
     for start in range(0, n, _COUNT_ROWS):
         block = features[start : start + _COUNT_ROWS]
         nan_counts += np.count_nonzero(np.isnan(block), axis=0)
         inf_counts += np.count_nonzero(np.isinf(block), axis=0)
-    _check_flow(flow, stamps, name, config.volume_rtol)
     if inf_counts.any():
         bad = {feature_names[j]: int(c) for j, c in enumerate(inf_counts) if c}
         raise DataError(f"{name}: infinite values in feature columns (column: count) {bad}")
 
     all_nan = nan_counts == n
-    if all_nan.any():
+    if all_nan.any() and not requested:
         empty = [feature_names[j] for j in np.flatnonzero(all_nan)]
         dropped.update(dict.fromkeys(empty, "all values NaN"))
         keep = np.flatnonzero(~all_nan)
@@ -296,7 +408,9 @@ def _assemble(
 
 
 def _float32(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    return values.cast(pa.float32()).to_numpy(zero_copy_only=False)
+    # Not Arrow's safe cast: an integer above 2**24 (a large volume) rounds to the nearest
+    # float32, as every value stored in the float32 matrix does.
+    return values.cast(pa.float32(), safe=False).to_numpy(zero_copy_only=False)
 
 
 def _rows(mask: np.ndarray, stamps: pd.DatetimeIndex, limit: int = 3) -> str:

@@ -14,10 +14,16 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from sklearn.metrics import ConfusionMatrixDisplay, classification_report, confusion_matrix
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+)
 
-from tfi.labels import Thresholds, classify
+from tfi.labels import RowThresholds, Thresholds, classify
 from tfi.metrics import LABELS, classification_metrics
+from tfi.split import Fold
 
 CLASS_DISPLAY = ["sell (-1)", "neutral (0)", "buy (1)"]
 
@@ -37,9 +43,9 @@ class Evaluation:
         )
 
 
-def evaluate(y_true: np.ndarray, proba: np.ndarray) -> Evaluation:
-    predicted = proba.argmax(axis=1)
-    metrics = classification_metrics(y_true, proba)
+def evaluate(y_true: np.ndarray, proba: np.ndarray, predicted: np.ndarray) -> Evaluation:
+    """Metrics, report and confusion matrix of decided classes (log-loss from ``proba``)."""
+    metrics = classification_metrics(y_true, proba, predicted=predicted)
     report = classification_report(
         y_true,
         predicted,
@@ -121,14 +127,19 @@ def majority_proba(y_train: np.ndarray, n: int) -> np.ndarray:
 
 
 def persistence(
-    trailing: np.ndarray, thresholds: Thresholds, y_train: np.ndarray, trailing_train: np.ndarray
+    trailing: np.ndarray,
+    thresholds: RowThresholds,
+    y_train: np.ndarray,
+    trailing_train: np.ndarray,
+    thresholds_train: RowThresholds,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The class of the last k minutes' imbalance carried forward, and its probabilities.
 
-    The class is the carried one. Its probabilities are the training-period frequencies of
-    each true class given the carried class (Laplace-smoothed), so its log-loss is comparable.
+    The carried class uses the thresholds the labels of the same rows use (fixed or rolling).
+    Its probabilities are the training-period frequencies of each true class given the
+    carried class (Laplace-smoothed), so its log-loss is comparable.
     """
-    carried_train = carried_class(trailing_train, thresholds)
+    carried_train = carried_class(trailing_train, thresholds_train)
     table = np.ones((len(LABELS), len(LABELS)))
     np.add.at(table, (carried_train, y_train), 1.0)
     table /= table.sum(axis=1, keepdims=True)
@@ -136,10 +147,93 @@ def persistence(
     return carried, table[carried]
 
 
-def carried_class(trailing: np.ndarray, thresholds: Thresholds) -> np.ndarray:
+def carried_class(trailing: np.ndarray, thresholds: RowThresholds | Thresholds) -> np.ndarray:
     """Class index (0/1/2) of a trailing imbalance; neutral where it is undefined."""
     classes = classify(trailing, thresholds)
     return (np.nan_to_num(classes, nan=0.0) + 1).astype(int)
+
+
+def cv_baselines(
+    trailing: np.ndarray,
+    row_thresholds: RowThresholds,
+    folds: Sequence[Fold],
+    fold_targets: Sequence[tuple[np.ndarray, Thresholds | None]],
+) -> dict[str, float]:
+    """Mean CV macro-F1 of persistence and the majority class on the tuning folds.
+
+    Arrays are indexed in training rows. ``fold_targets[i]`` is fold ``i``'s classes (-1/0/1,
+    rows up to its validation stop) and its own fixed thresholds (None: the rows' rolling
+    ones), so persistence is scored with the thresholds that fold's labels use.
+    """
+    persistence_f1, majority_f1 = [], []
+    for fold, (target, own) in zip(folds, fold_targets, strict=True):
+        valid = slice(fold.valid_start, fold.valid_stop)
+        y_valid = (target[valid] + 1).astype(int)
+        thresholds = own if own is not None else row_thresholds[valid]
+        carried = carried_class(trailing[valid], thresholds)
+        persistence_f1.append(macro_f1(y_valid, carried))
+        y_train = (target[: fold.train_stop] + 1).astype(int)
+        majority = np.full(len(y_valid), np.bincount(y_train, minlength=len(LABELS)).argmax())
+        majority_f1.append(macro_f1(y_valid, majority))
+    return {
+        "reference_persistence_cv_f1_macro": float(np.mean(persistence_f1)),
+        "reference_majority_class_cv_f1_macro": float(np.mean(majority_f1)),
+    }
+
+
+def macro_f1(y_true: np.ndarray, predicted: np.ndarray) -> float:
+    return float(f1_score(y_true, predicted, labels=LABELS, average="macro", zero_division=0))
+
+
+def by_period(
+    timestamps: pd.DatetimeIndex,
+    y_true: np.ndarray,
+    predictions: dict[str, np.ndarray],
+) -> pd.DataFrame:
+    """Macro-F1 of each model and the true class shares, per week (per day under 3 weeks).
+
+    ``predictions`` maps a model's name to its class indices (0/1/2) on the same rows.
+    """
+    span = timestamps[-1] - timestamps[0]
+    weekly = span >= pd.Timedelta(days=21)
+    frequency = "W-SUN" if weekly else "D"  # weeks from Monday to Sunday
+    label = "week from" if weekly else "day"
+    periods = pd.DatetimeIndex(timestamps).to_period(frequency).start_time
+    rows = []
+    for start in periods.unique():
+        mask = np.asarray(periods == start)
+        shares = np.bincount(y_true[mask], minlength=len(LABELS)) / mask.sum()
+        row: dict[str, object] = {label: start.date().isoformat(), "rows": int(mask.sum())}
+        for name, predicted in predictions.items():
+            row[f"{name} f1_macro"] = macro_f1(y_true[mask], predicted[mask])
+        for index, cls in enumerate(("sell", "neutral", "buy")):
+            row[f"share {cls}"] = float(shares[index])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(label)
+
+
+def by_period_figure(table: pd.DataFrame) -> Figure:
+    """Macro-F1 per period (lines) above the true class shares per period (stacked bars)."""
+    figure = Figure(figsize=(10, 6.5))
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    positions = np.arange(len(table))
+    for column in (c for c in table.columns if c.endswith("f1_macro")):
+        top.plot(positions, table[column], marker="o", label=column.removesuffix(" f1_macro"))
+    top.set_ylabel("macro-F1")
+    top.set_title(f"Test period by {table.index.name.split()[0]}: model vs references")
+    top.legend(loc="best", fontsize=9)
+    top.grid(alpha=0.3)
+    below = np.zeros(len(table))
+    for cls, color in (("sell", "tab:red"), ("neutral", "tab:gray"), ("buy", "tab:green")):
+        shares = table[f"share {cls}"].to_numpy()
+        bottom.bar(positions, shares, bottom=below, color=color, label=cls, width=0.8)
+        below += shares
+    bottom.set_ylabel("true class share")
+    bottom.set_ylim(0, 1)
+    bottom.legend(loc="upper right", fontsize=9, ncols=3)
+    bottom.set_xticks(positions, list(table.index), rotation=45, ha="right", fontsize=8)
+    figure.tight_layout()
+    return figure
 
 
 def reference_table(rows: dict[str, dict[str, float]]) -> pd.DataFrame:

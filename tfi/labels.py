@@ -9,14 +9,17 @@ Windows are defined over real minutes, not rows: a window is valid only when eve
 ``t`` to its last minute is present (consecutive bars exactly one bar apart). A gap in the minute
 grid, the end of the data, or a window with zero volume leaves the label undefined (NaN).
 
-Class thresholds are quantiles of the imbalance fitted on training rows only
-(:func:`fit_thresholds`) and then applied to every period (:func:`classify`).
+Class thresholds are quantiles of the imbalance, either fitted once on training rows only
+(:func:`fit_thresholds`, ``labels.thresholds: fixed``) and applied to every period, or rolling
+(:func:`rolling_thresholds`): the thresholds of minute ``t`` are quantiles of the labels already
+known at ``t`` (windows that ended before ``t``) over a trailing window of days, so the classes
+keep their shares through changes of activity regime. :func:`classify` applies either.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -121,12 +124,75 @@ def fit_thresholds(train_imbalance: np.ndarray, low_q: float, high_q: float) -> 
     return Thresholds(float(low), float(high), low_q, high_q)
 
 
-def classify(imbalance: np.ndarray, thresholds: Thresholds) -> np.ndarray:
-    """-1 below the low threshold, +1 above the high one, 0 between; NaN stays NaN."""
-    classes = np.where(
-        imbalance > thresholds.high, BUY, np.where(imbalance < thresholds.low, SELL, NEUTRAL)
-    ).astype(np.float64)
-    classes[~np.isfinite(imbalance)] = np.nan
+@dataclass(frozen=True)
+class RowThresholds:
+    """One (low, high) pair per row; NaN where a row has no threshold yet (rolling warm-up)."""
+
+    low: np.ndarray
+    high: np.ndarray
+
+    def __getitem__(self, rows: slice | np.ndarray) -> RowThresholds:
+        return RowThresholds(self.low[rows], self.high[rows])
+
+    @classmethod
+    def constant(cls, thresholds: Thresholds, n: int) -> RowThresholds:
+        return cls(np.full(n, thresholds.low), np.full(n, thresholds.high))
+
+
+class _Bounds(Protocol):
+    @property
+    def low(self) -> float | np.ndarray: ...
+
+    @property
+    def high(self) -> float | np.ndarray: ...
+
+
+def rolling_thresholds(
+    timestamps: pd.DatetimeIndex,
+    imbalance: np.ndarray,
+    window_end: np.ndarray,
+    low_q: float,
+    high_q: float,
+    days: float,
+    min_labels: int,
+) -> RowThresholds:
+    """Per-row quantile thresholds from the labels known before each row, over ``days``.
+
+    The label of row ``s`` is known once its window has ended, so the thresholds of row ``t``
+    are the quantiles of the labels whose window ended before ``t`` and after the window's
+    start (``days`` before the most recent of them). Rows with fewer than ``min_labels`` such
+    labels, or whose quantiles coincide, get NaN (no class).
+    """
+    defined = np.isfinite(imbalance)
+    ends = window_end[defined]  # strictly increasing: one window end per defined row
+    known = pd.Series(imbalance[defined], index=pd.DatetimeIndex(ends))
+    window = known.rolling(pd.Timedelta(days=days), min_periods=min_labels)
+    low_known = window.quantile(low_q).to_numpy(copy=True)
+    high_known = window.quantile(high_q).to_numpy(copy=True)
+    collapsed = ~(low_known < high_known)
+    low_known[collapsed] = np.nan
+    high_known[collapsed] = np.nan
+    # The most recent label known at t: the last window that ended strictly before t.
+    latest = np.searchsorted(ends, timestamps.as_unit("ns").to_numpy(), side="left") - 1
+    has_known = latest >= 0
+    low = np.full(len(timestamps), np.nan)
+    high = np.full(len(timestamps), np.nan)
+    low[has_known] = low_known[latest[has_known]]
+    high[has_known] = high_known[latest[has_known]]
+    return RowThresholds(low, high)
+
+
+def classify(imbalance: np.ndarray, thresholds: _Bounds) -> np.ndarray:
+    """-1 below the low threshold, +1 above the high one, 0 between; NaN stays NaN.
+
+    ``thresholds`` holds one pair (:class:`Thresholds`) or one pair per row
+    (:class:`RowThresholds`); a row without a threshold gets no class.
+    """
+    low, high = thresholds.low, thresholds.high
+    classes = np.where(imbalance > high, BUY, np.where(imbalance < low, SELL, NEUTRAL)).astype(
+        np.float64
+    )
+    classes[~np.isfinite(imbalance) | ~np.isfinite(low) | ~np.isfinite(high)] = np.nan
     return classes
 
 

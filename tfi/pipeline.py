@@ -52,7 +52,7 @@ def prepare(session: Session, parent_id: str | None = None, run_id: str | None =
         )
         summary = labelled.summary()
         run.log_metrics(summary)
-        run.log_dict(labelled.thresholds.as_dict(), "thresholds.json")
+        run.log_dict(labelled.thresholds_record(), "thresholds.json")
         run.log_dict(
             {
                 "rows": {k: int(v) for k, v in summary.items() if k.startswith("rows_")},
@@ -71,11 +71,13 @@ def prepare(session: Session, parent_id: str | None = None, run_id: str | None =
         )
         run.log_table(labelled.table(), "labels.parquet")
     log.info(
-        "prepare: %d train, %d test, %d purged, %d unlabelled rows; thresholds %.4f / %.4f",
+        "prepare: %d train, %d test, %d purged, %d unlabelled rows; %s thresholds "
+        "(training period %.4f / %.4f)",
         summary["rows_train"],
         summary["rows_test"],
         summary["rows_purged"],
         summary["rows_unlabelled"],
+        "rolling" if labelled.rolling else "fixed",
         labelled.thresholds.low,
         labelled.thresholds.high,
     )
@@ -252,13 +254,14 @@ def run_score(
     batch_rows: int,
 ) -> Path:
     """Score the configured data with a registered model and write the predictions."""
+    path = score.check_output(output, data_io.source_files(config.data))
     tracking.check_tracking()
     uri = model_uri or f"models:/{config.registry.model_name}@{config.registry.champion_alias}"
     model = score.load_model(uri)
     features = score.model_features(model)
     data = data_io.load(config.data, features=features)
     result = score.predict(model, data, batch_rows)
-    path = score.write(result, output)
+    score.write(result, path)
     tracker = tracking.Tracker(config.mlflow_experiment, run_id)
     with tracker.run("score", run_id=run_id, tags={tracking.DATA_DIGEST: data.digest}) as run:
         run.log_dataset(data, context="score")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,11 +17,21 @@ import pandas as pd
 from tfi.config import CVConfig, ExperimentConfig
 from tfi.data import MarketData
 from tfi.errors import SplitError
-from tfi.labels import CLASS_NAMES, CLASSES, Thresholds, classify, fit_thresholds, future_imbalance
+from tfi.labels import (
+    CLASS_NAMES,
+    CLASSES,
+    RowThresholds,
+    Thresholds,
+    classify,
+    fit_thresholds,
+    future_imbalance,
+    rolling_thresholds,
+)
 from tfi.split import (
     PERIODS,
     TEST,
     TRAIN,
+    UNLABELLED,
     Fold,
     assign_periods,
     require_classes,
@@ -35,7 +46,9 @@ class LabelledData:
     window_end: np.ndarray
     target: np.ndarray  # -1/0/1 as float, NaN where undefined
     period: np.ndarray  # one of split.PERIODS per row
-    thresholds: Thresholds
+    thresholds: Thresholds  # the training period's quantiles (what 'fixed' applies everywhere)
+    row_thresholds: RowThresholds  # the thresholds each row's class was made with
+    rolling: bool = False
     zero_volume_windows: int = 0
 
     def rows(self, period: str) -> np.ndarray:
@@ -50,23 +63,35 @@ class LabelledData:
                 "window_end": self.window_end,
                 "target": pd.array(self.target, dtype="Float64").astype("Int8"),
                 "period": pd.Categorical(self.period, categories=PERIODS),
+                "threshold_low": self.row_thresholds.low,
+                "threshold_high": self.row_thresholds.high,
             }
         )
 
     @classmethod
     def from_table(
-        cls, table: pd.DataFrame, thresholds: Mapping[str, float], zero_volume_windows: int = 0
+        cls, table: pd.DataFrame, thresholds: Mapping[str, Any], zero_volume_windows: int = 0
     ) -> LabelledData:
         target = table["target"].astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
+        fitted = {key: thresholds[key] for key in ("low", "high", "low_quantile", "high_quantile")}
         return cls(
             pd.DatetimeIndex(table["timestamp"]).as_unit("ns"),
             table["future_imbalance"].to_numpy(dtype=np.float64),
             table["window_end"].to_numpy(dtype="datetime64[ns]"),
             target,
             table["period"].astype(str).to_numpy(dtype=object),
-            Thresholds(**thresholds),
+            Thresholds(**fitted),
+            RowThresholds(
+                table["threshold_low"].to_numpy(dtype=np.float64),
+                table["threshold_high"].to_numpy(dtype=np.float64),
+            ),
+            thresholds.get("method") == "rolling",
             zero_volume_windows,
         )
+
+    def thresholds_record(self) -> dict[str, Any]:
+        """``thresholds.json``: the method and the training period's quantiles."""
+        return {"method": "rolling" if self.rolling else "fixed", **self.thresholds.as_dict()}
 
     def summary(self) -> dict[str, float]:
         """Row counts per period and class shares per labelled period (flat, for metrics)."""
@@ -105,9 +130,26 @@ def prepare_labels(data: MarketData, config: ExperimentConfig) -> LabelledData:
         pd.Timestamp(config.split.test_start),
         pd.Timedelta(minutes=config.split.embargo_minutes),
     )
+    rolling = labels.thresholds == "rolling"
+    if rolling:
+        row_thresholds = rolling_thresholds(
+            data.timestamps,
+            imbalance.values,
+            imbalance.window_end,
+            labels.low_quantile,
+            labels.high_quantile,
+            labels.rolling_days,
+            labels.rolling_min_labels,
+        )
+        # Rows whose thresholds are still warming up have no class: not trained or scored on.
+        period[np.isnan(row_thresholds.low) & (period != UNLABELLED)] = UNLABELLED
+        _require_period_rows(period, data.timestamps, labels.rolling_min_labels)
     train = period == TRAIN
     thresholds = fit_thresholds(imbalance.values[train], labels.low_quantile, labels.high_quantile)
-    target = classify(imbalance.values, thresholds)
+    if not rolling:
+        row_thresholds = RowThresholds.constant(thresholds, len(period))
+    target = classify(imbalance.values, row_thresholds)
+    target[period == UNLABELLED] = np.nan
     require_classes(target[train], "the training period", CLASSES)
     return LabelledData(
         data.timestamps,
@@ -116,8 +158,20 @@ def prepare_labels(data: MarketData, config: ExperimentConfig) -> LabelledData:
         target,
         period,
         thresholds,
+        row_thresholds,
+        rolling,
         imbalance.zero_volume,
     )
+
+
+def _require_period_rows(period: np.ndarray, stamps: pd.DatetimeIndex, min_labels: int) -> None:
+    for name, where in ((TRAIN, "training"), (TEST, "test")):
+        if not np.any(period == name):
+            raise SplitError(
+                f"no {where} row has a rolling class threshold: the first "
+                f"{min_labels} labels (labels.rolling_min_labels) after {stamps[0]} only warm "
+                "them up; use more data, a later split date or a smaller rolling_min_labels"
+            )
 
 
 def training_folds(labelled: LabelledData, config: CVConfig) -> list[Fold]:
@@ -134,10 +188,19 @@ def training_folds(labelled: LabelledData, config: CVConfig) -> list[Fold]:
 
 @dataclass(frozen=True)
 class FoldLabels:
-    """A fold's classes for training rows ``[0, valid_stop)``, from its own thresholds."""
+    """A fold's classes for training rows ``[0, valid_stop)``, from its own thresholds.
 
-    thresholds: Thresholds
+    ``thresholds`` is None with rolling thresholds: each row's are already fitted on labels
+    known before it, so the classes need no refit per fold.
+    """
+
+    thresholds: Thresholds | None
     target: np.ndarray  # -1/0/1 as float, one per training row up to the fold's valid_stop
+
+    def record(self, fold: int) -> dict[str, Any]:
+        if self.thresholds is None:
+            return {"fold": fold, "method": "rolling"}
+        return {"fold": fold, "method": "fixed", **self.thresholds.as_dict()}
 
 
 def fold_labels(labelled: LabelledData, folds: Sequence[Fold]) -> list[FoldLabels]:
@@ -149,7 +212,14 @@ def fold_labels(labelled: LabelledData, folds: Sequence[Fold]) -> list[FoldLabel
     from the quantiles of its own purged training rows, as the champion's come from the whole
     training period before the test.
     """
-    imbalance = labelled.future_imbalance[labelled.rows(TRAIN)]
+    rows = labelled.rows(TRAIN)
+    if labelled.rolling:
+        # Each row's thresholds come from labels known before it: no fold sees its future.
+        target = labelled.target[rows]
+        for i, fold in enumerate(folds):
+            require_classes(target[: fold.train_stop], f"the training rows of fold {i}", CLASSES)
+        return [FoldLabels(None, target[: fold.valid_stop]) for fold in folds]
+    imbalance = labelled.future_imbalance[rows]
     quantiles = labelled.thresholds.low_quantile, labelled.thresholds.high_quantile
     labels = []
     for i, fold in enumerate(folds):

@@ -1,11 +1,13 @@
 """Logging the champion as an MLflow model and promoting it in the model registry.
 
 The model is logged complete (booster, feature list, signature, input example, confusion matrix
-and classification reports) before a version is registered. The version gets its test metrics
-and the promotion decision as tags and description, and only then an alias: ``champion`` if it
-beats the current champion's test macro-F1 on the same test period, else ``challenger``. If any
-registry step fails, the new version is deleted again, so the registry is left as it was and an
-alias never points at an incomplete version.
+and classification reports, and the class decision's weights) before a version is registered. The
+version gets its test metrics and the promotion decision as tags and description, and only then
+an alias. ``champion`` goes to a candidate that passed its CV check against the rule baselines
+and beats the current champion's test macro-F1 on the test rows neither model trained on (same
+data, same labels); otherwise ``challenger``, with the reason. If any registry step fails, the
+new version is deleted again, so the registry is left as it was and an alias never points at an
+incomplete version.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import lightgbm as lgb
 import mlflow
 import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
@@ -57,6 +60,7 @@ def log_model(
     features: Sequence[str],
     input_example: pd.DataFrame,
     report_dir: Path,
+    decision_weights: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> ModelInfo:
     """Log the pyfunc model in the active run, with the report files beside its MLmodel."""
     missing = [name for name in REPORT_FILES if not (report_dir / name).is_file()]
@@ -69,7 +73,10 @@ def log_model(
             name="model",
             python_model=str(SERVING_CODE),
             artifacts={"booster": str(booster_file)},
-            model_config={"features": list(features)},
+            model_config={
+                "features": list(features),
+                "decision_weights": [float(w) for w in decision_weights],
+            },
             signature=signature(features),
             input_example=input_example,
             pip_requirements=[f"{name}=={installed_version(name)}" for name in _RUNTIME],
@@ -87,26 +94,39 @@ def log_model(
 class Promotion:
     version: str
     alias: str
-    score: float
+    score: float | None  # the candidate's test macro-F1 on the rows compared with the champion
     champion_version: str | None
     champion_score: float | None
     reason: str
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Candidate and champion macro-F1 on the same test rows, unseen by both."""
+
+    score: float
+    champion_score: float
+    rows: int
 
 
 @critical_section
 def register_and_promote(
     model_uri: str,
     config: RegistryConfig,
-    score: float,
-    score_champion: Callable[[str], float],
+    compare: Callable[[ModelVersion], Comparison],
     tags: Mapping[str, str],
     description: str,
+    blocked: str | None = None,
 ) -> Promotion:
-    """Register a version and give it ``champion`` or ``challenger``; roll back on failure."""
+    """Register a version and give it ``champion`` or ``challenger``; roll back on failure.
+
+    ``compare`` scores the candidate and the current champion on rows neither trained on (a
+    StageError when it cannot); ``blocked`` says why the candidate may not be champion at all.
+    """
     client = MlflowClient()
     created = mlflow.register_model(model_uri, config.model_name, tags=dict(tags))
     try:
-        promotion = _decide(client, config, created.version, score, score_champion)
+        promotion = _decide(client, config, created.version, compare, blocked)
         client.update_model_version(
             config.model_name, created.version, description=f"{description}\n\n{promotion.reason}"
         )
@@ -130,38 +150,38 @@ def _decide(
     client: MlflowClient,
     config: RegistryConfig,
     version: str,
-    score: float,
-    score_champion: Callable[[str], float],
+    compare: Callable[[ModelVersion], Comparison],
+    blocked: str | None,
 ) -> Promotion:
     try:
         current = client.get_model_version_by_alias(config.model_name, config.champion_alias)
     except MlflowException:
         current = None
+    challenger = config.challenger_alias
     if current is None:
+        if blocked:
+            return Promotion(version, challenger, None, None, None, f"{blocked}: {challenger}")
         return Promotion(
-            version, config.champion_alias, score, None, None, "first version: champion"
+            version, config.champion_alias, None, None, None, "first version: champion"
         )
     try:
-        champion_score = score_champion(f"models:/{config.model_name}/{current.version}")
+        compared = compare(current)
     except StageError as exc:
-        return Promotion(
-            version,
-            config.challenger_alias,
-            score,
-            current.version,
-            None,
-            f"champion v{current.version} cannot be scored on this test period ({exc}); "
-            "kept it as champion",
+        reason = (
+            f"champion v{current.version} cannot be compared on unseen rows ({exc}); "
+            f"kept it as champion, this version is {challenger}"
         )
-    better = score > champion_score
-    alias = config.champion_alias if better else config.challenger_alias
+        if blocked:
+            reason = f"{blocked}; {reason}"
+        return Promotion(version, challenger, None, current.version, None, reason)
+    better = compared.score > compared.champion_score
     verdict = "beats" if better else "does not beat"
+    versus = (
+        f"test macro-F1 {compared.score:.4f} {verdict} champion v{current.version}'s "
+        f"{compared.champion_score:.4f} on {compared.rows} test rows neither trained on"
+    )
+    alias = config.champion_alias if better and not blocked else challenger
+    reason = f"{blocked}; {versus}: {alias}" if blocked else f"{versus}: {alias}"
     return Promotion(
-        version,
-        alias,
-        score,
-        current.version,
-        champion_score,
-        f"test macro-F1 {score:.4f} {verdict} champion v{current.version}'s {champion_score:.4f} "
-        f"on the same test period: {alias}",
+        version, alias, compared.score, current.version, compared.champion_score, reason
     )

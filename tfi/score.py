@@ -8,6 +8,9 @@ configured tracking store and registry and nowhere else. MLflow models execute c
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -64,9 +67,29 @@ def predict(
     return result
 
 
-def write(result: pd.DataFrame, output: str | Path) -> Path:
+def check_output(output: str | Path, inputs: Sequence[Path]) -> Path:
+    """Where predictions may go: not over an input file, not a folder, in a folder that exists."""
     path = Path(output)
-    if path.parent and not path.parent.exists():
+    if path.is_dir():
+        raise StageError(
+            f"output {path} is a folder: give a file name, e.g. {path}/predictions.parquet"
+        )
+    if not path.parent.is_dir():
         raise StageError(f"output folder {path.parent} does not exist")
-    result.to_parquet(path, index=False)
+    if any(path.resolve() == source.resolve() for source in inputs):
+        raise StageError(f"output {path} is the data being scored: it would be overwritten")
+    return path
+
+
+def write(result: pd.DataFrame, path: Path) -> Path:
+    """Write atomically: a crash leaves the old file or none, never half of the new one."""
+    with tempfile.NamedTemporaryFile(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    ) as handle:
+        partial = Path(handle.name)
+    try:
+        result.to_parquet(partial, index=False)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path

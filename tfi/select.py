@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 _CHUNK_ROWS = 8_192
 _MAX_ITER = 5_000
+_EXTREME_SPREAD = 1e4  # a block's spread this many times a feature's median block spread
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,12 @@ class _Moments:
             self.n, self.sx, self.sy[column], self.xx, self.xy[:, column], self.yy[column]
         )
 
+    def without(self, columns: np.ndarray) -> _Moments:
+        """The same sums with ``columns`` zeroed: constant features, coefficient 0."""
+        sx, xx, xy = self.sx.copy(), self.xx.copy(), self.xy.copy()
+        sx[columns], xx[columns, :], xx[:, columns], xy[columns] = 0.0, 0.0, 0.0, 0.0
+        return _Moments(self.n, sx, self.sy, xx, xy, self.yy)
+
     def __add__(self, other: _Moments) -> _Moments:
         return _Moments(
             self.n + other.n,
@@ -135,6 +142,16 @@ def select_features(
             fold_columns[i] = len(targets) - 1
     train_stops = sorted(fold.train_stop for fold in folds)
     blocks = _block_moments(X, np.column_stack(targets), boundaries, rows, train_stops)
+    extreme = _extreme_columns(blocks)
+    if extreme.size:
+        names = [feature_names[j] for j in extreme]
+        log.warning(
+            "select: %s have values over %.0e times their usual spread in one stretch of "
+            "rows (a corrupt value?): left out of the LASSO, so never selected",
+            names,
+            _EXTREME_SPREAD,
+        )
+        blocks = [block.without(extreme) for block in blocks]
     at = {b: i for i, b in enumerate(boundaries)}
 
     def span(start: int, stop: int) -> _Moments:
@@ -185,22 +202,31 @@ def _block_moments(
 
     sums = np.zeros((len(boundaries) - 1, p))
     counts = np.zeros((len(boundaries) - 1, p))
+    extent = np.zeros((len(boundaries) - 1, p))
     for b, (start, stop) in enumerate(itertools.pairwise(boundaries)):
         for lo in range(start, stop, _CHUNK_ROWS):
             chunk = chunk_of(lo, min(lo + _CHUNK_ROWS, stop))
             sums[b] += np.nansum(chunk, axis=0, dtype=np.float64)
             counts[b] += np.count_nonzero(~np.isnan(chunk), axis=0)
+            extent[b] = np.fmax(extent[b], np.nanmax(np.abs(chunk), axis=0, initial=0.0))
     prefix_blocks = [boundaries.index(stop) for stop in train_stops]
-    center = _fill_values(sums, counts, prefix_blocks).astype(np.float32)
+    fill = _fill_values(sums, counts, prefix_blocks)
+    center = fill.astype(np.float32)
+    # In each block, each feature is divided by a bound on its |value - centre| before the
+    # float32 products, so no square overflows (one 1e20 in a column made ZᵀZ inf); the moments
+    # are scaled back in float64. Per block, so a block's moments depend on its rows alone.
+    bound = extent + np.abs(fill)
+    scales = np.where(bound > 0, bound, 1.0)
     y_center = y.mean(axis=0)
 
     blocks = []
-    for start, stop in itertools.pairwise(boundaries):
+    for (start, stop), scale in zip(itertools.pairwise(boundaries), scales, strict=True):
+        inverse = (1.0 / scale).astype(np.float32)
         sx, xx = np.zeros(p), np.zeros((p, p))
         xy, sy, yy = np.zeros((p, y.shape[1])), np.zeros(y.shape[1]), np.zeros(y.shape[1])
         for lo in range(start, stop, _CHUNK_ROWS):
             hi = min(lo + _CHUNK_ROWS, stop)
-            z = chunk_of(lo, hi) - center
+            z = (chunk_of(lo, hi) - center) * inverse
             np.nan_to_num(z, copy=False, nan=0.0)
             v = y[lo:hi] - y_center
             sx += z.sum(axis=0, dtype=np.float64)
@@ -210,8 +236,22 @@ def _block_moments(
             sy += v.sum(axis=0)
             yy += np.einsum("ij,ij->j", v, v)
         upper = np.triu(xx)
-        blocks.append(_Moments(float(stop - start), sx, sy, upper + np.triu(upper, 1).T, xy, yy))
+        xx = (upper + np.triu(upper, 1).T) * np.outer(scale, scale)
+        blocks.append(_Moments(float(stop - start), sx * scale, sy, xx, xy * scale[:, None], yy))
     return blocks
+
+
+def _extreme_columns(blocks: Sequence[_Moments]) -> np.ndarray:
+    """Features whose spread in some block dwarfs their usual (median) spread across blocks.
+
+    A single absurd value (1e20 among values near 1) dominates every Gram product it enters,
+    so a validation block holding it decides the LASSO's alpha on its own.
+    """
+    spreads = np.array(
+        [np.sqrt(np.clip(np.diag(b.xx) / b.n - (b.sx / b.n) ** 2, 0.0, None)) for b in blocks]
+    )
+    usual = np.median(spreads, axis=0)
+    return np.flatnonzero((usual > 0) & (spreads.max(axis=0) > _EXTREME_SPREAD * usual))
 
 
 def _fill_values(sums: np.ndarray, counts: np.ndarray, prefix_blocks: Sequence[int]) -> np.ndarray:

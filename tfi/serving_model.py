@@ -2,7 +2,9 @@
 
 Self-contained on purpose: it imports only LightGBM, NumPy, pandas and MLflow, so the logged
 model loads wherever those are installed, without tfi. The booster travels as LightGBM's own
-text file (an artifact) and the feature list as the model config.
+text file (an artifact); the feature list and the class decision's weights (fitted on
+out-of-fold CV predictions, see ``tfi.decision``) are the model config. The decided class is
+``argmax(probabilities * weights)``; the probabilities are returned as LightGBM gives them.
 """
 
 from __future__ import annotations
@@ -13,23 +15,38 @@ import numpy as np
 import pandas as pd
 from mlflow.models import set_model
 
+FLOW_COLUMNS = ("bid_qty", "ask_qty", "buy_qty", "sell_qty", "volume")  # quantities: never < 0
+
 
 class TradeFlowClassifier(mlflow.pyfunc.PythonModel):
     """Predicts the next-k-minute order-flow class: -1 sell, 0 neutral, 1 buy pressure."""
 
     def load_context(self, context):
         self.features = list(context.model_config["features"])
+        self.weights = np.asarray(context.model_config.get("decision_weights", [1.0, 1.0, 1.0]))
         self.booster = lightgbm.Booster(model_file=context.artifacts["booster"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         missing = [name for name in self.features if name not in model_input.columns]
         if missing:
             raise ValueError(f"input lacks the model's feature columns {missing}")
-        values = model_input[self.features].to_numpy(dtype=np.float32)
-        proba = self.booster.predict(values)
+        columns = model_input[self.features]
+        text = [name for name in self.features if not pd.api.types.is_numeric_dtype(columns[name])]
+        if text:
+            raise ValueError(f"feature columns {text} are not numeric")
+        values = columns.to_numpy(dtype=np.float32)
+        if np.isinf(values).any():
+            bad = [name for j, name in enumerate(self.features) if np.isinf(values[:, j]).any()]
+            raise ValueError(f"feature columns {bad} hold infinite values")
+        flow = [j for j, name in enumerate(self.features) if name in FLOW_COLUMNS]
+        if flow and (values[:, flow] < 0).any():
+            negative = [self.features[j] for j in flow if (values[:, j] < 0).any()]
+            raise ValueError(f"flow columns {negative} hold negative quantities")
+        # LightGBM cannot predict zero rows; an empty request gets an empty answer.
+        proba = self.booster.predict(values) if len(values) else np.empty((0, 3))
         return pd.DataFrame(
             {
-                "prediction": proba.argmax(axis=1).astype(np.int64) - 1,
+                "prediction": np.argmax(proba * self.weights, axis=1).astype(np.int64) - 1,
                 "p_sell": proba[:, 0],
                 "p_neutral": proba[:, 1],
                 "p_buy": proba[:, 2],

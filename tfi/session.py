@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 
@@ -43,8 +44,9 @@ _OPERATIONAL = {
 # Part of the select key (and so of the default study name): bumped when selection or the CV
 # objective compute something else from the same inputs, so that a select run or a study from
 # before is not reused for results it would no longer give. 2: each CV fold's classes from its
-# own thresholds; the LASSO's NaN fill from the first fold's training rows.
-METHOD_VERSION = "2"
+# own thresholds; the LASSO's NaN fill from the first fold's training rows. 3: fold scores from
+# the configured decision (weights fitted on earlier folds), a fair early-stopped reference.
+METHOD_VERSION = "3"
 
 
 def _hash(*parts: str) -> str:
@@ -125,12 +127,16 @@ class Session:
         return _hash(self.prepare_key, METHOD_VERSION, self.config.digest("cv", "selection"))
 
     @property
+    def study_inputs(self) -> str:
+        """What a study's trials are scored on: the selected data and the objective's set-up."""
+        identity = self.config.tuning.model_dump(mode="json", exclude=_OPERATIONAL)
+        return _hash(self.select_key, json.dumps(identity, sort_keys=True))
+
+    @property
     def study_name(self) -> str:
         if self.config.tuning.study:
             return self.config.tuning.study
-        identity = self.config.tuning.model_dump(mode="json", exclude=_OPERATIONAL)
-        key = _hash(self.select_key, json.dumps(identity, sort_keys=True))
-        return f"tfi-{self.config.name}-{key[:10]}"
+        return f"tfi-{self.config.name}-{self.study_inputs[:10]}"
 
     @property
     def threads(self) -> int:
@@ -173,6 +179,10 @@ class Tuned:
     run_id: str
     study_name: str
     best: FrozenTrial
+    # Persistence and majority class CV scores on the tuning folds; the best trial's
+    # out-of-fold predictions when this process ran it. None: the train stage recomputes them.
+    baselines: dict[str, float] | None = None
+    out_of_fold: list[tuple[np.ndarray, np.ndarray]] | None = None
 
 
 @dataclass(frozen=True)

@@ -112,9 +112,17 @@ def sampler_and_pruner(
     return sampler, pruner
 
 
+INPUTS_ATTR = "tfi_inputs"
+
+
 def open_study(
-    storage: RDBStorage, name: str, config: TuningConfig, worker_index: int = 0
+    storage: RDBStorage, name: str, config: TuningConfig, inputs: str, worker_index: int = 0
 ) -> optuna.Study:
+    """Create or join study ``name``; ``inputs`` identifies the data, features and objective.
+
+    A study already built on other inputs (an explicit ``--study`` name reused with other data,
+    features or objective settings) is refused: its trials' scores are not comparable.
+    """
     sampler, pruner = sampler_and_pruner(config, worker_index)
     with critical():
         study = optuna.create_study(
@@ -131,7 +139,20 @@ def open_study(
             f"study '{name}' already exists and {study.direction.name.lower()}s; "
             f"metric {config.metric} needs {config.direction}: choose another study name"
         )
+    require_inputs(study, inputs)
     return study
+
+
+def require_inputs(study: optuna.Study, inputs: str) -> None:
+    recorded = study.user_attrs.get(INPUTS_ATTR)
+    if recorded is None:
+        study.set_user_attr(INPUTS_ATTR, inputs)
+    elif recorded != inputs:
+        raise TrackingError(
+            f"study '{study.study_name}' was built on other data, features or objective "
+            f"settings (inputs {recorded}, these are {inputs}): its trials are not comparable; "
+            "choose another study name or leave --study out"
+        )
 
 
 @contextmanager

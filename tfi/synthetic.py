@@ -1,11 +1,15 @@
 """Embedded, deterministic DRW-shaped minute data with a planted order-flow signal.
 
 A persistent latent buy/sell pressure (a fast and a slow AR(1) process) drives the taker buy
-share of each minute's volume; volume follows an intraday and weekly cycle. The anonymised
-columns ``X1..Xn`` are of three kinds: noisy, lagged views of the latent pressure (the
-*informative* ones, some non-linear), near-collinear copies of those, and heavy-tailed noise. The
-``label`` column imitates the competition's target: it is built from the *future* latent and must
-never be used as a feature (the default data contract excludes it).
+share of each minute's volume; volume follows an intraday and weekly cycle. Trades follow the
+pressure with a delay of a few minutes, while the order-book depth and the informative features
+see it at once. Activity comes in regimes lasting days, as in real markets: each regime has its
+own volume level, and the busier the regime, the less the flow imbalance of a minute disperses
+(many traders' orders average out), so imbalance quantiles fitted on one regime do not fit the
+next. The anonymised columns ``X1..Xn`` are of three kinds: noisy, lagged views of the latent
+pressure (the *informative* ones, some non-linear), near-collinear copies of those, and
+heavy-tailed noise. The ``label`` column imitates the competition's target: it is built from the
+*future* latent and must never be used as a feature (the default data contract excludes it).
 
 Every column is generated from its own seeded random stream, so any subset of columns can be
 produced without the others and the same spec always gives the same numbers.
@@ -25,11 +29,12 @@ from scipy.signal import lfilter
 
 from tfi.config import SyntheticSpec
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 FLOW_COLUMNS = ("bid_qty", "ask_qty", "buy_qty", "sell_qty", "volume")
 LABEL_COLUMN = "label"
 _BURN_IN = 2_000
 _NAN_COLUMNS = 2  # noise columns given a few NaNs, as real feature files have
+FLOW_DELAY = 3  # minutes between a change of the latent pressure and the trades it causes
 
 
 @dataclass(frozen=True)
@@ -132,9 +137,16 @@ def _flow(spec: SyntheticSpec, latent: np.ndarray) -> dict[str, np.ndarray]:
     intraday = np.exp(0.5 * np.cos(2 * np.pi * (minute_of_day - 14 * 60) / 1440))
     weekly = np.where(day_of_week >= 5, 0.7, 1.0)
     activity = np.exp(0.4 * _ar1(rng, n, 0.995))
-    volume = 40.0 * intraday * weekly * activity * rng.lognormal(0.0, 0.6, n)
+    regime = activity_regimes(spec)
+    volume = 40.0 * regime * intraday * weekly * activity * rng.lognormal(0.0, 0.6, n)
     volume *= 1.0 + 0.3 * np.abs(latent)
-    buy_share = 1.0 / (1.0 + np.exp(-(0.5 * spec.signal * latent + 1.2 * rng.standard_normal(n))))
+    dispersion = 1.2 / regime
+    # Trades react to the pressure a few minutes late; the depth (and informative features)
+    # see it at once, so they carry signal that the past flow alone (persistence) lacks.
+    reacting = np.concatenate([np.full(FLOW_DELAY, latent[0]), latent[: n - FLOW_DELAY]])
+    buy_share = 1.0 / (
+        1.0 + np.exp(-(0.5 * spec.signal * reacting + dispersion * rng.standard_normal(n)))
+    )
     buy = volume * buy_share
     depth = 20.0 * np.sqrt(intraday)
     bid = depth * np.exp(0.2 * latent + 0.5 * rng.standard_normal(n))
@@ -142,6 +154,18 @@ def _flow(spec: SyntheticSpec, latent: np.ndarray) -> dict[str, np.ndarray]:
     columns = {"bid_qty": bid, "ask_qty": ask, "buy_qty": buy, "sell_qty": volume - buy}
     columns["volume"] = volume
     return {name: values.astype(np.float32) for name, values in columns.items()}
+
+
+def activity_regimes(spec: SyntheticSpec) -> np.ndarray:
+    """Each minute's regime level: constant for 2 to 8 days at a time, between 1/3 and 3."""
+    rng = np.random.default_rng([spec.seed, 6])
+    levels = np.empty(spec.rows)
+    start = 0
+    while start < spec.rows:
+        length = int(rng.integers(2 * 1440, 8 * 1440))
+        levels[start : start + length] = np.exp(rng.uniform(np.log(1 / 3), np.log(3.0)))
+        start += length
+    return levels
 
 
 def _column_rng(spec: SyntheticSpec, name: str) -> np.random.Generator:

@@ -324,15 +324,20 @@ class TrialRuns:
 
 
 def trial_metrics(trial: FrozenTrial) -> dict[str, float]:
-    """Per-fold and mean CV metrics of a trial, its best iterations and its duration."""
+    """Per-fold and mean CV metrics of a trial, its best iterations and its duration.
+
+    Only a complete trial's means are ``cv_*``: a pruned or failed trial's mean over the folds
+    it ran is ``partial_cv_*``, so sorting by ``cv_f1_macro`` never mixes the two.
+    """
     folds = fold_scores(trial)
     metrics: dict[str, float] = {"folds_completed": float(len(folds))}
+    mean_prefix = "cv" if trial.state == TrialState.COMPLETE else "partial_cv"
     for name in ("f1_macro", "precision_macro", "log_loss", "accuracy"):
         values = [getattr(score, name) for score in folds]
         for i, value in enumerate(values):
             metrics[f"cv_{name}_fold_{i}"] = value
         if values:
-            metrics[f"cv_{name}"] = sum(values) / len(values)
+            metrics[f"{mean_prefix}_{name}"] = sum(values) / len(values)
     for i, score in enumerate(folds):
         metrics[f"best_iteration_fold_{i}"] = float(score.best_iteration)
     if trial.datetime_start and trial.datetime_complete:

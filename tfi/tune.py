@@ -17,17 +17,21 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from tfi import evaluate as ev
 from tfi import study as studies
 from tfi import tracking
 from tfi.data import MarketData
 from tfi.errors import StageError
+from tfi.labels import trailing_imbalance
 from tfi.objective import CVObjective, build_folds, fold_scores, lightgbm_params, reference_cv
 from tfi.prepare import fold_labels, lightgbm_classes, training_folds
 from tfi.session import STORAGE_ENV, Prepared, Selected, Session, Tuned, check_alignment
@@ -40,12 +44,21 @@ PARENT_ATTR = "mlflow_parent_run_id"
 SUMMARISED_TAG = "tfi.summarised_trials"
 
 
-def _objective(
-    session: Session, prepared: Prepared, selected: Selected
-) -> tuple[CVObjective, MarketData, list[dict[str, float]]]:
+@dataclass(frozen=True)
+class CVSetup:
+    """What every trial of this process shares, and what the tune run records about the folds."""
+
+    objective: CVObjective
+    data: MarketData
+    fold_thresholds: list[dict[str, Any]]
+    baselines: dict[str, float]  # persistence and majority class CV macro-F1
+
+
+def cv_setup(session: Session, prepared: Prepared, selected: Selected) -> CVSetup:
     """Fold Datasets over the selected features, binned once for every trial of this process.
 
-    Also returns each fold's class thresholds (fitted on its own training rows), for the record.
+    Also each fold's class thresholds (fitted on its own training rows, or rolling) and the
+    rule baselines' CV scores on the same folds and labels.
     """
     labelled = prepared.labelled
     data = session.data(selected.features)
@@ -56,8 +69,24 @@ def _objective(
     labels = fold_labels(labelled, folds)
     fold_y = [lightgbm_classes(own.target) for own in labels]
     built = build_folds(X, fold_y, folds, session.config.tuning.max_bin, session.threads)
-    thresholds = [{"fold": i, **own.thresholds.as_dict()} for i, own in enumerate(labels)]
-    return CVObjective(built, session.config.tuning, session.threads), data, thresholds
+    trailing = trailing_imbalance(
+        data.flow["buy_qty"],
+        data.flow["sell_qty"],
+        data.flow["volume"],
+        session.config.labels.horizon,
+    )[rows]
+    baselines = ev.cv_baselines(
+        trailing,
+        labelled.row_thresholds[rows],
+        folds,
+        [(own.target, own.thresholds) for own in labels],
+    )
+    return CVSetup(
+        CVObjective(built, session.config.tuning, session.threads),
+        data,
+        [own.record(i) for i, own in enumerate(labels)],
+        baselines,
+    )
 
 
 def tune(
@@ -70,17 +99,19 @@ def tune(
     """Run (or join) a budget round of the study; every trial is a child run of one parent."""
     cfg = session.config.tuning
     tracker = session.tracker
-    study = studies.open_study(session.storage(), session.study_name, cfg)
-    objective, data, fold_thresholds = _objective(session, prepared, selected)
+    study = studies.open_study(session.storage(), session.study_name, cfg, session.study_inputs)
+    setup = cv_setup(session, prepared, selected)
 
     with studies.study_lock(study):
         parent, created = _tune_parent(session, study, prepared, selected, parent_id, run_id)
         budget = studies.open_budget(study, cfg.n_trials, cfg.heartbeat_grace)
     if created:  # outside the lock: these fits take a while on large data
         run = tracking.StageRun(tracker.client, parent)
-        run.log_dataset(data, context="tune")
-        run.log_dict(fold_thresholds, "fold_thresholds.json")
-        run.log_metrics(reference_cv(objective.folds, session.threads, cfg.seed))
+        run.log_dataset(setup.data, context="tune")
+        run.log_dict(setup.fold_thresholds, "fold_thresholds.json")
+        run.log_metrics(
+            {**setup.baselines, **reference_cv(setup.objective.folds, cfg, session.threads)}
+        )
     if budget.joined:
         log.info("tune: study %s has unfinished trials: joining them", study.study_name)
     else:
@@ -96,7 +127,11 @@ def tune(
     try:
         with _local_workers(session, cfg.workers - 1, tracker.experiment_id):
             studies.work(
-                study, objective, hooks, wait_for_all=True, grace_seconds=cfg.heartbeat_grace
+                study,
+                setup.objective,
+                hooks,
+                wait_for_all=True,
+                grace_seconds=cfg.heartbeat_grace,
             )
     except BaseException:
         # Stopped: unless other workers are still running trials, the parent is not RUNNING
@@ -109,7 +144,9 @@ def tune(
         best = _finish_tune(session, study, parent, budget.round)
     if run_id and run_id != parent:
         tracker.tag(run_id, {tracking.TUNE_RUN: parent})
-    return Tuned(parent, study.study_name, best)
+    kept = setup.objective.best_out_of_fold
+    out_of_fold = kept[2] if kept is not None and kept[0] == best.number else None
+    return Tuned(parent, study.study_name, best, setup.baselines, out_of_fold)
 
 
 def _tune_parent(
@@ -186,16 +223,22 @@ class _ProgressHooks:
     def finished(self, trial: FrozenTrial, error: str | None) -> None:
         self.inner.finished(trial, error)
         best = studies.best_trial(self.study)
-        value = "-" if trial.value is None else f"{trial.value:.4f}"
+        metrics = tracking.trial_metrics(trial)
+        if trial.state == TrialState.COMPLETE:
+            value = f"cv_{self.metric}={trial.value:.4f}"
+        elif f"partial_cv_{self.metric}" in metrics:  # not comparable with complete trials
+            folds = int(metrics["folds_completed"])
+            value = f"partial_cv_{self.metric}={metrics[f'partial_cv_{self.metric}']:.4f}"
+            value += f" over {folds} fold{'s' if folds > 1 else ''}"
+        else:
+            value = f"cv_{self.metric}=-"
         running = "-" if best is None else f"{best.value:.4f} (trial {best.number})"
-        seconds = tracking.trial_metrics(trial).get("duration_s", 0.0)
         log.info(
-            "trial %d %s cv_%s=%s in %.1fs; best %s",
+            "trial %d %s %s in %.1fs; best %s",
             trial.number,
             trial.state.name,
-            self.metric,
             value,
-            seconds,
+            metrics.get("duration_s", 0.0),
             running,
         )
 
@@ -347,11 +390,13 @@ def work_as_worker(
 ) -> None:
     """A local worker process: claim queued trials of the study until none is left."""
     cfg = session.config.tuning
-    study = studies.open_study(session.storage(), session.study_name, cfg, worker_index)
+    study = studies.open_study(
+        session.storage(), session.study_name, cfg, session.study_inputs, worker_index
+    )
     parent = study.user_attrs.get(PARENT_ATTR)
     if parent is None:
         raise StageError(f"study {study.study_name} has no parent run: start `tfi tune` instead")
-    objective, _, _ = _objective(session, prepared, selected)
+    objective = cv_setup(session, prepared, selected).objective
     hooks = _ProgressHooks(
         tracking.TrialRuns(session.tracker, parent, study.study_name), study, cfg.metric
     )
@@ -364,6 +409,7 @@ def tuned_study(session: Session, prepared: Prepared, selected: Selected) -> Tun
         study = optuna.load_study(study_name=session.study_name, storage=session.storage())
     except KeyError:
         return None
+    studies.require_inputs(study, session.study_inputs)
     unfinished = study.get_trials(deepcopy=False, states=studies.UNFINISHED)
     if unfinished:
         raise StageError(

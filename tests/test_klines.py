@@ -1,0 +1,127 @@
+"""Binance kline CSVs: read as the data contract, with causal bar features."""
+
+import gzip
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfi.bars import bar_features
+from tfi.config import DataConfig
+from tfi.data import load, source_digest
+from tfi.errors import DataError
+from tfi.klines import COLUMNS
+
+from .helpers import ROOT
+
+SHIPPED = ROOT / "data" / "binance"
+
+
+def _klines(n=300, start="2023-04-01", seed=0):
+    rng = np.random.default_rng(seed)
+    open_time = pd.date_range(start, periods=n, freq="min").as_unit("ms").asi8
+    close = 2.0 * np.exp(np.cumsum(rng.normal(0, 1e-3, n)))
+    volume = rng.integers(0, 50_000, n).astype(float)
+    taker_buy = np.floor(volume * rng.uniform(0, 1, n))
+    count = rng.integers(1, 300, n)
+    return pd.DataFrame(
+        {
+            "open_time": open_time,
+            "open": close,
+            "high": close * 1.001,
+            "low": close * 0.999,
+            "close": close,
+            "volume": volume,
+            "close_time": open_time + 59_999,
+            "quote_volume": volume * close,
+            "count": count,
+            "taker_buy_volume": taker_buy,
+            "taker_buy_quote_volume": taker_buy * close,
+            "ignore": 0,
+        },
+        columns=list(COLUMNS),
+    )
+
+
+def _write(frame, path, header=True):
+    if str(path).endswith(".gz"):
+        with gzip.open(path, "wt") as handle:
+            frame.to_csv(handle, index=False, header=header)
+    else:
+        frame.to_csv(path, index=False, header=header)
+    return path
+
+
+def test_klines_map_to_the_flow_contract_with_or_without_a_header(tmp_path):
+    frame = _klines()
+    with_header = load(DataConfig(source=str(_write(frame, tmp_path / "a.csv"))))
+    without = load(DataConfig(source=str(_write(frame, tmp_path / "b.csv.gz", header=False))))
+    for data in (with_header, without):
+        assert data.timestamps[0] == pd.Timestamp("2023-04-01 00:00")
+        np.testing.assert_allclose(data.flow["buy_qty"], frame["taker_buy_volume"], rtol=1e-6)
+        np.testing.assert_allclose(
+            data.flow["sell_qty"], frame["volume"] - frame["taker_buy_volume"], rtol=1e-6
+        )
+    np.testing.assert_array_equal(with_header.features, without.features)
+    # Raw levels (price, volume) are not features; their causal transforms are.
+    assert "close" not in with_header.feature_names and "volume" not in with_header.feature_names
+    assert {"imbalance_5", "return_15", "volatility_60", "trades_vs_1440min"} <= set(
+        with_header.feature_names
+    )
+
+
+def test_a_folder_or_glob_of_months_reads_as_one_series(tmp_path):
+    first, second = _klines(200, "2023-04-01"), _klines(200, "2023-04-01 03:20", seed=1)
+    _write(first, tmp_path / "X-1m-2023-04-a.csv")
+    _write(second, tmp_path / "X-1m-2023-04-b.csv.gz")
+    whole = load(DataConfig(source=str(tmp_path)))
+    assert whole.n_rows == 400 and whole.timestamps.is_monotonic_increasing
+    globbed = load(DataConfig(source=str(tmp_path / "X-1m-*")))
+    np.testing.assert_array_equal(globbed.features, whole.features)
+    assert source_digest(DataConfig(source=str(tmp_path))) != source_digest(
+        DataConfig(source=str(tmp_path / "X-1m-2023-04-a.csv"))
+    )
+
+
+def test_bar_features_use_only_bars_up_to_t():
+    frame = _klines(600)
+    stamps = pd.DatetimeIndex(pd.to_datetime(frame["open_time"], unit="ms"))
+    columns = {
+        "buy_qty": frame["taker_buy_volume"].to_numpy(float),
+        "sell_qty": (frame["volume"] - frame["taker_buy_volume"]).to_numpy(float),
+        **{c: frame[c].to_numpy(float) for c in ("volume", "high", "low", "close", "count")},
+        "quote_volume": frame["quote_volume"].to_numpy(float),
+    }
+    base = bar_features(stamps, columns)
+    t = 400
+    later = {name: values.copy() for name, values in columns.items()}
+    for values in later.values():
+        values[t + 1 :] *= 3.0
+    changed = bar_features(stamps, later)
+    for name in base:
+        np.testing.assert_array_equal(changed[name][: t + 1], base[name][: t + 1], err_msg=name)
+    assert not np.array_equal(changed["volume_vs_60min"][t + 1 :], base["volume_vs_60min"][t + 1 :])
+
+
+def test_bad_klines_get_one_clear_error(tmp_path):
+    frame = _klines(50)
+    frame.loc[7, "taker_buy_volume"] = frame.loc[7, "volume"] + 10
+    with pytest.raises(DataError, match="taker_buy_volume exceeds volume in 1 bars"):
+        load(DataConfig(source=str(_write(frame, tmp_path / "a.csv"))))
+    frame = _klines(50).astype({"count": object})
+    frame.loc[3, "count"] = "many"
+    with pytest.raises(DataError, match="column 'count' has 1 non-numeric values"):
+        load(DataConfig(source=str(_write(frame, tmp_path / "b.csv"))))
+    with pytest.raises(DataError, match="no kline files"):
+        load(DataConfig(source=str(tmp_path / "nothing-*.csv")))
+    unsorted = pd.concat([_klines(50, "2023-04-02"), _klines(50, "2023-04-01")])
+    with pytest.raises(DataError, match="not sorted"):
+        load(DataConfig(source=str(_write(unsorted, tmp_path / "c.csv"))))
+
+
+def test_the_shipped_months_load_with_their_gap():
+    data = load(DataConfig(source=str(SHIPPED)))
+    assert data.n_rows == 220_320  # 2023-04, -05, -08, -09, -10, one bar a minute
+    assert data.timestamps[0] == pd.Timestamp("2023-04-01")
+    assert data.timestamps[-1] == pd.Timestamp("2023-10-31 23:59")
+    assert not np.isinf(data.features).any()

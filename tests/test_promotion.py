@@ -1,0 +1,98 @@
+"""Which model is served: decisions fitted on CV only, the CV gate, fair champion comparisons."""
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from tfi import pipeline, synthetic
+from tfi.errors import TrackingError
+from tfi.session import Session
+
+SMOKE_NAME = "tfi-classifier"
+
+
+def _main(config, **overrides):
+    return pipeline.run_main(Session.open(config.with_overrides(**overrides)), None)
+
+
+def _decision(trained) -> dict:
+    path = mlflow.artifacts.download_artifacts(run_id=trained.run_id, artifact_path="decision.json")
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def test_the_decision_is_fitted_on_cv_only(store, smoke_config):
+    """Changing every test-period row changes the test score, not the fitted decision."""
+    spec = smoke_config.data.synthetic
+    frame = synthetic.frame(spec).astype(np.float64)
+    test = frame.index >= pd.Timestamp(smoke_config.split.test_start)
+    features = [c for c in frame.columns if c.startswith("X")]
+    rng = np.random.default_rng(0)
+    changed = frame.copy()
+    changed.loc[test, features] = rng.standard_normal((int(test.sum()), len(features)))
+    changed.loc[test, "buy_qty"] = changed.loc[test, "volume"] * rng.uniform(0, 1, test.sum())
+    changed.loc[test, "sell_qty"] = changed.loc[test, "volume"] - changed.loc[test, "buy_qty"]
+    results = []
+    for name, data in (("original", frame), ("changed", changed)):
+        path = store / f"{name}.parquet"
+        data.astype(np.float32).to_parquet(path)
+        results.append(_main(smoke_config, **{"data.source": str(path), "tuning.study": name}))
+    original, other = results
+    assert _decision(original)["rule"] == "fitted"
+    assert _decision(original) == _decision(other)
+    assert original.metrics["test_f1_macro"] != other.metrics["test_f1_macro"]
+
+
+def test_a_model_that_loses_to_persistence_on_cv_is_not_champion(store, smoke_config):
+    """No split is possible (min_child_samples above every fold's rows): a constant model."""
+    trained = _main(
+        smoke_config,
+        **{
+            "tuning.fixed_params": {"min_child_samples": 1_000_000},
+            "tuning.n_trials": 1,
+        },
+    )
+    assert trained.promotion.alias == "challenger"
+    client = MlflowClient()
+    version = client.get_model_version(SMOKE_NAME, trained.promotion.version)
+    assert "does not beat persistence's" in version.description
+    assert "does not beat persistence's" in version.tags["tfi.promotion_reason"]
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias(SMOKE_NAME, "champion")
+
+
+def test_a_champion_is_compared_only_on_rows_neither_model_trained_on(store, smoke_config):
+    first = _main(smoke_config, **{"split.test_start": "2023-03-03 16:00"})
+    assert first.promotion.alias == "champion"
+    second = _main(smoke_config, **{"split.test_start": "2023-03-03 12:00"})
+    # v1 trained on 12:00-16:00: only the rows from 16:00 on are unseen by both.
+    labels = pipeline.upstream_prepare(
+        Session.open(smoke_config.with_overrides(**{"split.test_start": "2023-03-03 12:00"}))
+    ).labelled
+    test = labels.period == "test"
+    unseen = int(np.sum(test & (labels.timestamps >= pd.Timestamp("2023-03-03 16:00"))))
+    assert 100 <= unseen < int(test.sum())
+    assert f"on {unseen} test rows neither trained on" in second.promotion.reason
+    assert second.promotion.champion_version == first.promotion.version
+
+    champion = MlflowClient().get_model_version_by_alias(SMOKE_NAME, "champion").version
+    late = _main(smoke_config, **{"split.test_start": "2023-03-03 18:00"})
+    assert late.promotion.alias == "challenger"
+    assert "cannot be compared on unseen rows" in late.promotion.reason
+    assert MlflowClient().get_model_version_by_alias(SMOKE_NAME, "champion").version == champion
+
+
+def test_an_explicit_study_name_is_not_reused_for_other_inputs(store, smoke_config):
+    config = smoke_config.with_overrides(**{"tuning.study": "mine", "tuning.n_trials": 1})
+    pipeline.run_tune(Session.open(config), None)
+    other_data = config.with_overrides(**{"data.synthetic.seed": 12})
+    with pytest.raises(TrackingError, match="study 'mine' was built on other data"):
+        pipeline.run_tune(Session.open(other_data), None)
+    other_objective = config.with_overrides(**{"tuning.decision": "argmax"})
+    with pytest.raises(TrackingError, match="not comparable"):
+        pipeline.run_tune(Session.open(other_objective), None)
+    pipeline.run_tune(Session.open(config), None)  # the same inputs continue the study
