@@ -77,12 +77,18 @@ def isolate_tracking(patch: pytest.MonkeyPatch, folder: Path) -> None:
 
 
 def mlflow_run(
-    store: Path, entry_point: str, *params: str, env: dict[str, str] | None = None
+    store: Path,
+    entry_point: str,
+    *params: str,
+    env: dict[str, str] | None = None,
+    experiment: str | None = "tfi-smoke",
 ) -> None:
     """`mlflow run` of an entry point on the smoke config, as a user types it."""
     options = [arg for param in (f"config={SMOKE}", *params) for arg in ("-P", param)]
+    if experiment:
+        options += ["--experiment-name", experiment]
     command = [PYTHON, "-m", "mlflow", "run", str(ROOT), "-e", entry_point,
-               "--env-manager", "local", "--experiment-name", "tfi-smoke", *options]  # fmt: skip
+               "--env-manager", "local", *options]  # fmt: skip
     done = subprocess.run(
         command,
         cwd=store,

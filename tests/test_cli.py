@@ -223,3 +223,20 @@ def test_a_folder_as_config_is_one_clear_error(store, capsys):
     assert "is a folder: give an experiment YAML file" in _fail(
         capsys, "prepare", "--config", str(store)
     )
+
+
+def test_mlflow_run_without_an_experiment_records_in_the_configs_experiment(store):
+    """MLflow puts its run in "Default"; tfi's runs go where `python -m tfi` puts them."""
+    mlflow_run(store, "prepare", experiment=None)
+    client = MlflowClient()
+    (launcher,) = client.search_runs(["0"])
+    assert launcher.data.tags["mlflow.project.entryPoint"] == "prepare"
+    experiment = client.get_experiment_by_name("tfi-smoke")
+    assert (
+        f"(#/experiments/{experiment.experiment_id})" in launcher.data.tags["mlflow.note.content"]
+    )
+    (prepare,) = client.search_runs([experiment.experiment_id], "tags.`tfi.stage` = 'prepare'")
+    assert prepare.info.status == "FINISHED"
+    main(["select", "--config", str(SMOKE)])  # a plain command finds that run and reuses it
+    (select,) = client.search_runs([experiment.experiment_id], "tags.`tfi.stage` = 'select'")
+    assert select.data.tags["tfi.prepare_run_id"] == prepare.info.run_id

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import lightgbm as lgb
@@ -138,6 +139,12 @@ def test_tune_parent_holds_the_study_summary(smoke_run):
     assert best["value"] == pytest.approx(tune.data.metrics["best_cv_f1_macro"])
     assert set(best["params"]) == set(smoke_run["config"].tuning.search_space)
     assert "reference_lightgbm_defaults_cv_f1_macro" in tune.data.metrics
+
+
+def test_the_train_run_lasts_as_long_as_the_work_it_records(smoke_run):
+    (train,) = _runs("train")
+    duration_s = (train.info.end_time - train.info.start_time) / 1000
+    assert duration_s >= train.data.metrics["train_seconds"]
 
 
 def test_champion_uses_every_tuned_parameter(smoke_run):
@@ -392,3 +399,48 @@ def test_the_served_model_answers_an_empty_request_and_refuses_text(smoke_run):
     text.loc[0, features[0]] = "n/a"
     with pytest.raises(ValueError, match=rf"feature columns \['{features[0]}'\] are not numeric"):
         python_model.predict(None, text)
+
+
+def test_what_the_ui_reads_through_the_rest_api(smoke_run):
+    """Experiment kind, run names, descriptions and pruned trials, as `mlflow ui` gets them."""
+    from .services import mlflow_server
+
+    folder = smoke_run["folder"]
+    backend = f"sqlite:///{folder / 'mlflow.db'}"
+    with mlflow_server(backend, folder / "server-artifacts", subprocess_env(folder)) as url:
+
+        def get(endpoint: str, **query: str) -> dict:
+            address = f"{url}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"
+            with urllib.request.urlopen(address, timeout=30) as reply:
+                return json.loads(reply.read())
+
+        def post(endpoint: str, body: dict) -> dict:
+            request = urllib.request.Request(
+                f"{url}/api/2.0/mlflow/{endpoint}",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                return json.loads(reply.read())
+
+        experiment = get("experiments/get-by-name", experiment_name="tfi-smoke")["experiment"]
+        tags = {t["key"]: t["value"] for t in experiment["tags"]}
+        assert tags["mlflow.experimentKind"] == "custom_model_development"  # opens on runs
+        assert "tfi experiment" in tags["mlflow.note.content"]
+        runs = post(
+            "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000}
+        )["runs"]
+        by_stage: dict[str, list[dict]] = {}
+        for run in runs:
+            run_tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+            by_stage.setdefault(run_tags["tfi.stage"], []).append(run | {"tags": run_tags})
+        (main,) = [r for r in by_stage["main"] if r["tags"].get("tfi.train_run_id")]
+        assert main["info"]["run_name"].startswith("smoke synthetic(rows=4000")
+        note = main["tags"]["mlflow.note.content"]
+        assert "| persistence |" in note and "[train](#/experiments/" in note
+        trials = by_stage["trial"]
+        for trial in trials:
+            state = trial["tags"]["optuna.trial_state"]
+            name = trial["info"]["run_name"]
+            assert name.endswith("-pruned") == (state == "PRUNED"), (name, state)
+        assert any(t["tags"]["optuna.trial_state"] == "PRUNED" for t in trials)

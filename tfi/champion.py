@@ -18,10 +18,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.models.model import ModelInfo
 
 from tfi import evaluate as ev
 from tfi import registry, score, tracking
@@ -81,6 +84,32 @@ class _Split:
         )
 
 
+@dataclass(frozen=True)
+class _Champion:
+    """The fitted champion and what it does on the test period."""
+
+    booster: lgb.Booster
+    params: dict[str, Any]
+    rounds: int
+    seconds: float
+    decision: Decision
+    proba: np.ndarray
+    predicted: np.ndarray  # class indices 0/1/2 after the decision
+    evaluation: ev.Evaluation
+
+
+@dataclass(frozen=True)
+class _Report:
+    """The champion against the references: on CV (the gate) and on the test period."""
+
+    cv_f1: float
+    baselines: dict[str, float]
+    references: dict[str, tuple[str, dict[str, float]]]
+    table: pd.DataFrame
+    periods: pd.DataFrame
+    blocked: str | None
+
+
 def train(
     session: Session,
     prepared: Prepared,
@@ -91,141 +120,38 @@ def train(
 ) -> Trained:
     """Champion fit with every tuned parameter, test evaluation, references, registration."""
     cfg = session.config
-    labelled = prepared.labelled
-    features = list(selected.features)
-    data = session.data(features)
-    check_alignment(data, labelled)
-    split = _Split.of(data, labelled)
-    baselines, out_of_fold = _cv_evidence(session, prepared, selected, tuned)
-
-    threads = available_cores()
-    # The best trial's complete parameters: fixed ones plus every tuned one.
-    params, max_rounds = lightgbm_params(
-        {**cfg.tuning.fixed_params, **tuned.best.params}, threads, cfg.tuning.seed
-    )
-    rounds = champion_rounds(
-        fold_scores(tuned.best), len(split.train_rows), cfg.training.round_scaling, max_rounds
-    )
-    started = time.perf_counter()
-    booster = fit_booster(split.X_train, split.y_train, params, rounds, cfg.tuning.max_bin, threads)
-    train_seconds = time.perf_counter() - started
-    decision = decide(cfg.tuning.decision, split.y_train, out_of_fold, cfg.tuning.metric)
-    proba = booster.predict(split.X_test)
-    predicted = decision.classes(proba)
-    evaluation = ev.evaluate(split.y_test, proba, predicted)
-    log.info(
-        "train: %d rounds in %.1fs; %s decision %s; test macro-F1 %.4f",
-        rounds,
-        train_seconds,
-        decision.rule,
-        np.round(decision.weights, 3).tolist(),
-        evaluation.metrics["f1_macro"],
-    )
-
-    carried = _persistence(data, labelled, split, cfg)
-    references = _references(split, carried, proba, decision, threads, cfg)
-    references_table = ev.reference_table({TUNED: evaluation.metrics, **dict(references.values())})
-    periods = ev.by_period(
-        labelled.timestamps[split.test_rows],
-        split.y_test,
-        {"tfi": predicted, "persistence": carried[0]},
-    )
-    cv_f1 = float(np.mean([s.f1_macro for s in fold_scores(tuned.best)]))
-    blocked = _cv_gate(cv_f1, baselines)
-    if blocked:
-        log.warning("train: %s", blocked)
-
-    predictions = pd.DataFrame(
-        {
-            "timestamp": labelled.timestamps[split.test_rows],
-            "target": labelled.target[split.test_rows].astype(np.int8),
-            "prediction": (predicted - 1).astype(np.int8),
-            "p_sell": proba[:, 0],
-            "p_neutral": proba[:, 1],
-            "p_buy": proba[:, 2],
-        }
-    )
-    test_metrics = {f"test_{k}": v for k, v in evaluation.metrics.items()}
-    with session.tracker.run(
-        "train",
-        parent_id=parent_id,
-        run_id=run_id,
-        tags={
-            tracking.DATA_DIGEST: session.digest,
-            tracking.STUDY: tuned.study_name,
-            tracking.TUNE_RUN: tuned.run_id,
-            "tfi.select_run_id": selected.run_id,
-            "tfi.prepare_run_id": prepared.run_id,
-        },
-    ) as run:
-        run.log_dataset(data, context="train")
-        run.log_params(
-            {
-                **{f"lgb.{k}": v for k, v in params.items() if k != "num_threads"},
-                "num_boost_round": rounds,
-                "round_scaling": cfg.training.round_scaling,
-                "best_trial": tuned.best.number,
-                "n_features": len(features),
-                "n_train": len(split.train_rows),
-                "n_test": len(split.test_rows),
-                "decision": decision.rule,  # its weights: the model config's decision_weights
-            }
-        )
-        run.log_metrics(
-            {
-                **test_metrics,
-                f"best_cv_{cfg.tuning.metric}": tuned.best.value,
-                "cv_f1_macro": cv_f1,
-                **baselines,
-                "train_seconds": train_seconds,
-                **{
-                    f"reference_{key}_test_f1_macro": row["f1_macro"]
-                    for key, (_, row) in references.items()
-                },
-            }
-        )
-        run.log_dict(decision.as_dict(), "decision.json")
-        run.log_dict(references_table.reset_index().to_dict(orient="records"), "references.json")
-        run.log_text(ev.markdown(references_table), "references.md")
-        run.log_text(ev.markdown(periods), "test_by_period.md")
-        run.log_table(periods.reset_index(), "test_by_period.parquet")
-        run.log_figure(ev.by_period_figure(periods), "test_by_period.png")
-        run.log_table(predictions, "test_predictions.parquet")
-        run.log_figure(ev.importance_figure(booster, features), "feature_importance.png")
-        sample_rows = min(cfg.training.contribution_rows, len(split.X_test))
-        sample = split.X_test[np.linspace(0, len(split.X_test) - 1, sample_rows).astype(int)]
-        contributions = ev.contributions(booster, sample, features)
-        run.log_figure(ev.contributions_figure(contributions), "contributions.png")
-        run.log_text(contributions.to_csv(), "contributions.csv")
-        with tempfile.TemporaryDirectory() as tmp:
-            report_dir = Path(tmp)
-            (report_dir / "classification_report.txt").write_text(evaluation.report_text)
-            (report_dir / "classification_report.json").write_text(
-                json.dumps(evaluation.report, indent=2)
-            )
-            figure = ev.confusion_figure(evaluation, "champion on the test period")
-            figure.savefig(report_dir / "confusion_matrix.png", dpi=110)
-            for name in registry.REPORT_FILES:
-                run.client.log_artifact(run.id, str(report_dir / name))
-            example = pd.DataFrame(split.X_test[:5].astype(np.float64), columns=features)
-            info = registry.log_model(
-                booster, features, example.fillna(0.0), report_dir, decision.weights
-            )
+    data = session.data(list(selected.features))
+    check_alignment(data, prepared.labelled)
+    split = _Split.of(data, prepared.labelled)
+    tags = {
+        tracking.DATA_DIGEST: session.digest,
+        tracking.STUDY: tuned.study_name,
+        tracking.TUNE_RUN: tuned.run_id,
+        "tfi.select_run_id": selected.run_id,
+        "tfi.prepare_run_id": prepared.run_id,
+    }
+    with session.tracker.run("train", parent_id=parent_id, run_id=run_id, tags=tags) as run:
+        baselines, out_of_fold = _cv_evidence(session, prepared, selected, tuned)
+        champion = _fit(cfg, tuned, split, out_of_fold)
+        report = _report(cfg, data, prepared.labelled, split, tuned, champion, baselines)
+        _log_run(run, cfg, data, split, tuned, champion, report)
+        info = _log_model(run, split, champion, list(selected.features))
         promotion = registry.register_and_promote(
             info.model_uri,
             cfg.registry,
-            lambda champion: _compare(session, labelled, split, predicted, champion),
+            lambda current: _compare(session, prepared.labelled, split, champion, current),
             tags={
-                **{k: f"{v:.6f}" for k, v in test_metrics.items()},
+                **{
+                    f"test_{k}": f"{champion.evaluation.metrics[k]:.6f}"
+                    for k in ("f1_macro", "accuracy", "log_loss")
+                },
                 "tfi.run_id": run.id,
                 "tfi.study": tuned.study_name,
                 tracking.DATA_DIGEST: session.digest,
                 "tfi.test_start": cfg.split.test_start.isoformat(),
             },
-            description=_version_description(
-                evaluation.metrics, references_table, rounds, decision
-            ),
-            blocked=blocked,
+            description=_version_description(run, champion, report),
+            blocked=report.blocked,
         )
         run.set_tags(
             {
@@ -245,9 +171,145 @@ def train(
         promotion.reason,
     )
     log.info(
-        "train: references on the test period\n%s", references_table.to_string(float_format="%.4f")
+        "train: references on the test period\n%s", report.table.to_string(float_format="%.4f")
     )
-    return Trained(run.id, info.model_uri, promotion, test_metrics, train_seconds)
+    test_metrics = {f"test_{k}": v for k, v in champion.evaluation.metrics.items()}
+    return Trained(
+        run.id, info.model_uri, promotion, test_metrics, champion.seconds, ev.markdown(report.table)
+    )
+
+
+def _fit(cfg: ExperimentConfig, tuned: Tuned, split: _Split, out_of_fold: OutOfFold) -> _Champion:
+    """The best trial's complete parameters (fixed plus tuned) on every training row."""
+    threads = available_cores()
+    params, max_rounds = lightgbm_params(
+        {**cfg.tuning.fixed_params, **tuned.best.params}, threads, cfg.tuning.seed
+    )
+    rounds = champion_rounds(
+        fold_scores(tuned.best), len(split.train_rows), cfg.training.round_scaling, max_rounds
+    )
+    started = time.perf_counter()
+    booster = fit_booster(split.X_train, split.y_train, params, rounds, cfg.tuning.max_bin, threads)
+    seconds = time.perf_counter() - started
+    decision = decide(cfg.tuning.decision, split.y_train, out_of_fold, cfg.tuning.metric)
+    proba = booster.predict(split.X_test)
+    predicted = decision.classes(proba)
+    evaluation = ev.evaluate(split.y_test, proba, predicted)
+    log.info(
+        "train: %d rounds in %.1fs; %s decision %s; test macro-F1 %.4f",
+        rounds,
+        seconds,
+        decision.rule,
+        np.round(decision.weights, 3).tolist(),
+        evaluation.metrics["f1_macro"],
+    )
+    return _Champion(booster, params, rounds, seconds, decision, proba, predicted, evaluation)
+
+
+def _report(
+    cfg: ExperimentConfig,
+    data: MarketData,
+    labelled: LabelledData,
+    split: _Split,
+    tuned: Tuned,
+    champion: _Champion,
+    baselines: dict[str, float],
+) -> _Report:
+    carried = _persistence(data, labelled, split, cfg)
+    references = _references(split, carried, champion.proba, champion.decision, cfg)
+    table = ev.reference_table({TUNED: champion.evaluation.metrics, **dict(references.values())})
+    periods = ev.by_period(
+        labelled.timestamps[split.test_rows],
+        split.y_test,
+        {"tfi": champion.predicted, "persistence": carried[0]},
+    )
+    cv_f1 = float(np.mean([s.f1_macro for s in fold_scores(tuned.best)]))
+    blocked = _cv_gate(cv_f1, baselines)
+    if blocked:
+        log.warning("train: %s", blocked)
+    return _Report(cv_f1, baselines, references, table, periods, blocked)
+
+
+def _log_run(
+    run: tracking.StageRun,
+    cfg: ExperimentConfig,
+    data: MarketData,
+    split: _Split,
+    tuned: Tuned,
+    champion: _Champion,
+    report: _Report,
+) -> None:
+    run.log_dataset(data, context="train")
+    run.log_params(
+        {
+            **{f"lgb.{k}": v for k, v in champion.params.items() if k != "num_threads"},
+            "num_boost_round": champion.rounds,
+            "round_scaling": cfg.training.round_scaling,
+            "best_trial": tuned.best.number,
+            "n_features": len(data.feature_names),
+            "n_train": len(split.train_rows),
+            "n_test": len(split.test_rows),
+            "decision": champion.decision.rule,  # its weights: the model config's
+        }
+    )
+    run.log_metrics(
+        {
+            **{f"test_{k}": v for k, v in champion.evaluation.metrics.items()},
+            f"best_cv_{cfg.tuning.metric}": tuned.best.value,
+            "cv_f1_macro": report.cv_f1,
+            **report.baselines,
+            "train_seconds": champion.seconds,
+            **{
+                f"reference_{key}_test_f1_macro": row["f1_macro"]
+                for key, (_, row) in report.references.items()
+            },
+        }
+    )
+    run.log_dict(champion.decision.as_dict(), "decision.json")
+    run.log_dict(report.table.reset_index().to_dict(orient="records"), "references.json")
+    run.log_text(ev.markdown(report.table), "references.md")
+    run.log_text(ev.markdown(report.periods), "test_by_period.md")
+    run.log_table(report.periods.reset_index(), "test_by_period.parquet")
+    run.log_figure(ev.by_period_figure(report.periods), "test_by_period.png")
+    labelled_test = pd.DataFrame(
+        {
+            "timestamp": data.timestamps[split.test_rows],
+            "target": (split.y_test - 1).astype(np.int8),
+            "prediction": (champion.predicted - 1).astype(np.int8),
+            "p_sell": champion.proba[:, 0],
+            "p_neutral": champion.proba[:, 1],
+            "p_buy": champion.proba[:, 2],
+        }
+    )
+    run.log_table(labelled_test, "test_predictions.parquet")
+    features = list(data.feature_names)
+    run.log_figure(ev.importance_figure(champion.booster, features), "feature_importance.png")
+    sample_rows = min(cfg.training.contribution_rows, len(split.X_test))
+    sample = split.X_test[np.linspace(0, len(split.X_test) - 1, sample_rows).astype(int)]
+    contributions = ev.contributions(champion.booster, sample, features)
+    run.log_figure(ev.contributions_figure(contributions), "contributions.png")
+    run.log_text(contributions.to_csv(), "contributions.csv")
+
+
+def _log_model(
+    run: tracking.StageRun, split: _Split, champion: _Champion, features: list[str]
+) -> ModelInfo:
+    """The pyfunc model with its report files, which the train run also keeps."""
+    evaluation = champion.evaluation
+    with tempfile.TemporaryDirectory() as tmp:
+        report_dir = Path(tmp)
+        (report_dir / "classification_report.txt").write_text(evaluation.report_text)
+        (report_dir / "classification_report.json").write_text(
+            json.dumps(evaluation.report, indent=2)
+        )
+        figure = ev.confusion_figure(evaluation, "champion on the test period")
+        figure.savefig(report_dir / "confusion_matrix.png", dpi=110)
+        for name in registry.REPORT_FILES:
+            run.client.log_artifact(run.id, str(report_dir / name))
+        example = pd.DataFrame(split.X_test[:5].astype(np.float64), columns=features)
+        return registry.log_model(
+            champion.booster, features, example.fillna(0.0), report_dir, champion.decision.weights
+        )
 
 
 def _cv_evidence(
@@ -311,10 +373,10 @@ def _references(
     carried: tuple[np.ndarray, np.ndarray],
     proba: np.ndarray,
     decision: Decision,
-    threads: int,
     cfg: ExperimentConfig,
 ) -> dict[str, tuple[str, dict[str, float]]]:
     """The references' test metrics by metric key: (name for what it is, metrics)."""
+    threads = available_cores()
     defaults = fit_booster(
         split.X_train, split.y_train, default_params(threads, cfg.tuning.seed), 100, 255, threads
     )
@@ -347,7 +409,7 @@ def _compare(
     session: Session,
     labelled: LabelledData,
     split: _Split,
-    predicted: np.ndarray,
+    candidate: _Champion,
     champion: ModelVersion,
 ) -> registry.Comparison:
     """Both models' macro-F1 on the test rows neither trained on, with the same labels."""
@@ -376,21 +438,33 @@ def _compare(
     champion_predicted = model.predict(frame)["prediction"].to_numpy() + 1
     y_true = split.y_test[unseen]
     return registry.Comparison(
-        ev.macro_f1(y_true, predicted[unseen]),
+        ev.macro_f1(y_true, candidate.predicted[unseen]),
         ev.macro_f1(y_true, champion_predicted),
         int(unseen.sum()),
     )
 
 
-def _version_description(
-    metrics: dict[str, float], references: pd.DataFrame, rounds: int, decision: Decision
-) -> str:
-    weights = ", ".join(f"{w:.3f}" for w in decision.weights)
+def _version_description(run: tracking.StageRun, champion: _Champion, report: _Report) -> str:
+    """The model version page's text (MLflow renders it as markdown): the report in full."""
+    metrics = champion.evaluation.metrics
+    weights = ", ".join(f"{w:.3f}" for w in champion.decision.weights)
+    per_class = pd.DataFrame(
+        {
+            name: [metrics[f"{name}_{stat}"] for stat in ("precision", "recall", "f1")]
+            for name in ("sell", "neutral", "buy")
+        },
+        index=["precision", "recall", "f1"],
+    ).T
+    per_class.index.name = "class"
+    artifacts = run.link("artifacts")
     return (
-        f"tfi champion candidate: LightGBM, {rounds} rounds, {decision.rule} decision "
-        f"(class weights sell, neutral, buy: {weights}). Test period: "
-        f"macro-F1 {metrics['f1_macro']:.4f}, accuracy {metrics['accuracy']:.4f}, "
-        f"weighted F1 {metrics['f1_weighted']:.4f}, log-loss {metrics['log_loss']:.4f}.\n\n"
-        f"{ev.markdown(references)}\n\n"
-        "Files: confusion_matrix.png, classification_report.json, classification_report.txt."
+        f"**tfi classifier**: LightGBM, {champion.rounds} rounds, {champion.decision.rule} "
+        f"decision (class weights sell, neutral, buy: {weights}).\n\n"
+        f"Test period: macro-F1 **{metrics['f1_macro']:.4f}**, accuracy {metrics['accuracy']:.4f},"
+        f" log-loss {metrics['log_loss']:.4f}. CV macro-F1 {report.cv_f1:.4f} against "
+        f"persistence's {report.baselines['reference_persistence_cv_f1_macro']:.4f}.\n\n"
+        f"{ev.markdown(report.table)}\n\n{ev.markdown(per_class)}\n\n"
+        f"Train run [{run.id}]({artifacts}): `confusion_matrix.png`, `test_by_period.png`, "
+        "`references.md`; the model's own files hold `confusion_matrix.png` and "
+        "`classification_report.json`/`.txt`."
     )

@@ -145,23 +145,31 @@ def _exit_status(command: Callable[[], object], invocation_run: str | None) -> i
 
 
 def _dispatch(args: argparse.Namespace, config: ExperimentConfig, run_id: str | None) -> None:
-    from tfi import pipeline
+    from tfi import pipeline, tracking
 
-    if args.command == "score":
-        pipeline.run_score(config, args.model_uri, args.output, run_id, args.batch_rows)
-        return
     if args.command == "tune-worker":
         pipeline.run_tune_worker(config, args.worker_index)
         return
-    session = pipeline.Session.open(config, run_id, getattr(args, "storage", None))
-    run = {
-        "prepare": pipeline.run_prepare,
-        "select": pipeline.run_select,
-        "tune": pipeline.run_tune,
-        "train": pipeline.run_train,
-        "main": pipeline.run_main,
-    }[args.command]
-    run(session, run_id)
+    adopted = None
+    if run_id:  # `mlflow run`'s run: the stage's own, unless it sits in "Default"
+        tracking.check_tracking()
+        adopted = tracking.adoptable(run_id)
+        if adopted is None:  # mlflow run also points its child at "Default"
+            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    if args.command == "score":
+        pipeline.run_score(config, args.model_uri, args.output, adopted, args.batch_rows)
+    else:
+        session = pipeline.Session.open(config, adopted, getattr(args, "storage", None))
+        run = {
+            "prepare": pipeline.run_prepare,
+            "select": pipeline.run_select,
+            "tune": pipeline.run_tune,
+            "train": pipeline.run_train,
+            "main": pipeline.run_main,
+        }[args.command]
+        run(session, adopted)
+    if run_id and adopted is None:
+        tracking.note_elsewhere(run_id, config.mlflow_experiment)
 
 
 def _mark_failed(run_id: str | None, message: str) -> None:

@@ -77,6 +77,8 @@ def confusion_figure(evaluation: Evaluation, title: str) -> Figure:
         ax=right, cmap="Greens", colorbar=False, values_format=".2f"
     )
     right.set_title("row-normalised (recall per true class)")
+    for axis in (left, right):
+        axis.grid(False)  # no grid line through the numbers, whatever the style
     figure.suptitle(title)
     figure.tight_layout()
     return figure

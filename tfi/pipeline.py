@@ -243,7 +243,37 @@ def run_main(session: Session, run_id: str | None) -> Trained:
         run.log_metrics(
             {**trained.metrics, f"best_cv_{session.config.tuning.metric}": tuned.best.value}
         )
+        stages = {
+            "prepare": prepared.run_id,
+            "select": selected.run_id,
+            "tune": tuned.run_id,
+            "train": trained.run_id,
+        }
+        run.describe(_main_run_name(session), _main_run_note(run, session, trained, stages))
     return trained
+
+
+def _main_run_name(session: Session) -> str:
+    source = data_io.describe_source(session.config.data)
+    short = source if source.startswith("synthetic") else Path(source).name
+    return f"{session.config.name} {short} {time.strftime('%Y-%m-%d %H:%M')}"
+
+
+def _main_run_note(
+    run: tracking.StageRun, session: Session, trained: Trained, stages: dict[str, str]
+) -> str:
+    links = " · ".join(
+        f"[{stage}]({tracking.StageRun(run.client, run_id).link()})"
+        for stage, run_id in stages.items()
+    )
+    promotion = trained.promotion
+    return (
+        f"**{session.config.name}** on {data_io.describe_source(session.config.data)}: "
+        f"`{session.config.registry.model_name}` v{promotion.version} is "
+        f"**{promotion.alias}** ({promotion.reason}).\n\n"
+        f"Test period, against the references:\n\n{trained.references}\n\n"
+        f"Stage runs: {links}"
+    )
 
 
 def run_score(

@@ -192,6 +192,7 @@ class Trained:
     promotion: registry.Promotion
     metrics: dict[str, float]
     fit_seconds: float
+    references: str = ""  # the test references table, markdown
 
 
 # --- prepare -------------------------------------------------------------------------------

@@ -34,8 +34,9 @@ from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 from mlflow.types import ColSpec, Schema
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from optuna.trial import FrozenTrial, TrialState
 
 from tfi.data import MarketData
@@ -76,6 +77,37 @@ def check_tracking() -> None:
         ) from None
 
 
+# MLflow 3's UI opens an experiment on its runs (not on GenAI traces) with this kind.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def adoptable(run_id: str | None) -> str | None:
+    """``mlflow run``'s run, if tfi should record its stage in it; None to leave it be.
+
+    Without ``--experiment-name``, ``mlflow run`` puts its run in MLflow's "Default" experiment.
+    tfi's runs go to the config's experiment instead (where the runs they reuse are), and
+    mlflow's run keeps only a note saying where they went.
+    """
+    if run_id is None:
+        return None
+    experiment = MlflowClient().get_run(run_id).info.experiment_id
+    return None if experiment == DEFAULT_EXPERIMENT_ID else run_id
+
+
+def note_elsewhere(launcher_run_id: str, experiment_name: str) -> None:
+    """Tell mlflow's run in "Default" where the work it launched was recorded."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(experiment_name)
+    where = f"#/experiments/{experiment.experiment_id}" if experiment else experiment_name
+    client.set_tag(
+        launcher_run_id,
+        MLFLOW_RUN_NOTE,
+        f"tfi recorded this command's runs in experiment [{experiment_name}]({where}), the "
+        "config's `mlflow_experiment`; pass `--experiment-name` to `mlflow run` to keep them "
+        "together with this run instead.",
+    )
+
+
 class Tracker:
     """An MLflow experiment and the runs tfi makes in it."""
 
@@ -90,8 +122,21 @@ class Tracker:
             name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name
             found = self.client.get_experiment_by_name(name)
             self.experiment_id = (
-                found.experiment_id if found else self.client.create_experiment(name)
+                found.experiment_id
+                if found
+                else self.client.create_experiment(
+                    name,
+                    tags={
+                        **EXPERIMENT_KIND,
+                        MLFLOW_RUN_NOTE: f"tfi experiment `{name}`: trade flow imbalance "
+                        "classifiers. Each `main` run holds its prepare, select, tune and train "
+                        "runs; each tune run holds one run per Optuna trial.",
+                    },
+                )
             )
+        experiment = self.client.get_experiment(self.experiment_id)
+        if "mlflow.experimentKind" not in experiment.tags:
+            self.client.set_experiment_tag(self.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
 
     def find_finished(self, stage: str, inputs: str) -> Run | None:
         runs = self.client.search_runs(
@@ -183,6 +228,19 @@ class StageRun:
     def __init__(self, client: MlflowClient, run_id: str):
         self.client = client
         self.id = run_id
+
+    @property
+    def experiment_id(self) -> str:
+        return self.client.get_run(self.id).info.experiment_id
+
+    def describe(self, name: str, note: str) -> None:
+        """The run's name and its description (markdown, shown on the run's page)."""
+        self.client.update_run(self.id, name=name)
+        self.client.set_tag(self.id, MLFLOW_RUN_NOTE, note)
+
+    def link(self, tab: str = "") -> str:
+        """The run's page in the MLflow UI, relative to the UI's root (works in markdown)."""
+        return f"#/experiments/{self.experiment_id}/runs/{self.id}" + (f"/{tab}" if tab else "")
 
     @critical_section
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -334,10 +392,11 @@ def trial_metrics(trial: FrozenTrial) -> dict[str, float]:
     mean_prefix = "cv" if trial.state == TrialState.COMPLETE else "partial_cv"
     for name in ("f1_macro", "precision_macro", "log_loss", "accuracy"):
         values = [getattr(score, name) for score in folds]
-        for i, value in enumerate(values):
-            metrics[f"cv_{name}_fold_{i}"] = value
         if values:
             metrics[f"{mean_prefix}_{name}"] = sum(values) / len(values)
+    # Per fold, only what the pruner compares and how far boosting went: few metric columns.
+    for i, score in enumerate(folds):
+        metrics[f"cv_f1_macro_fold_{i}"] = score.f1_macro
     for i, score in enumerate(folds):
         metrics[f"best_iteration_fold_{i}"] = float(score.best_iteration)
     if trial.datetime_start and trial.datetime_complete:
@@ -348,6 +407,9 @@ def trial_metrics(trial: FrozenTrial) -> dict[str, float]:
 
 @critical_section
 def record_trial(client: MlflowClient, run_id: str, trial: FrozenTrial, error: str | None) -> None:
+    """Params, metrics and state of a trial; a pruned or failed trial says so in its name."""
+    if trial.state != TrialState.COMPLETE:
+        client.update_run(run_id, name=f"{trial_run_name(trial.number)}-{trial.state.name.lower()}")
     tags = {"optuna.trial_state": trial.state.name}
     if error:
         tags[ERROR] = mask_text(error)[:5000]
@@ -365,7 +427,7 @@ def create_trial_run(
 ) -> str:
     run = client.create_run(
         experiment_id,
-        run_name=f"trial-{number:04d}",
+        run_name=trial_run_name(number),
         tags={
             MLFLOW_PARENT_RUN_ID: parent_run_id,
             STAGE: "trial",
@@ -378,6 +440,10 @@ def create_trial_run(
         },
     )
     return run.info.run_id
+
+
+def trial_run_name(number: int) -> str:
+    return f"trial-{number:04d}"
 
 
 def trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[int, Run]:

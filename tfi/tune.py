@@ -224,6 +224,15 @@ class _ProgressHooks:
         self.inner.finished(trial, error)
         best = studies.best_trial(self.study)
         metrics = tracking.trial_metrics(trial)
+        if trial.state == TrialState.COMPLETE and best is not None:
+            # The parent's metric history is the optimisation history in the run's charts.
+            tracking.StageRun(self.inner.client, self.inner.parent_run_id).log_metrics(
+                {
+                    f"trial_cv_{self.metric}": trial.value,
+                    f"best_cv_{self.metric}_so_far": best.value,
+                },
+                step=trial.number,
+            )
         if trial.state == TrialState.COMPLETE:
             value = f"cv_{self.metric}={trial.value:.4f}"
         elif f"partial_cv_{self.metric}" in metrics:  # not comparable with complete trials
@@ -322,23 +331,37 @@ def _finish_tune(session: Session, study: optuna.Study, parent: str, round_: int
 def _study_figures(study: optuna.Study) -> Iterator[tuple[str, object]]:
     """Optuna's own plots; importances and parallel coordinates need two complete trials."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     from optuna.visualization import matplotlib as optuna_plots
 
+    trials = study.get_trials(deepcopy=False)
+    complete = sum(t.state == TrialState.COMPLETE for t in trials)
     plots = {"optimization_history": optuna_plots.plot_optimization_history}
-    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 2:
+    if complete >= 2:
         plots["param_importances"] = optuna_plots.plot_param_importances
         plots["parallel_coordinate"] = optuna_plots.plot_parallel_coordinate
     for name, plot in plots.items():
-        try:
-            with studies.experimental_ok():
-                axes = plot(study)
-        except (ValueError, RuntimeError) as exc:  # e.g. no parameter varied
-            log.info("tune: no %s plot: %s", name, exc)
-            continue
-        figure = np.ravel(axes)[0].figure
-        figure.set_size_inches(10, 6)
-        yield name, figure
-        plt.close(figure)
+        # Optuna switches matplotlib to its ggplot style globally; rc_context puts it back, so
+        # later figures (the confusion matrix) do not get white grid lines through them.
+        with plt.rc_context():
+            try:
+                with studies.experimental_ok():
+                    axes = plot(study)
+            except (ValueError, RuntimeError) as exc:  # e.g. no parameter varied
+                log.info("tune: no %s plot: %s", name, exc)
+                continue
+            figure = np.ravel(axes)[0].figure
+            figure.set_size_inches(11, 6)
+            if name == "optimization_history":
+                axis = np.ravel(axes)[0]
+                axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+                axis.set_title(
+                    f"Optimisation history: {complete} complete trials; "
+                    f"{len(trials) - complete} pruned or failed not shown (no final value)"
+                )
+            figure.tight_layout()
+            yield name, figure
+            plt.close(figure)
 
 
 @contextmanager
