@@ -231,3 +231,38 @@ def test_champion_refuses_while_trials_are_unfinished(store, smoke_config, stage
     study.enqueue_trial({})  # a trial waiting for a worker
     with pytest.raises(Exception, match="waiting or running trials"):
         pipeline.run_train(session, None)
+
+
+def test_a_lock_left_without_its_stamp_is_broken(store, monkeypatch):
+    """A kill between the lock's two writes left a lock no command could take: now it is broken."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{store / 'optuna.db'}")
+    study = optuna.create_study(study_name="locked", storage=storage)
+    storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "locked::lock")  # no stamp
+    monkeypatch.setattr(studies, "_UNSTAMPED_SECONDS", 0.5)
+    started = time.monotonic()
+    with studies.study_lock(study, timeout=30):
+        waited = time.monotonic() - started
+    assert 0.5 <= waited < 30
+    assert "locked::lock" not in [s.study_name for s in optuna.get_all_study_summaries(storage)]
+
+
+def test_sigint_and_sigterm_together_are_one_request_held_by_a_critical_section():
+    """`mlflow run` turns Ctrl-C into SIGINT plus SIGTERM: the write in progress still finishes."""
+    import os
+
+    from tfi import interrupts
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    interrupts.install()
+    finished = False
+    try:
+        with pytest.raises(KeyboardInterrupt), interrupts.critical():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            finished = True  # both signals arrived inside the section; neither cut it short
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        interrupts._state.requested.clear()
+        interrupts._state.held = False
+    assert finished

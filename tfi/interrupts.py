@@ -4,7 +4,8 @@ A stop request raises KeyboardInterrupt at once while tfi computes, so a trial s
 and is recorded as failed. Inside a *critical section* (a write to the MLflow store, the
 registry or the Optuna storage, or the whole trial loop but its model fitting) the request is
 held until the section ends or an :func:`interruptible` block starts, so no database write is
-cut in half; a second request does not wait. Python drops an exception raised while it runs a
+cut in half; a second request (more than two seconds after the first: ``mlflow run`` turns one
+Ctrl-C into a SIGINT and a SIGTERM) does not wait. Python drops an exception raised while it runs a
 finaliser, so the request is also remembered and :func:`check` raises it at the trial loop's
 next turn.
 """
@@ -15,12 +16,14 @@ import functools
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
 
 P = ParamSpec("P")
 R = TypeVar("R")
+SAME_REQUEST_SECONDS = 2.0
 
 
 class _State:
@@ -28,6 +31,7 @@ class _State:
         self.requested = threading.Event()
         self.depth = 0  # nesting of critical sections (main thread only: signals land there)
         self.held = False
+        self.first_request = 0.0  # time.monotonic() of the first stop request
 
 
 _state = _State()
@@ -101,7 +105,13 @@ def critical_section(function: Callable[P, R]) -> Callable[P, R]:
 
 
 def _handler(signum: int, frame: object) -> None:
-    again = _state.requested.is_set()
+    now = time.monotonic()
+    # `mlflow run` passes Ctrl-C on as SIGTERM right after the SIGINT the terminal sent to the
+    # whole process group: signals this close together are one request, not an insistent
+    # second one that may cut a critical write in half.
+    again = _state.requested.is_set() and now - _state.first_request > SAME_REQUEST_SECONDS
+    if not _state.requested.is_set():
+        _state.first_request = now
     _state.requested.set()
     if _state.depth and not again:
         _state.held = True

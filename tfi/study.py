@@ -51,6 +51,7 @@ WORKER_ATTR = "tfi.worker"
 ERROR_ATTR = "tfi.error"
 UNFINISHED = (TrialState.WAITING, TrialState.RUNNING)
 _LOCK_STALE_SECONDS = 120.0
+_UNSTAMPED_SECONDS = 10.0  # taking a lock stamps it within milliseconds
 
 
 @contextmanager
@@ -161,6 +162,7 @@ def study_lock(study: optuna.Study, timeout: float = 300.0) -> Iterator[None]:
     storage = study._storage
     lock_name = f"{study.study_name}::lock"
     deadline = time.monotonic() + timeout
+    unstamped_since: dict[int, float] = {}
     while True:
         try:
             with critical():
@@ -168,7 +170,7 @@ def study_lock(study: optuna.Study, timeout: float = 300.0) -> Iterator[None]:
                 storage.set_study_user_attr(lock_id, "acquired_at", time.time())
             break
         except DuplicatedStudyError:
-            _break_if_stale(storage, lock_name)
+            _break_if_stale(storage, lock_name, unstamped_since)
             if time.monotonic() > deadline:
                 raise TrackingError(
                     f"study '{study.study_name}' stayed locked for {timeout:.0f}s"
@@ -181,11 +183,25 @@ def study_lock(study: optuna.Study, timeout: float = 300.0) -> Iterator[None]:
             storage.delete_study(lock_id)
 
 
-def _break_if_stale(storage: optuna.storages.BaseStorage, lock_name: str) -> None:
+def _break_if_stale(
+    storage: optuna.storages.BaseStorage, lock_name: str, unstamped_since: dict[int, float]
+) -> None:
+    """Delete a lock held too long, or one that never got its time stamp.
+
+    Taking the lock is two writes (the lock study, then its ``acquired_at``); a process killed
+    between them leaves a lock without a stamp, which no holder will ever release. Such a lock
+    is broken once this waiter has seen it unstamped for ``_UNSTAMPED_SECONDS``.
+    """
     try:
         lock_id = storage.get_study_id_from_name(lock_name)
         acquired = storage.get_study_user_attrs(lock_id).get("acquired_at")
-        if acquired is not None and time.time() - acquired > _LOCK_STALE_SECONDS:
+        now = time.time()
+        if acquired is None:
+            first_seen = unstamped_since.setdefault(lock_id, now)
+            stale = now - first_seen > _UNSTAMPED_SECONDS
+        else:
+            stale = now - acquired > _LOCK_STALE_SECONDS
+        if stale:
             log.warning("breaking a stale lock on %s", lock_name)
             storage.delete_study(lock_id)
     except KeyError:
