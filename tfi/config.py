@@ -248,13 +248,16 @@ class TuningConfig(_Strict):
     search_space: dict[str, ParamSpec]
     fixed_params: dict[str, int | float | str | bool] = {}
     early_stopping_rounds: int = Field(20, ge=1)
-    pruner: Literal["median", "percentile", "halving", "none"] = Field(
+    pruner: Literal["paired", "median", "percentile", "halving", "none"] = Field(
         "median",
-        description="stop a trial after a fold where its best fold score so far is below the "
-        "median ('median') or outside the best pruner_percentile % ('percentile') of the "
-        "completed trials' scores at that fold (Optuna's PercentilePruner); successive halving "
-        "over folds ('halving'); or never ('none')",
+        description="'paired': stop a trial at the first fold whose score is worse than the "
+        "same fold's score of LightGBM's defaults or of the best complete trial by more than "
+        "pruner_margin (from the first trial on); 'median' / 'percentile': stop it after a fold "
+        "where its best fold score so far is below the median or outside the best "
+        "pruner_percentile % of the completed trials' scores at that fold (Optuna's "
+        "PercentilePruner); successive halving over folds ('halving'); or never ('none')",
     )
+    pruner_margin: float = Field(0.01, ge=0, description="how much worse 'paired' tolerates")
     pruner_percentile: float = Field(25.0, gt=0, lt=100)
     pruner_startup_trials: int = Field(3, ge=0)
     seed: int = 42

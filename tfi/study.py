@@ -41,6 +41,7 @@ from tfi import interrupts
 from tfi.config import TuningConfig
 from tfi.errors import TrackingError
 from tfi.interrupts import critical, critical_section
+from tfi.pruning import PairedFoldPruner
 from tfi.uris import mask_text, mask_uri
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,11 @@ def sampler_and_pruner(
         seed=config.seed + worker_index, multivariate=True, constant_liar=True
     )
     pruner: optuna.pruners.BasePruner
-    if config.pruner in ("median", "percentile"):
+    if config.pruner == "paired":
+        pruner = PairedFoldPruner(
+            config.metric, config.direction == "maximize", config.pruner_margin
+        )
+    elif config.pruner in ("median", "percentile"):
         percentile = 50.0 if config.pruner == "median" else config.pruner_percentile
         pruner = optuna.pruners.PercentilePruner(
             percentile, n_startup_trials=config.pruner_startup_trials

@@ -34,6 +34,7 @@ from tfi.errors import StageError
 from tfi.labels import trailing_imbalance
 from tfi.objective import CVObjective, build_folds, fold_scores, lightgbm_params, reference_cv
 from tfi.prepare import fold_labels, lightgbm_classes, training_folds
+from tfi.pruning import REFERENCE_ATTR
 from tfi.session import STORAGE_ENV, Prepared, Selected, Session, Tuned, check_alignment
 from tfi.split import TRAIN
 from tfi.uris import mask_uri
@@ -109,8 +110,16 @@ def tune(
         run = tracking.StageRun(tracker.client, parent)
         run.log_dataset(setup.data, context="tune")
         run.log_dict(setup.fold_thresholds, "fold_thresholds.json")
+        reference = reference_cv(setup.objective.folds, cfg, session.threads)
+        # The paired pruner compares every trial's folds with these, from the first trial on.
+        study.set_user_attr(REFERENCE_ATTR, [getattr(fold, cfg.metric) for fold in reference])
         run.log_metrics(
-            {**setup.baselines, **reference_cv(setup.objective.folds, cfg, session.threads)}
+            {
+                **setup.baselines,
+                "reference_lightgbm_defaults_cv_f1_macro": float(
+                    np.mean([fold.f1_macro for fold in reference])
+                ),
+            }
         )
     if budget.joined:
         log.info("tune: study %s has unfinished trials: joining them", study.study_name)
