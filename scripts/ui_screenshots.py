@@ -66,15 +66,19 @@ def _pages(client: MlflowClient, experiment_name: str, model: str) -> dict[str, 
     compared = json.dumps([t.info.run_id for t in complete[:4]])
     parent_filter = urllib.parse.quote(f"tags.`mlflow.parentRunId` = '{tune.info.run_id}'")
     version = client.get_model_version_by_alias(model, "champion").version
+    # MLflow 3.17's UI opens in its GenAI mode until "Model training" is picked once (it keeps
+    # the choice in the browser); a fresh browser gets it from the URL.
+    training = "workflowType=machine_learning"
     return {
-        "experiment": f"#/experiments/{ident}",
-        "tune_trials": f"#/experiments/{ident}?searchFilter={parent_filter}",
-        "tune_run": f"#/experiments/{ident}/runs/{tune.info.run_id}",
+        "experiment": f"#/experiments/{ident}/runs?{training}",
+        "tune_trials": f"#/experiments/{ident}/runs?{training}&searchFilter={parent_filter}",
+        "tune_run": f"#/experiments/{ident}/runs/{tune.info.run_id}?{training}",
         "compare_trials": "#/compare-runs?runs="
         + urllib.parse.quote(compared)
         + "&experiments="
         + urllib.parse.quote(json.dumps([ident])),
-        "train_artifacts": f"#/experiments/{ident}/runs/{train.info.run_id}/artifacts",
+        "train_artifacts": f"#/experiments/{ident}/runs/{train.info.run_id}"
+        f"/artifacts/test_by_period.png?{training}",
         "registered_model": f"#/models/{model}",
         "model_version": f"#/models/{model}/versions/{version}",
     }

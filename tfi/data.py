@@ -256,29 +256,11 @@ def _load_klines(
     _check_timestamps(stamps, name)  # the rolling features need time order
     flow = klines.flow(columns, name)
     features = bars.bar_features(stamps, {**columns, **flow})
-    available = [col for col in features if col not in config.exclude]
-    if wanted is None:
-        feature_names = available
-        dropped = {
-            col: "raw kline column: its causal features (tfi.bars) are used"
-            for col in klines.USED
-            if col != "open_time"
-        }
-    else:
-        absent = [col for col in wanted if col not in features]
-        if absent:
-            raise DataError(f"{name}: kline data has no feature columns {absent}")
-        feature_names, dropped = list(wanted), {}
-    arrays = {col: pa.array(values) for col, values in {**flow, **features}.items()}
-    return _assemble(
-        config,
-        name,
-        digest,
-        stamps,
-        iter([(0, arrays)]),
-        feature_names,
-        dropped,
-        wanted is not None,
+    raw = {col: "raw kline column: its causal features (tfi.bars) are used" for col in columns}
+    usable = [col for col in features if col not in config.exclude]
+    feature_names, dropped = _choose(name, features, usable, wanted, raw)
+    return _assemble_arrays(
+        config, name, digest, stamps, {**flow, **features}, feature_names, dropped, wanted
     )
 
 
@@ -290,23 +272,52 @@ def _load_synthetic(
 ) -> MarketData:
     name = describe_source(config)
     columns = synthetic.layout(spec).columns
+    requested = wanted
     wanted, derived = _derived_features(config, name, columns, wanted)
-    if wanted is None:
-        dropped = {col: "excluded by data.exclude" for col in columns if col in config.exclude}
-        feature_names = [col for col in columns if col not in dropped]
-    else:
-        absent = [col for col in wanted if col not in columns]
-        if absent:
-            raise DataError(f"{name} has no feature columns {absent}")
-        feature_names, dropped = list(wanted), {}
+    excluded = {col: "excluded by data.exclude" for col in columns if col in config.exclude}
+    usable = [col for col in columns if col not in excluded]
+    feature_names, dropped = _choose(name, columns, usable, wanted, excluded)
     stamps, data = synthetic.generate(spec, dict.fromkeys([*FLOW, *feature_names]))
-    arrays = {col: pa.array(values) for col, values in data.items()}
+    return _assemble_arrays(
+        config, name, digest, stamps, data, feature_names, dropped, requested, derived
+    )
+
+
+def _choose(
+    name: str,
+    known: Iterable[str],
+    usable: Sequence[str],
+    wanted: Sequence[str] | None,
+    dropped: dict[str, str],
+) -> tuple[list[str], dict[str, str]]:
+    """Feature columns and the columns left out: every usable one, or exactly ``wanted``."""
+    if wanted is None:
+        return list(usable), dropped
+    absent = [col for col in wanted if col not in set(known)]
+    if absent:
+        raise DataError(f"{name} has no feature columns {absent}")
+    return list(wanted), {}
+
+
+def _assemble_arrays(
+    config: DataConfig,
+    name: str,
+    digest: str,
+    stamps: pd.DatetimeIndex,
+    arrays: Mapping[str, np.ndarray],
+    feature_names: list[str],
+    dropped: dict[str, str],
+    wanted: Sequence[str] | None,
+    derived: Sequence[str] = (),
+) -> MarketData:
+    """:func:`_assemble` for columns already in memory (generated or computed)."""
+    columns = {col: pa.array(arrays[col]) for col in dict.fromkeys([*FLOW, *feature_names])}
     return _assemble(
         config,
         name,
         digest,
         stamps,
-        iter([(0, arrays)]),
+        iter([(0, columns)]),
         feature_names,
         dropped,
         wanted is not None,
