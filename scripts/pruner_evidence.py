@@ -36,7 +36,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="experiments/binance.yaml")
     parser.add_argument("--n-trials", type=int, default=50)
-    parser.add_argument("--pruners", nargs="+", default=["median", "paired"])
+    parser.add_argument(
+        "--pruners", nargs="+", default=["median", "paired"], help="e.g. median paired:0.005"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -60,7 +62,9 @@ def main() -> None:
         ]
         unpruned_best, replay = None, []
         for name in ["none", *args.pruners]:
-            tuning = config.tuning.model_copy(update={"pruner": name})
+            pruner_name, _, margin = name.partition(":")  # e.g. paired:0.005
+            update = {"pruner": pruner_name, **({"pruner_margin": float(margin)} if margin else {})}
+            tuning = config.tuning.model_copy(update=update)
             sampler, pruner = studies.sampler_and_pruner(tuning, 0)
             study = optuna.create_study(direction=tuning.direction, sampler=sampler, pruner=pruner)
             study.set_user_attr(REFERENCE_ATTR, reference)

@@ -66,15 +66,15 @@ def test_a_model_that_loses_to_persistence_on_cv_is_not_champion(store, smoke_co
 
 
 def test_a_champion_is_compared_only_on_rows_neither_model_trained_on(store, smoke_config):
-    first = _main(smoke_config, **{"split.test_start": "2023-03-03 16:00"})
+    first = _main(smoke_config, **{"split.test_start": "2023-03-03 15:00"})
     assert first.promotion.alias == "champion"
     second = _main(smoke_config, **{"split.test_start": "2023-03-03 12:00"})
-    # v1 trained on 12:00-16:00: only the rows from 16:00 on are unseen by both.
+    # v1 trained on 12:00-15:00: only the rows from 15:00 on are unseen by both.
     labels = pipeline.upstream_prepare(
         Session.open(smoke_config.with_overrides(**{"split.test_start": "2023-03-03 12:00"}))
     ).labelled
     test = labels.period == "test"
-    unseen = int(np.sum(test & (labels.timestamps >= pd.Timestamp("2023-03-03 16:00"))))
+    unseen = int(np.sum(test & (labels.timestamps >= pd.Timestamp("2023-03-03 15:00"))))
     assert 100 <= unseen < int(test.sum())
     assert f"on {unseen} test rows neither trained on" in second.promotion.reason
     assert second.promotion.champion_version == first.promotion.version
@@ -96,3 +96,34 @@ def test_an_explicit_study_name_is_not_reused_for_other_inputs(store, smoke_conf
     with pytest.raises(TrackingError, match="not comparable"):
         pipeline.run_tune(Session.open(other_objective), None)
     pipeline.run_tune(Session.open(config), None)  # the same inputs continue the study
+
+
+def test_no_tuning_fold_trains_on_features_chosen_with_its_validation_rows(store, smoke_config):
+    """A CV fold's inputs stay bit-identical when its validation block and later rows change."""
+    from tfi.prepare import training_folds
+    from tfi.tune import cv_setup
+
+    frame = synthetic.frame(smoke_config.data.synthetic).astype(np.float64)
+    labelled = pipeline.upstream_prepare(Session.open(smoke_config)).labelled
+    rows = labelled.rows("train")
+    features = [frame.columns.get_loc(c) for c in frame.columns if c.startswith("X")]
+
+    def fold_inputs(data: pd.DataFrame, name: str, fold) -> tuple[tuple[str, ...], np.ndarray]:
+        path = store / f"{name}.parquet"
+        data.astype(np.float32).to_parquet(path)
+        session = Session.open(smoke_config.with_overrides(**{"data.source": str(path)}))
+        prepared = pipeline.upstream_prepare(session)
+        selected = pipeline.upstream_select(session, prepared)
+        setup = cv_setup(session, prepared, selected)
+        used = setup.data.columns(list(selected.tuning_features))
+        return selected.tuning_features, used[rows[: fold.train_stop]]
+
+    for i, fold in enumerate(training_folds(labelled, smoke_config.cv)):
+        changed = frame.copy()
+        start = int(rows[fold.valid_start])  # training rows come first, in time order
+        noise = np.random.default_rng(i).standard_normal((len(frame) - start, len(features)))
+        changed.iloc[start:, features] = noise
+        original_features, original = fold_inputs(frame, f"original-{i}", fold)
+        other_features, other = fold_inputs(changed, f"changed-{i}", fold)
+        assert other_features == original_features
+        np.testing.assert_array_equal(other, original)

@@ -31,10 +31,3 @@ def classification_metrics(
         ),
         "log_loss": float(log_loss(y_true, np.clip(proba, 1e-15, 1.0), labels=LABELS)),
     }
-
-
-def one_hot(classes: np.ndarray, smoothing: float = 0.0) -> np.ndarray:
-    """Probabilities that put (1 - smoothing) on the given class: for rule-based baselines."""
-    proba = np.full((len(classes), len(LABELS)), smoothing / (len(LABELS) - 1))
-    proba[np.arange(len(classes)), classes] = 1.0 - smoothing
-    return proba

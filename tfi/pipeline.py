@@ -15,11 +15,12 @@ from pathlib import Path
 from tfi import data as data_io
 from tfi import score, tracking
 from tfi.champion import train
-from tfi.config import ExperimentConfig
+from tfi.config import ExperimentConfig, SelectionConfig
+from tfi.data import MarketData
 from tfi.prepare import LabelledData, fold_labels, prepare_labels, training_folds
-from tfi.select import coefficient_figure, path_figure, select_features
+from tfi.select import LassoSelection, coefficient_figure, path_figure, select_features
 from tfi.session import Prepared, Selected, Session, Trained, Tuned, check_alignment
-from tfi.split import TRAIN
+from tfi.split import TRAIN, Fold
 from tfi.tune import tune, tuned_study, work_as_worker
 
 log = logging.getLogger(__name__)
@@ -106,22 +107,21 @@ def select(
     parent_id: str | None = None,
     run_id: str | None = None,
 ) -> Selected:
-    """LASSO over the purged folds on training rows; log the features and the path."""
+    """LASSO over the purged folds on training rows; log the features and the path.
+
+    Two selections: the champion's, over every training row, and tuning's, over the first
+    CV fold's training rows only (with walk-forward folds inside them), so that no tuning fold
+    trains on features chosen with its own validation block or any row after it.
+    """
     cfg = session.config
     data = session.data()
     labelled = prepared.labelled
     check_alignment(data, labelled)
-    rows = labelled.rows(TRAIN)
-    folds = training_folds(labelled, cfg.cv)
-    if cfg.selection.target == "class":
-        target = labelled.target
-        fold_y = [labels.target for labels in fold_labels(labelled, folds)]
-    else:  # the continuous imbalance needs no thresholds
-        target, fold_y = labelled.future_imbalance, None
     started = time.perf_counter()
-    selection = select_features(
-        data.features, target[rows], folds, data.feature_names, cfg.selection, rows, fold_y
-    )
+    folds = training_folds(labelled, cfg.cv)
+    selection = _lasso(data, labelled, folds, cfg.selection)
+    inner = training_folds(labelled, cfg.cv, first_rows=folds[0].train_stop)
+    for_tuning = _lasso(data, labelled, inner, cfg.selection)
     seconds = time.perf_counter() - started
     log.info(
         "select: alpha=%.4g keeps %d of %d features (%s) in %.1fs",
@@ -162,11 +162,36 @@ def select(
                 "select_seconds": seconds,
             }
         )
+        run.log_metrics(
+            {
+                "n_selected_for_tuning": len(for_tuning.selected),
+                "alpha_for_tuning": for_tuning.alpha,
+            }
+        )
         run.set_tags({"tfi.selection_rule": selection.rule})
         run.log_dict(selection.report(), "selected_features.json")
+        run.log_dict({**for_tuning.report(), "rows": folds[0].train_stop}, "tuning_features.json")
         run.log_figure(path_figure(selection), "lasso_path.png")
         run.log_figure(coefficient_figure(selection), "coefficients.png")
-    return Selected(run.id, selection.selected)
+    log.info(
+        "select: tuning folds use %d features chosen on the first fold's %d training rows",
+        len(for_tuning.selected),
+        folds[0].train_stop,
+    )
+    return Selected(run.id, selection.selected, for_tuning.selected)
+
+
+def _lasso(
+    data: MarketData, labelled: LabelledData, folds: list[Fold], config: SelectionConfig
+) -> LassoSelection:
+    """LASSO selection on the training rows up to the last fold's validation stop."""
+    rows = labelled.rows(TRAIN)[: folds[-1].valid_stop]
+    if config.target == "class":
+        target = labelled.target[rows]
+        fold_y = [labels.target for labels in fold_labels(labelled, folds)]
+    else:  # the continuous imbalance needs no thresholds
+        target, fold_y = labelled.future_imbalance[rows], None
+    return select_features(data.features, target, folds, data.feature_names, config, rows, fold_y)
 
 
 def upstream_select(session: Session, prepared: Prepared, parent_id: str | None = None) -> Selected:
@@ -176,7 +201,8 @@ def upstream_select(session: Session, prepared: Prepared, parent_id: str | None 
     run_id = found.info.run_id
     log.info("select: reusing run %s (same data, labels and selection config)", run_id)
     report = session.tracker.load_json(run_id, "selected_features.json")
-    return Selected(run_id, tuple(report["features"]))
+    for_tuning = session.tracker.load_json(run_id, "tuning_features.json")
+    return Selected(run_id, tuple(report["features"]), tuple(for_tuning["features"]))
 
 
 def run_prepare(session: Session, run_id: str | None) -> Prepared:

@@ -174,16 +174,27 @@ def _require_period_rows(period: np.ndarray, stamps: pd.DatetimeIndex, min_label
             )
 
 
-def training_folds(labelled: LabelledData, config: CVConfig) -> list[Fold]:
-    """Purged walk-forward folds over the training rows (indices into those rows)."""
-    rows = labelled.rows(TRAIN)
-    return walk_forward_folds(
-        labelled.timestamps.to_numpy()[rows],
-        labelled.window_end[rows],
-        config.n_splits,
-        pd.Timedelta(minutes=config.embargo_minutes),
-        config.min_train_rows,
-    )
+def training_folds(
+    labelled: LabelledData, config: CVConfig, first_rows: int | None = None
+) -> list[Fold]:
+    """Purged walk-forward folds over the training rows (indices into those rows).
+
+    ``first_rows`` limits them to the first training rows: the folds inside a fold's training
+    rows, for choices that must not see that fold's validation block.
+    """
+    rows = labelled.rows(TRAIN)[:first_rows]
+    try:
+        return walk_forward_folds(
+            labelled.timestamps.to_numpy()[rows],
+            labelled.window_end[rows],
+            config.n_splits,
+            pd.Timedelta(minutes=config.embargo_minutes),
+            config.min_train_rows,
+        )
+    except SplitError as error:
+        if first_rows is None:
+            raise
+        raise SplitError(f"inside the first fold's {len(rows)} training rows: {error}") from None
 
 
 @dataclass(frozen=True)

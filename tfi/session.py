@@ -46,7 +46,8 @@ _OPERATIONAL = {
 # before is not reused for results it would no longer give. 2: each CV fold's classes from its
 # own thresholds; the LASSO's NaN fill from the first fold's training rows. 3: fold scores from
 # the configured decision (weights fitted on earlier folds), a fair early-stopped reference.
-METHOD_VERSION = "3"
+# 4: tuning folds use features selected before the first fold's validation block.
+METHOD_VERSION = "4"
 
 
 def _hash(*parts: str) -> str:
@@ -171,7 +172,8 @@ class Prepared:
 @dataclass(frozen=True)
 class Selected:
     run_id: str
-    features: tuple[str, ...]
+    features: tuple[str, ...]  # the champion's: chosen on every training row
+    tuning_features: tuple[str, ...]  # the CV folds': chosen before the first validation block
 
 
 @dataclass(frozen=True)

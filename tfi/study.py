@@ -285,13 +285,6 @@ class TrialHooks(Protocol):
     def finished(self, trial: FrozenTrial, error: str | None) -> None: ...
 
 
-@dataclass
-class WorkSummary:
-    complete: int = 0
-    pruned: int = 0
-    failed: int = 0
-
-
 def work(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float],
@@ -299,13 +292,12 @@ def work(
     wait_for_all: bool,
     grace_seconds: float,
     poll_seconds: float = 1.0,
-) -> WorkSummary:
+) -> None:
     """Run queued trials until none is left; with ``wait_for_all`` also outlive other workers.
 
     Waiting lets the command that opened a round finish it: it retries the trials of workers
     that died (once their heartbeat is stale) and only returns when no trial is unfinished.
     """
-    summary = WorkSummary()
     # Everything here but the model fitting is storage I/O: stop requests wait for it.
     with critical():
         while True:
@@ -313,16 +305,10 @@ def work(
             reap(study, grace_seconds)
             trial = claim(study)
             if trial is not None:
-                state = _run_one(study, trial, objective, hooks)
-                if state == TrialState.COMPLETE:
-                    summary.complete += 1
-                elif state == TrialState.PRUNED:
-                    summary.pruned += 1
-                else:
-                    summary.failed += 1
+                _run_one(study, trial, objective, hooks)
                 continue
             if not wait_for_all or not study.get_trials(deepcopy=False, states=UNFINISHED):
-                return summary
+                return
             time.sleep(poll_seconds)
 
 

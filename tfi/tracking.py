@@ -40,7 +40,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_I
 from optuna.trial import FrozenTrial, TrialState
 
 from tfi.data import MarketData
-from tfi.errors import StageError, TfiError, TrackingError
+from tfi.errors import TfiError, TrackingError
 from tfi.interrupts import critical, critical_section
 from tfi.objective import fold_scores
 from tfi.uris import mask_text, mask_uri
@@ -488,10 +488,3 @@ def close_orphan_trial_runs(tracker: Tracker, study: optuna.Study, parent_run_id
         tracker.end(run_id, "FAILED")
         closed += 1
     return closed
-
-
-def require_run(tracker: Tracker, run_id: str, what: str) -> Run:
-    try:
-        return tracker.client.get_run(run_id)
-    except MlflowException:
-        raise StageError(f"{what} run {run_id} does not exist in this tracking store") from None

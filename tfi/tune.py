@@ -62,7 +62,7 @@ def cv_setup(session: Session, prepared: Prepared, selected: Selected) -> CVSetu
     rule baselines' CV scores on the same folds and labels.
     """
     labelled = prepared.labelled
-    data = session.data(selected.features)
+    data = session.data(selected.tuning_features)
     check_alignment(data, labelled)
     rows = labelled.rows(TRAIN)
     X = data.features[rows]
@@ -205,13 +205,13 @@ def _tune_parent(
             "cv_n_splits": cfg.cv.n_splits,
             "max_bin": cfg.tuning.max_bin,
             "seed": cfg.tuning.seed,
-            "n_features": len(selected.features),
+            "n_features": len(selected.tuning_features),
             "search_space": {k: v.model_dump() for k, v in cfg.tuning.search_space.items()},
             "fixed_params": cfg.tuning.fixed_params,
         }
     )
     run.log_dict(
-        {"select_run_id": selected.run_id, "features": list(selected.features)},
+        {"select_run_id": selected.run_id, "features": list(selected.tuning_features)},
         "selected_features.json",
     )
     study.set_user_attr(PARENT_ATTR, run_id)
