@@ -108,22 +108,22 @@ def test_no_tuning_fold_trains_on_features_chosen_with_its_validation_rows(store
     rows = labelled.rows("train")
     features = [frame.columns.get_loc(c) for c in frame.columns if c.startswith("X")]
 
-    def fold_inputs(data: pd.DataFrame, name: str, fold) -> tuple[tuple[str, ...], np.ndarray]:
+    def fold_inputs(data: pd.DataFrame, name: str, i: int, fold) -> tuple[tuple, np.ndarray]:
         path = store / f"{name}.parquet"
         data.astype(np.float32).to_parquet(path)
         session = Session.open(smoke_config.with_overrides(**{"data.source": str(path)}))
         prepared = pipeline.upstream_prepare(session)
         selected = pipeline.upstream_select(session, prepared)
         setup = cv_setup(session, prepared, selected)
-        used = setup.data.columns(list(selected.tuning_features))
-        return selected.tuning_features, used[rows[: fold.train_stop]]
+        own = selected.fold_features[i]
+        return own, setup.data.columns(list(own))[rows[: fold.train_stop]]
 
     for i, fold in enumerate(training_folds(labelled, smoke_config.cv)):
         changed = frame.copy()
         start = int(rows[fold.valid_start])  # training rows come first, in time order
         noise = np.random.default_rng(i).standard_normal((len(frame) - start, len(features)))
         changed.iloc[start:, features] = noise
-        original_features, original = fold_inputs(frame, f"original-{i}", fold)
-        other_features, other = fold_inputs(changed, f"changed-{i}", fold)
+        original_features, original = fold_inputs(frame, f"original-{i}", i, fold)
+        other_features, other = fold_inputs(changed, f"changed-{i}", i, fold)
         assert other_features == original_features
         np.testing.assert_array_equal(other, original)

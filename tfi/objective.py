@@ -109,19 +109,24 @@ def build_folds(
     folds: Sequence[Fold],
     max_bin: int,
     num_threads: int,
+    fold_columns: Sequence[np.ndarray] | None = None,
 ) -> list[FoldData]:
     """Bin each fold once; trials then reuse the constructed Datasets.
 
     ``fold_y[i]`` holds fold ``i``'s class indices for rows ``[0, valid_stop)``: each fold has
-    its own labels (see :func:`tfi.prepare.fold_labels`).
+    its own labels (see :func:`tfi.prepare.fold_labels`). ``fold_columns[i]``, when given, are
+    the columns of ``X`` fold ``i`` uses (its own feature selection).
     """
     params = dataset_params(max_bin, num_threads)
     built = []
-    for fold, y in zip(folds, fold_y, strict=True):
+    for i, (fold, y) in enumerate(zip(folds, fold_y, strict=True)):
+        X_fold = X[: fold.valid_stop]
+        if fold_columns is not None:
+            X_fold = X_fold[:, fold_columns[i]]
         train = lgb.Dataset(
-            X[: fold.train_stop], y[: fold.train_stop], params=params, free_raw_data=True
+            X_fold[: fold.train_stop], y[: fold.train_stop], params=params, free_raw_data=True
         ).construct()
-        X_valid = X[fold.valid_start : fold.valid_stop]
+        X_valid = X_fold[fold.valid_start : fold.valid_stop]
         y_valid = y[fold.valid_start : fold.valid_stop]
         valid = lgb.Dataset(
             X_valid, y_valid, reference=train, params=params, free_raw_data=True

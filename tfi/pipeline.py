@@ -109,9 +109,9 @@ def select(
 ) -> Selected:
     """LASSO over the purged folds on training rows; log the features and the path.
 
-    Two selections: the champion's, over every training row, and tuning's, over the first
-    CV fold's training rows only (with walk-forward folds inside them), so that no tuning fold
-    trains on features chosen with its own validation block or any row after it.
+    The champion's selection runs over every training row. Each CV fold gets its own, over its
+    own training rows only (with walk-forward folds inside them), so that no tuning fold trains
+    on features chosen with its validation block or any row after it.
     """
     cfg = session.config
     data = session.data()
@@ -120,8 +120,10 @@ def select(
     started = time.perf_counter()
     folds = training_folds(labelled, cfg.cv)
     selection = _lasso(data, labelled, folds, cfg.selection)
-    inner = training_folds(labelled, cfg.cv, first_rows=folds[0].train_stop)
-    for_tuning = _lasso(data, labelled, inner, cfg.selection)
+    per_fold = [
+        _lasso(data, labelled, training_folds(labelled, cfg.cv, fold.train_stop), cfg.selection)
+        for fold in folds
+    ]
     seconds = time.perf_counter() - started
     log.info(
         "select: alpha=%.4g keeps %d of %d features (%s) in %.1fs",
@@ -163,22 +165,24 @@ def select(
             }
         )
         run.log_metrics(
-            {
-                "n_selected_for_tuning": len(for_tuning.selected),
-                "alpha_for_tuning": for_tuning.alpha,
-            }
+            {f"n_selected_fold_{i}": len(own.selected) for i, own in enumerate(per_fold)}
         )
         run.set_tags({"tfi.selection_rule": selection.rule})
         run.log_dict(selection.report(), "selected_features.json")
-        run.log_dict({**for_tuning.report(), "rows": folds[0].train_stop}, "tuning_features.json")
+        run.log_dict(
+            [
+                {"fold": i, "training_rows": fold.train_stop, **own.report()}
+                for i, (fold, own) in enumerate(zip(folds, per_fold, strict=True))
+            ],
+            "fold_features.json",
+        )
         run.log_figure(path_figure(selection), "lasso_path.png")
         run.log_figure(coefficient_figure(selection), "coefficients.png")
     log.info(
-        "select: tuning folds use %d features chosen on the first fold's %d training rows",
-        len(for_tuning.selected),
-        folds[0].train_stop,
+        "select: the CV folds keep %s features, each fold's chosen on its own training rows",
+        [len(own.selected) for own in per_fold],
     )
-    return Selected(run.id, selection.selected, for_tuning.selected)
+    return Selected(run.id, selection.selected, tuple(own.selected for own in per_fold))
 
 
 def _lasso(
@@ -201,8 +205,10 @@ def upstream_select(session: Session, prepared: Prepared, parent_id: str | None 
     run_id = found.info.run_id
     log.info("select: reusing run %s (same data, labels and selection config)", run_id)
     report = session.tracker.load_json(run_id, "selected_features.json")
-    for_tuning = session.tracker.load_json(run_id, "tuning_features.json")
-    return Selected(run_id, tuple(report["features"]), tuple(for_tuning["features"]))
+    per_fold = session.tracker.load_json(run_id, "fold_features.json")
+    return Selected(
+        run_id, tuple(report["features"]), tuple(tuple(own["features"]) for own in per_fold)
+    )
 
 
 def run_prepare(session: Session, run_id: str | None) -> Prepared:

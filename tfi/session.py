@@ -46,7 +46,7 @@ _OPERATIONAL = {
 # before is not reused for results it would no longer give. 2: each CV fold's classes from its
 # own thresholds; the LASSO's NaN fill from the first fold's training rows. 3: fold scores from
 # the configured decision (weights fitted on earlier folds), a fair early-stopped reference.
-# 4: tuning folds use features selected before the first fold's validation block.
+# 4: each CV fold uses features selected on its own training rows.
 METHOD_VERSION = "4"
 
 
@@ -173,7 +173,13 @@ class Prepared:
 class Selected:
     run_id: str
     features: tuple[str, ...]  # the champion's: chosen on every training row
-    tuning_features: tuple[str, ...]  # the CV folds': chosen before the first validation block
+    # Each CV fold's own: chosen on that fold's training rows only.
+    fold_features: tuple[tuple[str, ...], ...]
+
+    @property
+    def tuning_features(self) -> tuple[str, ...]:
+        """Every feature some CV fold uses, in order of first use."""
+        return tuple(dict.fromkeys(name for own in self.fold_features for name in own))
 
 
 @dataclass(frozen=True)

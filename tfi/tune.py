@@ -69,7 +69,9 @@ def cv_setup(session: Session, prepared: Prepared, selected: Selected) -> CVSetu
     folds = training_folds(labelled, session.config.cv)
     labels = fold_labels(labelled, folds)
     fold_y = [lightgbm_classes(own.target) for own in labels]
-    built = build_folds(X, fold_y, folds, session.config.tuning.max_bin, session.threads)
+    position = {name: j for j, name in enumerate(data.feature_names)}
+    columns = [np.array([position[name] for name in own]) for own in selected.fold_features]
+    built = build_folds(X, fold_y, folds, session.config.tuning.max_bin, session.threads, columns)
     trailing = trailing_imbalance(
         data.flow["buy_qty"],
         data.flow["sell_qty"],
@@ -205,13 +207,16 @@ def _tune_parent(
             "cv_n_splits": cfg.cv.n_splits,
             "max_bin": cfg.tuning.max_bin,
             "seed": cfg.tuning.seed,
-            "n_features": len(selected.tuning_features),
+            "n_features_per_fold": [len(own) for own in selected.fold_features],
             "search_space": {k: v.model_dump() for k, v in cfg.tuning.search_space.items()},
             "fixed_params": cfg.tuning.fixed_params,
         }
     )
     run.log_dict(
-        {"select_run_id": selected.run_id, "features": list(selected.tuning_features)},
+        {
+            "select_run_id": selected.run_id,
+            "fold_features": [list(own) for own in selected.fold_features],
+        },
         "selected_features.json",
     )
     study.set_user_attr(PARENT_ATTR, run_id)
