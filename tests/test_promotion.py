@@ -66,6 +66,8 @@ def test_a_model_that_loses_to_persistence_on_cv_is_not_champion(store, smoke_co
 
 
 def test_a_champion_is_compared_only_on_rows_neither_model_trained_on(store, smoke_config):
+    # On 4,000 rows the CV check against persistence is close for some split dates; these pass
+    # it, so that the comparison with the champion is what decides.
     first = _main(smoke_config, **{"split.test_start": "2023-03-03 15:00"})
     assert first.promotion.alias == "champion"
     second = _main(smoke_config, **{"split.test_start": "2023-03-03 12:00"})

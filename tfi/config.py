@@ -257,7 +257,7 @@ class TuningConfig(_Strict):
         "pruner_percentile % of the completed trials' scores at that fold (Optuna's "
         "PercentilePruner); successive halving over folds ('halving'); or never ('none')",
     )
-    pruner_margin: float = Field(0.01, ge=0, description="how much worse 'paired' tolerates")
+    pruner_margin: float = Field(0.005, ge=0, description="how much worse 'paired' tolerates")
     pruner_percentile: float = Field(25.0, gt=0, lt=100)
     pruner_startup_trials: int = Field(3, ge=0)
     seed: int = 42
