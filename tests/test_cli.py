@@ -240,3 +240,18 @@ def test_mlflow_run_without_an_experiment_records_in_the_configs_experiment(stor
     main(["select", "--config", str(SMOKE)])  # a plain command finds that run and reuses it
     (select,) = client.search_runs([experiment.experiment_id], "tags.`tfi.stage` = 'select'")
     assert select.data.tags["tfi.prepare_run_id"] == prepare.info.run_id
+
+
+def test_a_read_only_store_is_refused_before_any_compute(store, capsys):
+    """Root ignores file modes, so the store is made immutable (chattr +i), which binds root too."""
+    MlflowClient().search_experiments()  # creates the SQLite store
+    database = store / "mlflow.db"
+    if subprocess.run(["chattr", "+i", str(database)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported on this file system")
+    try:
+        message = _fail(capsys, "prepare", "--config", str(SMOKE))
+    finally:
+        subprocess.run(["chattr", "-i", str(database)], check=True)
+    assert f"MLflow tracking store {database} is read-only" in message
+    experiment = MlflowClient().get_experiment_by_name("tfi-smoke")
+    assert experiment is None  # nothing was computed or recorded

@@ -43,7 +43,7 @@ from tfi.data import MarketData
 from tfi.errors import TfiError, TrackingError
 from tfi.interrupts import critical, critical_section
 from tfi.objective import fold_scores
-from tfi.uris import mask_text, mask_uri
+from tfi.uris import mask_text, mask_uri, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,14 @@ def check_tracking() -> None:
         raise TrackingError(
             f"MLflow tracking store {mask_uri(uri)} is unreachable: {mask_text(str(exc))}"
         ) from None
+    path = sqlite_path(uri)
+    # SQLite writes the file and a journal beside it; reading works on a read-only store, so
+    # without this check a command would fail only after its first stage's compute.
+    if path is not None and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        raise TrackingError(
+            f"MLflow tracking store {path} is read-only for this user (the file and its folder "
+            "must be writable): use another MLFLOW_TRACKING_URI or fix the permissions"
+        )
 
 
 # MLflow 3's UI opens an experiment on its runs (not on GenAI traces) with this kind.
