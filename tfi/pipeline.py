@@ -162,10 +162,8 @@ def select(
                 "n_lasso_nonzero": selection.n_lasso,
                 "cv_mse": float(selection.cv_mse.mean(axis=0).min()),
                 "select_seconds": seconds,
+                **{f"n_selected_fold_{i}": len(own.selected) for i, own in enumerate(per_fold)},
             }
-        )
-        run.log_metrics(
-            {f"n_selected_fold_{i}": len(own.selected) for i, own in enumerate(per_fold)}
         )
         run.set_tags({"tfi.selection_rule": selection.rule})
         run.log_dict(selection.report(), "selected_features.json")
