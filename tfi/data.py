@@ -75,10 +75,9 @@ def source_digest(config: DataConfig) -> str:
         spec = config.synthetic.model_dump(mode="json")
         hasher.update(json.dumps([synthetic.GENERATOR_VERSION, spec], sort_keys=True).encode())
         return hasher.hexdigest()
-    files = klines.kline_files(config.source)
-    if files is not None:  # the features are computed from the files: their version counts
+    if klines.kline_files(config.source) is not None:  # features computed from them count too
         hasher.update(f"klines|{bars.FEATURES_VERSION}".encode())
-    for path in files or [_existing_file(config.source)]:
+    for path in source_files(config):
         try:
             with _existing_file(str(path)).open("rb") as handle:
                 while chunk := handle.read(1 << 23):
@@ -238,9 +237,9 @@ def _timestamps(column: pa.ChunkedArray, name: str, epoch_unit: str | None) -> p
             )
         values = parsed
     index = pd.DatetimeIndex(values, name=TIMESTAMP)
-    if index.tz is not None:
-        if str(index.tz) != "UTC" or not pd.api.types.is_datetime64_any_dtype(column.to_pandas()):
-            log.info("%s: time-zone aware timestamps (%s) converted to UTC", name, index.tz)
+    if pa.types.is_timestamp(column.type) and column.type.tz is not None:
+        log.info("%s: time-zone aware timestamps (%s) converted to UTC", name, column.type.tz)
+    if index.tz is not None:  # aware in the file, or parsed as UTC above
         index = index.tz_convert("UTC").tz_localize(None)
     return index.as_unit("ns")
 

@@ -86,7 +86,7 @@ def check_tracking() -> None:
 
 
 # MLflow 3's UI opens an experiment on its runs (not on GenAI traces) with this kind.
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def adoptable(run_id: str | None) -> str | None:
@@ -135,16 +135,15 @@ class Tracker:
                 else self.client.create_experiment(
                     name,
                     tags={
-                        **EXPERIMENT_KIND,
+                        EXPERIMENT_KIND: MODEL_TRAINING,
                         MLFLOW_RUN_NOTE: f"tfi experiment `{name}`: trade flow imbalance "
                         "classifiers. Each `main` run holds its prepare, select, tune and train "
                         "runs; each tune run holds one run per Optuna trial.",
                     },
                 )
             )
-        experiment = self.client.get_experiment(self.experiment_id)
-        if "mlflow.experimentKind" not in experiment.tags:
-            self.client.set_experiment_tag(self.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+        if EXPERIMENT_KIND not in self.client.get_experiment(self.experiment_id).tags:
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
 
     def find_finished(self, stage: str, inputs: str) -> Run | None:
         runs = self.client.search_runs(
