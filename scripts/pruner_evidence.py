@@ -23,13 +23,13 @@ import optuna
 from optuna.trial import TrialState
 
 from tfi import pipeline
-from tfi import study as studies
-from tfi.champion import train
-from tfi.config import load_config
-from tfi.objective import reference_cv
-from tfi.pruning import REFERENCE_ATTR
-from tfi.session import Session, Tuned
-from tfi.tune import cv_setup
+from tfi.core.config import load_config
+from tfi.core.cv import reference_cv
+from tfi.search import study as studies
+from tfi.search.pruning import REFERENCE_ATTR
+from tfi.stages.context import Session, Tuned
+from tfi.stages.train import train
+from tfi.stages.tune import cv_setup
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 import mlflow
 
 from tfi import pipeline
-from tfi.config import load_config
-from tfi.session import Session
+from tfi.core.config import load_config
+from tfi.stages.context import Session
 
 ROWS = ("tfi (tuned)", "lightgbm defaults", "persistence", "majority class")
 

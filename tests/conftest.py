@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tfi.config import ExperimentConfig, load_config
+from tfi.core.config import ExperimentConfig, load_config
 
 from .helpers import SMOKE, isolate_tracking
 

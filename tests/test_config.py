@@ -5,8 +5,8 @@ import re
 import pytest
 import yaml
 
-from tfi.config import load_config
-from tfi.errors import ConfigError
+from tfi.core.config import load_config
+from tfi.core.errors import ConfigError
 
 from .helpers import ROOT, SMOKE
 

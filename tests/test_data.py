@@ -8,11 +8,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tfi.config import DataConfig
-from tfi.data import load, source_digest
-from tfi.errors import DataError, TfiError
-from tfi.labels import future_imbalance
-from tfi.prepare import prepare_labels
+from tfi.core.config import DataConfig
+from tfi.core.data import load, source_digest
+from tfi.core.errors import DataError, TfiError
+from tfi.core.labelled import prepare_labels
+from tfi.core.labels import future_imbalance
 
 from .helpers import bars
 
@@ -245,7 +245,7 @@ def test_large_integer_volumes_are_read(tmp_path):
 def test_time_zone_aware_stamps_are_converted_and_said_so(tmp_path, caplog):
     frame = bars(3)
     frame.index = frame.index.tz_localize("Europe/Berlin").rename("timestamp")
-    with caplog.at_level("INFO", logger="tfi.data"):
+    with caplog.at_level("INFO", logger="tfi.core"):
         data = _load(frame, tmp_path)
     assert data.timestamps[0] == pd.Timestamp("2023-02-28 23:00")
     assert "converted to UTC" in caplog.text

@@ -16,10 +16,10 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from tfi import pipeline
-from tfi import study as studies
-from tfi.config import CategoricalParam
-from tfi.session import Session, available_cores
-from tfi.tune import PARENT_ATTR
+from tfi.core.config import CategoricalParam
+from tfi.search import study as studies
+from tfi.stages.context import Session, available_cores
+from tfi.stages.tune import PARENT_ATTR
 
 from .helpers import PYTHON, SMOKE, subprocess_env
 
@@ -250,7 +250,7 @@ def test_sigint_and_sigterm_together_are_one_request_held_by_a_critical_section(
     """`mlflow run` turns Ctrl-C into SIGINT plus SIGTERM: the write in progress still finishes."""
     import os
 
-    from tfi import interrupts
+    from tfi.core import interrupts
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     interrupts.install()

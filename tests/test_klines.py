@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfi.bars import bar_features
-from tfi.config import DataConfig
-from tfi.data import load, source_digest
-from tfi.errors import DataError
-from tfi.klines import COLUMNS
+from tfi.core.bars import bar_features
+from tfi.core.config import DataConfig
+from tfi.core.data import load, source_digest
+from tfi.core.errors import DataError
+from tfi.core.klines import COLUMNS
 
 from .helpers import ROOT
 

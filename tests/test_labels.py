@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfi.labels import (
+from tfi.core.labels import (
     Thresholds,
     classify,
     fit_thresholds,

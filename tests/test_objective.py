@@ -5,19 +5,12 @@ import numpy as np
 import optuna
 import pytest
 
-from tfi.config import IntParam
-from tfi.decision import ARGMAX
-from tfi.metrics import classification_metrics
-from tfi.objective import (
-    FOLDS_ATTR,
-    CVObjective,
-    build_folds,
-    fit_fold,
-    fold_scores,
-    lightgbm_params,
-    score_fold,
-)
-from tfi.split import Fold
+from tfi.core.config import IntParam
+from tfi.core.cv import build_folds, fit_fold, lightgbm_params, score_fold
+from tfi.core.decision import ARGMAX
+from tfi.core.metrics import classification_metrics
+from tfi.core.split import Fold
+from tfi.search.objective import FOLDS_ATTR, CVObjective, fold_scores
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +110,7 @@ def test_a_hopeless_trial_is_pruned_after_its_first_fold(folds, smoke_config):
 
 
 def _paired_study(reference):
-    from tfi.pruning import REFERENCE_ATTR, PairedFoldPruner
+    from tfi.search.pruning import REFERENCE_ATTR, PairedFoldPruner
 
     study = optuna.create_study(
         direction="maximize", pruner=PairedFoldPruner("f1_macro", maximize=True, margin=0.01)
@@ -170,7 +163,7 @@ def test_the_served_model_refuses_negative_flow():
     """Serving applies the data contract it can check: quantities are never negative."""
     import pandas as pd
 
-    from tfi.serving_model import TradeFlowClassifier
+    from tfi.tracking.serving_model import TradeFlowClassifier
 
     model = TradeFlowClassifier()
     model.features = ["buy_qty", "X1"]

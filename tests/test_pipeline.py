@@ -18,11 +18,12 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tfi import pipeline, synthetic
-from tfi.config import CategoricalParam, load_config
-from tfi.data import load
-from tfi.prepare import LabelledData, training_folds
-from tfi.session import Session
+from tfi import pipeline
+from tfi.core import synthetic
+from tfi.core.config import CategoricalParam, load_config
+from tfi.core.data import load
+from tfi.core.labelled import LabelledData, training_folds
+from tfi.stages.context import Session
 
 from .helpers import PYTHON, ROOT, SMOKE, isolate_tracking, subprocess_env
 
@@ -351,7 +352,7 @@ def test_mlflow_models_serve_answers_with_predictions(smoke_run):
 
 def test_a_failed_promotion_leaves_the_registry_as_it_was(smoke_run):
     """A failure after the version is created deletes it; the aliases do not move."""
-    from tfi import registry
+    from tfi.tracking import registry
 
     client = MlflowClient()
     name = smoke_run["config"].registry.model_name

@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tfi import pipeline, synthetic
-from tfi.errors import TrackingError
-from tfi.session import Session
+from tfi import pipeline
+from tfi.core import synthetic
+from tfi.core.errors import TrackingError
+from tfi.stages.context import Session
 
 SMOKE_NAME = "tfi-classifier"
 
@@ -102,8 +103,8 @@ def test_an_explicit_study_name_is_not_reused_for_other_inputs(store, smoke_conf
 
 def test_no_tuning_fold_trains_on_features_chosen_with_its_validation_rows(store, smoke_config):
     """A CV fold's inputs stay bit-identical when its validation block and later rows change."""
-    from tfi.prepare import training_folds
-    from tfi.tune import cv_setup
+    from tfi.core.labelled import training_folds
+    from tfi.stages.tune import cv_setup
 
     frame = synthetic.frame(smoke_config.data.synthetic).astype(np.float64)
     labelled = pipeline.upstream_prepare(Session.open(smoke_config)).labelled

@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfi import synthetic
-from tfi.config import SyntheticSpec
-from tfi.decision import ARGMAX, decide, fit_weights, prior_decision
-from tfi.evaluate import by_period, carried_class, macro_f1
-from tfi.labels import (
+from tfi.core import synthetic
+from tfi.core.config import SyntheticSpec
+from tfi.core.decision import ARGMAX, decide, fit_weights, prior_decision
+from tfi.core.evaluate import by_period, carried_class, macro_f1
+from tfi.core.labels import (
     RowThresholds,
     classify,
     fit_thresholds,

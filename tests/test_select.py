@@ -5,20 +5,14 @@ import pytest
 from sklearn.linear_model import Lasso
 from sklearn.preprocessing import StandardScaler
 
-from tfi import synthetic
-from tfi.config import DataConfig, SelectionConfig, SyntheticSpec
-from tfi.data import load
-from tfi.errors import SelectionError
-from tfi.prepare import prepare_labels, training_folds
-from tfi.select import (
-    _apply_rules,
-    _block_moments,
-    _path,
-    _standardise,
-    _validation_mse,
-    select_features,
-)
-from tfi.split import TRAIN, Fold
+from tfi.core import synthetic
+from tfi.core.config import DataConfig, SelectionConfig, SyntheticSpec
+from tfi.core.data import load
+from tfi.core.errors import SelectionError
+from tfi.core.labelled import prepare_labels, training_folds
+from tfi.core.lasso import block_moments, lasso_coefficients, standardise, validation_mse
+from tfi.core.select import _apply_rules, select_features
+from tfi.core.split import TRAIN, Fold
 
 
 def _problem(n=3000, p=12, seed=0):
@@ -32,25 +26,25 @@ def _problem(n=3000, p=12, seed=0):
 def _fold_errors(X, target, fold, alphas, train_stops):
     """A fold's validation MSE per alpha, from block moments, NaNs filled as ``train_stops`` say."""
     bounds = sorted({0, *train_stops, fold.train_stop, fold.valid_start, fold.valid_stop, len(X)})
-    blocks = [b.target(0) for b in _block_moments(X, target[:, None], bounds, None, train_stops)]
+    blocks = [b.target(0) for b in block_moments(X, target[:, None], bounds, None, train_stops)]
 
     def span(start, stop):  # a training stop may split a range into several blocks
         parts = blocks[bounds.index(start) : bounds.index(stop)]
         return sum(parts[1:], parts[0])
 
-    train = _standardise(span(0, fold.train_stop))
-    return _validation_mse(train, _path(train, alphas), span(fold.valid_start, fold.valid_stop))
+    train = standardise(span(0, fold.train_stop))
+    return validation_mse(
+        train, lasso_coefficients(train, alphas), span(fold.valid_start, fold.valid_stop)
+    )
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_fold_path_and_validation_error_match_scikit_learn():
     X, y = _problem()
-    blocks = [
-        block.target(0) for block in _block_moments(X, y[:, None], [0, 900, 1000, 2000, 3000])
-    ]
-    train = _standardise(blocks[0])
+    blocks = [block.target(0) for block in block_moments(X, y[:, None], [0, 900, 1000, 2000, 3000])]
+    train = standardise(blocks[0])
     alphas = np.geomspace(0.5, 0.005, 8)
-    coefs = _path(train, alphas)
+    coefs = lasso_coefficients(train, alphas)
     # scikit-learn on the same rows: NaN -> training mean, scaler fitted on the fold's rows.
     filled = np.where(np.isnan(X), np.nanmean(X, axis=0), X)
     scaler = StandardScaler().fit(filled[:900])
@@ -59,7 +53,7 @@ def test_fold_path_and_validation_error_match_scikit_learn():
         lasso.fit(scaler.transform(filled[:900]), y[:900])
         np.testing.assert_allclose(coefs[:, k], lasso.coef_, atol=1e-5)
         mse = np.mean((y[1000:2000] - lasso.predict(scaler.transform(filled[1000:2000]))) ** 2)
-        assert _validation_mse(train, coefs, blocks[2])[k] == pytest.approx(mse, rel=1e-5)
+        assert validation_mse(train, coefs, blocks[2])[k] == pytest.approx(mse, rel=1e-5)
 
 
 def test_rows_argument_equals_a_copied_subset():
@@ -117,7 +111,7 @@ def test_a_feature_first_seen_in_a_later_fold_is_filled_from_that_fold():
     X, y = _problem()
     X[:1200, 5] = np.nan  # no value in the first fold's training rows
     bounds = [0, 900, 1000, 1400, 1500, 2000, 3000]
-    blocks = _block_moments(X, y[:, None], bounds, train_stops=[900, 1400])
+    blocks = block_moments(X, y[:, None], bounds, train_stops=[900, 1400])
     # In centred coordinates a NaN sits at 0: a block's sum over feature 5 is then the sum of
     # (value - fill) over the values present, which pins down the fill value.
     present = ~np.isnan(X[1500:2000, 5])
@@ -127,7 +121,7 @@ def test_a_feature_first_seen_in_a_later_fold_is_filled_from_that_fold():
     )
     assert fill != pytest.approx(np.nanmean(X[:, 5]), abs=1e-3)
     # Fold 0 sees the feature as a constant: it cannot enter fold 0's path.
-    fold0 = _standardise(blocks[0].target(0))
+    fold0 = standardise(blocks[0].target(0))
     assert fold0.r[5] == 0.0
     assert not fold0.S[5].any()
 
@@ -205,7 +199,7 @@ def test_one_huge_value_does_not_overflow_the_moments(caplog):
     X[1500, 7] = 1e20
     folds = [Fold(900, 1000, 2000), Fold(1900, 2000, 3000)]
     config = SelectionConfig(n_alphas=10, max_features=None)
-    with caplog.at_level("WARNING", logger="tfi.select"):
+    with caplog.at_level("WARNING", logger="tfi.core.select"):
         selection = select_features(X, y, folds, [f"f{i}" for i in range(12)], config)
     assert np.isfinite(selection.cv_mse).all()
     assert {"f0", "f3"} <= set(selection.selected) and "f7" not in selection.selected

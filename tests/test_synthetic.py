@@ -5,11 +5,12 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from tfi import synthetic
-from tfi.config import DataConfig, SyntheticSpec
-from tfi.data import load
-from tfi.prepare import lightgbm_classes, prepare_labels
-from tfi.split import TEST, TRAIN
+from tfi.core import synthetic
+from tfi.core.classes import lightgbm_classes
+from tfi.core.config import DataConfig, SyntheticSpec
+from tfi.core.data import load
+from tfi.core.labelled import prepare_labels
+from tfi.core.split import TEST, TRAIN
 
 SPEC = SyntheticSpec(rows=6000, features=30, informative=4, collinear=3, seed=3)
 

@@ -14,10 +14,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tfi import interrupts
-from tfi.config import DEFAULT_CONFIG, ExperimentConfig, load_config
-from tfi.errors import TfiError
-from tfi.uris import has_password, mask_text
+from tfi.core import interrupts
+from tfi.core.config import DEFAULT_CONFIG, ExperimentConfig, load_config
+from tfi.core.errors import TfiError
+from tfi.core.uris import has_password, mask_text
 
 log = logging.getLogger("tfi")
 
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     invocation_run = os.environ.pop("MLFLOW_RUN_ID", None)
     interrupts.install()
     if args is None:  # bench has its own options: see `tfi bench --help`
-        from tfi.bench import main as bench_main
+        from tfi.bench.run import main as bench_main
 
         return _exit_status(lambda: bench_main(argv[1:], invocation_run), invocation_run)
     return _exit_status(lambda: _dispatch(args, _config(args), invocation_run), invocation_run)
@@ -145,7 +145,8 @@ def _exit_status(command: Callable[[], object], invocation_run: str | None) -> i
 
 
 def _dispatch(args: argparse.Namespace, config: ExperimentConfig, run_id: str | None) -> None:
-    from tfi import pipeline, tracking
+    from tfi import pipeline
+    from tfi.tracking import runs as tracking
 
     if args.command == "tune-worker":
         pipeline.run_tune_worker(config, args.worker_index)

@@ -12,16 +12,18 @@ import logging
 import time
 from pathlib import Path
 
-from tfi import data as data_io
-from tfi import score, tracking
-from tfi.champion import train
-from tfi.config import ExperimentConfig, SelectionConfig
-from tfi.data import MarketData
-from tfi.prepare import LabelledData, fold_labels, prepare_labels, training_folds
-from tfi.select import LassoSelection, coefficient_figure, path_figure, select_features
-from tfi.session import Prepared, Selected, Session, Trained, Tuned, check_alignment
-from tfi.split import TRAIN, Fold
-from tfi.tune import tune, tuned_study, work_as_worker
+from tfi.core import data as data_io
+from tfi.core.classes import NAME_OF
+from tfi.core.config import ExperimentConfig, SelectionConfig
+from tfi.core.data import MarketData
+from tfi.core.labelled import LabelledData, fold_labels, prepare_labels, training_folds
+from tfi.core.select import LassoSelection, coefficient_figure, path_figure, select_features
+from tfi.core.split import TRAIN, Fold
+from tfi.stages import score
+from tfi.stages.context import Prepared, Selected, Session, Trained, Tuned, check_alignment
+from tfi.stages.train import train
+from tfi.stages.tune import tune, tuned_study, work_as_worker
+from tfi.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
 
@@ -328,10 +330,7 @@ def run_score(
         run.log_params({"model_uri": uri, "output": str(path), "rows": data.n_rows})
         shares = result["prediction"].value_counts(normalize=True)
         run.log_metrics(
-            {
-                f"share_{name}": float(shares.get(value, 0.0))
-                for value, name in ((-1, "sell"), (0, "neutral"), (1, "buy"))
-            }
+            {f"share_{name}": float(shares.get(label, 0.0)) for label, name in NAME_OF.items()}
         )
     log.info("score: %d rows from %s -> %s", data.n_rows, uri, path)
     return path

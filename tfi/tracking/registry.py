@@ -29,9 +29,10 @@ from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
-from tfi.config import RegistryConfig
-from tfi.errors import StageError
-from tfi.interrupts import critical_section
+from tfi.core.classes import PROBABILITY_COLUMNS
+from tfi.core.config import RegistryConfig
+from tfi.core.errors import StageError
+from tfi.core.interrupts import critical_section
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,7 @@ def signature(features: Sequence[str]) -> ModelSignature:
         outputs=Schema(
             [
                 ColSpec("long", "prediction"),
-                ColSpec("double", "p_sell"),
-                ColSpec("double", "p_neutral"),
-                ColSpec("double", "p_buy"),
+                *(ColSpec("double", name) for name in PROBABILITY_COLUMNS),
             ]
         ),
     )

@@ -31,10 +31,11 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import TimeSeriesSplit
 from sklearn.preprocessing import StandardScaler
 
-from tfi.config import ExperimentConfig
-from tfi.data import FLOW, MarketData
-from tfi.prepare import lightgbm_classes, prepare_labels
-from tfi.split import TEST, UNLABELLED
+from tfi.core.classes import lightgbm_classes
+from tfi.core.config import ExperimentConfig
+from tfi.core.data import FLOW, MarketData
+from tfi.core.labelled import prepare_labels
+from tfi.core.split import TEST, UNLABELLED
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tfi.objective import FOLDS_ATTR
+from tfi.search.objective import FOLDS_ATTR
 
 REFERENCE_ATTR = "reference_fold_scores"
 

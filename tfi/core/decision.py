@@ -23,8 +23,10 @@ from typing import Literal
 
 import numpy as np
 
+from tfi.core.classes import INDICES
+
 DecisionRule = Literal["fitted", "prior", "argmax"]
-N_CLASSES = 3
+N_CLASSES = len(INDICES)
 _FIT_ROWS = 200_000  # rows the grid search scores; more change the weights by little
 _COARSE = np.linspace(-3.0, 3.0, 25)  # log-weights of sell and buy relative to neutral
 _FINE_STEPS = 11

@@ -29,8 +29,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from tfi.config import SyntheticSpec, load_config
-from tfi.errors import StageError
+from tfi.core.config import SyntheticSpec, load_config
+from tfi.core.errors import StageError
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def _peak_rss_gb() -> float:
 
 
 def _generate(spec: dict[str, Any], path: str) -> None:
-    from tfi import synthetic
+    from tfi.core import synthetic
 
     synthetic.write_parquet(SyntheticSpec(**spec), path)
 
@@ -183,7 +183,7 @@ def _child_logging() -> None:
 def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[str, Any]:
     _child_logging()
     os.makedirs(store, exist_ok=True)
-    from tfi.session import STORAGE_ENV
+    from tfi.stages.context import STORAGE_ENV
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
     for pointer in (*_MLFLOW_POINTERS, STORAGE_ENV):
@@ -191,9 +191,9 @@ def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[st
     from optuna.trial import TrialState
 
     from tfi import pipeline
-    from tfi.champion import train
-    from tfi.session import Session
-    from tfi.tune import tune
+    from tfi.stages.context import Session
+    from tfi.stages.train import train
+    from tfi.stages.tune import tune
 
     config = load_config(config_path, **overrides)
     seconds: dict[str, float] = {}
@@ -245,7 +245,7 @@ def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[st
 
 def _run_reference(config_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
     _child_logging()
-    from tfi import reference
+    from tfi.bench import seed as reference
 
     config = load_config(config_path, **overrides)
     result = reference.run(config, Path(config.data.source), config.tuning.n_trials)
@@ -269,7 +269,7 @@ def _flatten(prefix: str, payload: Any) -> dict[str, float]:
 
 def _log_report(report: dict[str, Any], output: str, run_id: str | None) -> None:
     """Record the report as a `bench` run in the user's tracking store."""
-    from tfi import tracking
+    from tfi.tracking import runs as tracking
 
     tracker = tracking.Tracker("tfi-bench", run_id)
     with tracker.run("bench", run_id=run_id) as run:

@@ -14,12 +14,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tfi.config import CVConfig, ExperimentConfig
-from tfi.data import MarketData
-from tfi.errors import SplitError
-from tfi.labels import (
-    CLASS_NAMES,
-    CLASSES,
+from tfi.core.classes import LABELS, NAME_OF
+from tfi.core.config import CVConfig, ExperimentConfig
+from tfi.core.data import MarketData
+from tfi.core.errors import SplitError
+from tfi.core.labels import (
     RowThresholds,
     Thresholds,
     classify,
@@ -27,7 +26,7 @@ from tfi.labels import (
     future_imbalance,
     rolling_thresholds,
 )
-from tfi.split import (
+from tfi.core.split import (
     PERIODS,
     TEST,
     TRAIN,
@@ -100,9 +99,9 @@ class LabelledData:
             out[f"rows_{period}"] = float(np.count_nonzero(self.period == period))
         for period in (TRAIN, TEST, "purged"):
             target = self.target[self.period == period]
-            for cls_value in CLASSES:
+            for cls_value in LABELS:
                 share = float(np.mean(target == cls_value)) if target.size else 0.0
-                out[f"{period}_share_{CLASS_NAMES[cls_value]}"] = share
+                out[f"{period}_share_{NAME_OF[cls_value]}"] = share
         out["zero_volume_windows"] = float(self.zero_volume_windows)
         return out
 
@@ -150,7 +149,7 @@ def prepare_labels(data: MarketData, config: ExperimentConfig) -> LabelledData:
         row_thresholds = RowThresholds.constant(thresholds, len(period))
     target = classify(imbalance.values, row_thresholds)
     target[period == UNLABELLED] = np.nan
-    require_classes(target[train], "the training period", CLASSES)
+    require_classes(target[train], "the training period", LABELS)
     return LabelledData(
         data.timestamps,
         imbalance.values,
@@ -228,7 +227,7 @@ def fold_labels(labelled: LabelledData, folds: Sequence[Fold]) -> list[FoldLabel
         # Each row's thresholds come from labels known before it: no fold sees its future.
         target = labelled.target[rows]
         for i, fold in enumerate(folds):
-            require_classes(target[: fold.train_stop], f"the training rows of fold {i}", CLASSES)
+            require_classes(target[: fold.train_stop], f"the training rows of fold {i}", LABELS)
         return [FoldLabels(None, target[: fold.valid_stop]) for fold in folds]
     imbalance = labelled.future_imbalance[rows]
     quantiles = labelled.thresholds.low_quantile, labelled.thresholds.high_quantile
@@ -239,11 +238,6 @@ def fold_labels(labelled: LabelledData, folds: Sequence[Fold]) -> list[FoldLabel
         except SplitError as error:
             raise SplitError(f"fold {i}: {error}") from None
         target = classify(imbalance[: fold.valid_stop], thresholds)
-        require_classes(target[: fold.train_stop], f"the training rows of fold {i}", CLASSES)
+        require_classes(target[: fold.train_stop], f"the training rows of fold {i}", LABELS)
         labels.append(FoldLabels(thresholds, target))
     return labels
-
-
-def lightgbm_classes(target: np.ndarray) -> np.ndarray:
-    """-1/0/1 targets as LightGBM's 0/1/2 class indices."""
-    return (target + 1).astype(np.int32)

@@ -24,12 +24,10 @@ from typing import Literal, Protocol
 import numpy as np
 import pandas as pd
 
-from tfi.errors import SplitError
+from tfi.core.classes import BUY, NEUTRAL, SELL
+from tfi.core.errors import SplitError
 
 Window = Literal["next", "seed"]
-SELL, NEUTRAL, BUY = -1, 0, 1
-CLASSES = (SELL, NEUTRAL, BUY)
-CLASS_NAMES = {SELL: "sell", NEUTRAL: "neutral", BUY: "buy"}
 ONE_MINUTE = pd.Timedelta(minutes=1)
 
 

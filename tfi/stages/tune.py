@@ -26,18 +26,20 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from tfi import evaluate as ev
-from tfi import study as studies
-from tfi import tracking
-from tfi.data import MarketData
-from tfi.errors import StageError
-from tfi.labels import trailing_imbalance
-from tfi.objective import CVObjective, build_folds, fold_scores, lightgbm_params, reference_cv
-from tfi.prepare import fold_labels, lightgbm_classes, training_folds
-from tfi.pruning import REFERENCE_ATTR
-from tfi.session import STORAGE_ENV, Prepared, Selected, Session, Tuned, check_alignment
-from tfi.split import TRAIN
-from tfi.uris import mask_uri
+from tfi.core import evaluate as ev
+from tfi.core.classes import lightgbm_classes
+from tfi.core.cv import build_folds, lightgbm_params, reference_cv
+from tfi.core.data import MarketData
+from tfi.core.errors import StageError
+from tfi.core.labelled import fold_labels, training_folds
+from tfi.core.labels import trailing_imbalance
+from tfi.core.split import TRAIN
+from tfi.core.uris import mask_uri
+from tfi.search import study as studies
+from tfi.search.objective import CVObjective, fold_scores
+from tfi.search.pruning import REFERENCE_ATTR
+from tfi.stages.context import STORAGE_ENV, Prepared, Selected, Session, Tuned, check_alignment
+from tfi.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
 

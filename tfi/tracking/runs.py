@@ -39,11 +39,11 @@ from mlflow.types import ColSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from optuna.trial import FrozenTrial, TrialState
 
-from tfi.data import MarketData
-from tfi.errors import TfiError, TrackingError
-from tfi.interrupts import critical, critical_section
-from tfi.objective import fold_scores
-from tfi.uris import mask_text, mask_uri, sqlite_path
+from tfi.core.data import MarketData
+from tfi.core.errors import TfiError, TrackingError
+from tfi.core.interrupts import critical, critical_section
+from tfi.core.uris import mask_text, mask_uri, sqlite_path
+from tfi.search.objective import fold_scores
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ class MarketDataset(Dataset):
     def __init__(self, data: MarketData):
         self._data = data
         if data.source.startswith("synthetic("):
-            source = CodeDatasetSource({"generator": "tfi.synthetic", "spec": data.source})
+            source = CodeDatasetSource({"generator": "tfi.core.synthetic", "spec": data.source})
         else:
             source = LocalArtifactDatasetSource(str(Path(data.source).resolve()))
         super().__init__(source=source, name=Path(data.source).name, digest=data.digest)

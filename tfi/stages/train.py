@@ -26,23 +26,21 @@ import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models.model import ModelInfo
 
-from tfi import evaluate as ev
-from tfi import registry, score, tracking
-from tfi.config import ExperimentConfig
-from tfi.data import MarketData
-from tfi.decision import Decision, decide, prior_decision
-from tfi.errors import StageError, TfiError
-from tfi.labels import trailing_imbalance
-from tfi.metrics import classification_metrics
-from tfi.objective import (
-    OutOfFold,
-    cross_validate,
-    default_params,
-    fold_scores,
-    lightgbm_params,
-)
-from tfi.prepare import LabelledData, lightgbm_classes
-from tfi.session import (
+from tfi.core import evaluate as ev
+from tfi.core.classes import NAMES, PROBABILITY_COLUMNS, labels_of, lightgbm_classes
+from tfi.core.config import ExperimentConfig
+from tfi.core.cv import OutOfFold, cross_validate, default_params, lightgbm_params
+from tfi.core.data import MarketData
+from tfi.core.decision import Decision, decide, prior_decision
+from tfi.core.errors import StageError, TfiError
+from tfi.core.fit import champion_rounds, fit_booster
+from tfi.core.labelled import LabelledData
+from tfi.core.labels import trailing_imbalance
+from tfi.core.metrics import classification_metrics
+from tfi.core.split import TEST, TRAIN
+from tfi.search.objective import fold_scores
+from tfi.stages import score
+from tfi.stages.context import (
     Prepared,
     Selected,
     Session,
@@ -51,8 +49,8 @@ from tfi.session import (
     available_cores,
     check_alignment,
 )
-from tfi.split import TEST, TRAIN
-from tfi.train import champion_rounds, fit_booster
+from tfi.tracking import registry
+from tfi.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
 
@@ -274,11 +272,9 @@ def _log_run(
     labelled_test = pd.DataFrame(
         {
             "timestamp": data.timestamps[split.test_rows],
-            "target": (split.y_test - 1).astype(np.int8),
-            "prediction": (champion.predicted - 1).astype(np.int8),
-            "p_sell": champion.proba[:, 0],
-            "p_neutral": champion.proba[:, 1],
-            "p_buy": champion.proba[:, 2],
+            "target": labels_of(split.y_test),
+            "prediction": labels_of(champion.predicted),
+            **dict(zip(PROBABILITY_COLUMNS, champion.proba.T, strict=True)),
         }
     )
     run.log_table(labelled_test, "test_predictions.parquet")
@@ -323,7 +319,7 @@ def _cv_evidence(
     """
     if tuned.baselines is not None and tuned.out_of_fold is not None:
         return tuned.baselines, tuned.out_of_fold
-    from tfi.tune import cv_setup  # the tune stage's fold set-up, shared rather than copied
+    from tfi.stages.tune import cv_setup  # the tune stage's fold set-up, shared rather than copied
 
     cfg = session.config.tuning
     setup = cv_setup(session, prepared, selected)
@@ -451,7 +447,7 @@ def _version_description(run: tracking.StageRun, champion: _Champion, report: _R
     per_class = pd.DataFrame(
         {
             name: [metrics[f"{name}_{stat}"] for stat in ("precision", "recall", "f1")]
-            for name in ("sell", "neutral", "buy")
+            for name in NAMES
         },
         index=["precision", "recall", "f1"],
     ).T

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tfi.errors import DataError
+from tfi.core.errors import DataError
 
 COLUMNS = (
     "open_time",

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from tfi.errors import ConfigError
+from tfi.core.errors import ConfigError
 
 _PASSWORD_IN_TEXT = re.compile(
     r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@"

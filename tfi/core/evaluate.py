@@ -21,11 +21,11 @@ from sklearn.metrics import (
     f1_score,
 )
 
-from tfi.labels import RowThresholds, Thresholds, classify
-from tfi.metrics import LABELS, classification_metrics
-from tfi.split import Fold
-
-CLASS_DISPLAY = ["sell (-1)", "neutral (0)", "buy (1)"]
+from tfi.core.classes import COLORS, DISPLAY, NAMES
+from tfi.core.classes import INDICES as LABELS
+from tfi.core.labels import RowThresholds, Thresholds, classify
+from tfi.core.metrics import classification_metrics
+from tfi.core.split import Fold
 
 
 @dataclass(frozen=True)
@@ -50,17 +50,17 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, predicted: np.ndarray) -> Ev
         y_true,
         predicted,
         labels=LABELS,
-        target_names=CLASS_DISPLAY,
+        target_names=list(DISPLAY),
         output_dict=True,
         zero_division=0,
     )
-    for cls_index, name in enumerate(("sell", "neutral", "buy")):
+    for cls_index, name in enumerate(NAMES):
         for stat in ("precision", "recall", "f1-score"):
             metrics[f"{name}_{stat.replace('-score', '')}"] = float(
-                report[CLASS_DISPLAY[cls_index]][stat]
+                report[DISPLAY[cls_index]][stat]
             )
     text = classification_report(
-        y_true, predicted, labels=LABELS, target_names=CLASS_DISPLAY, digits=4, zero_division=0
+        y_true, predicted, labels=LABELS, target_names=list(DISPLAY), digits=4, zero_division=0
     )
     return Evaluation(metrics, text, report, confusion_matrix(y_true, predicted, labels=LABELS))
 
@@ -68,7 +68,7 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, predicted: np.ndarray) -> Ev
 def confusion_figure(evaluation: Evaluation, title: str) -> Figure:
     figure = Figure(figsize=(11, 4.5))
     left, right = figure.subplots(1, 2)
-    labels = ["sell", "neutral", "buy"]
+    labels = list(NAMES)
     ConfusionMatrixDisplay(evaluation.confusion, display_labels=labels).plot(
         ax=left, cmap="Greens", colorbar=False, values_format="d"
     )
@@ -101,7 +101,7 @@ def contributions(booster: lgb.Booster, X: np.ndarray, names: Sequence[str]) -> 
     raw = booster.predict(X, pred_contrib=True)
     per_class = raw.reshape(len(X), len(LABELS), len(names) + 1)[:, :, :-1]  # drop bias
     mean_abs = np.abs(per_class).mean(axis=0)
-    return pd.DataFrame(mean_abs.T, index=list(names), columns=["sell", "neutral", "buy"])
+    return pd.DataFrame(mean_abs.T, index=list(names), columns=list(NAMES))
 
 
 def contributions_figure(table: pd.DataFrame, top: int = 20) -> Figure:
@@ -208,7 +208,7 @@ def by_period(
         row: dict[str, object] = {label: start.date().isoformat(), "rows": int(mask.sum())}
         for name, predicted in predictions.items():
             row[f"{name} f1_macro"] = macro_f1(y_true[mask], predicted[mask])
-        for index, cls in enumerate(("sell", "neutral", "buy")):
+        for index, cls in enumerate(NAMES):
             row[f"share {cls}"] = float(shares[index])
         rows.append(row)
     return pd.DataFrame(rows).set_index(label)
@@ -226,7 +226,7 @@ def by_period_figure(table: pd.DataFrame) -> Figure:
     top.legend(loc="best", fontsize=9)
     top.grid(alpha=0.3)
     below = np.zeros(len(table))
-    for cls, color in (("sell", "tab:red"), ("neutral", "tab:gray"), ("buy", "tab:green")):
+    for cls, color in zip(NAMES, COLORS, strict=True):
         shares = table[f"share {cls}"].to_numpy()
         bottom.bar(positions, shares, bottom=below, color=color, label=cls, width=0.8)
         below += shares

@@ -37,12 +37,12 @@ from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enable
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tfi import interrupts
-from tfi.config import TuningConfig
-from tfi.errors import TrackingError
-from tfi.interrupts import critical, critical_section
-from tfi.pruning import PairedFoldPruner
-from tfi.uris import mask_text, mask_uri
+from tfi.core import interrupts
+from tfi.core.config import TuningConfig
+from tfi.core.errors import TrackingError
+from tfi.core.interrupts import critical, critical_section
+from tfi.core.uris import mask_text, mask_uri
+from tfi.search.pruning import PairedFoldPruner
 
 log = logging.getLogger(__name__)
 

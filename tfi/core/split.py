@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tfi.errors import SplitError
+from tfi.core.errors import SplitError
 
 TRAIN, TEST, PURGED, UNLABELLED = "train", "test", "purged", "unlabelled"
 PERIODS = (TRAIN, TEST, PURGED, UNLABELLED)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_score
 
-LABELS = [0, 1, 2]  # LightGBM's classes: sell, neutral, buy (target + 1)
+from tfi.core.classes import INDICES as LABELS
 
 
 def classification_metrics(

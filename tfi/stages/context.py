@@ -18,14 +18,15 @@ import numpy as np
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 
-from tfi import data as data_io
-from tfi import registry, tracking
-from tfi import study as studies
-from tfi.config import ExperimentConfig
-from tfi.data import MarketData
-from tfi.errors import StageError
-from tfi.prepare import LabelledData
-from tfi.uris import inside, sqlite_path
+from tfi.core import data as data_io
+from tfi.core.config import ExperimentConfig
+from tfi.core.data import MarketData
+from tfi.core.errors import StageError
+from tfi.core.labelled import LabelledData
+from tfi.core.uris import inside, sqlite_path
+from tfi.search import study as studies
+from tfi.tracking import registry
+from tfi.tracking import runs as tracking
 
 STORAGE_ENV = "TFI_OPTUNA_STORAGE"
 # Tuning fields that change how a study is run, not what it optimises.

@@ -19,13 +19,14 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from tqdm import tqdm
 
-from tfi.data import MarketData
-from tfi.errors import StageError
+from tfi.core.classes import PROBABILITY_COLUMNS
+from tfi.core.data import MarketData
+from tfi.core.errors import StageError
 
 log = logging.getLogger(__name__)
 
 ALLOWED_SCHEMES = ("models:/", "runs:/")
-OUTPUT_COLUMNS = ["prediction", "p_sell", "p_neutral", "p_buy"]  # as serving_model returns
+OUTPUT_COLUMNS = ["prediction", *PROBABILITY_COLUMNS]  # as serving_model returns
 
 
 def load_model(uri: str) -> mlflow.pyfunc.PyFuncModel:

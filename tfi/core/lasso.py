@@ -1,0 +1,233 @@
+"""LASSO from per-block moments: every walk-forward fold's path from one pass over the rows.
+
+The objective of a LASSO fit, ``1/(2n)·|y - Xw|² + alpha·|w|₁`` on standardised, centred data,
+depends on the rows only through ``XᵀX``, ``Xᵀy`` and ``yᵀy``. Walk-forward training sets are
+prefixes of the training period and validation sets are blocks of it, so one pass that
+accumulates those moments per block (plus ``Σx``, ``Σy`` and the row count) gives, for every
+fold, its own centred and standardised Gram matrix (scaler fitted on that fold's training rows
+only), the whole LASSO path, and each alpha's validation error, without touching the rows again.
+
+The path itself is solved by scikit-learn's ``lasso_path`` on a square surrogate problem with the
+same Gram matrix (``X̃ = √p·Lᵀ`` for the Cholesky factor ``L`` of the fold's correlation matrix),
+so the solver is scikit-learn's, while the cost no longer grows with the number of rows.
+Pure (numpy, scipy, scikit-learn); :mod:`tfi.core.select` turns it into a feature selection.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg import LinAlgError, cholesky, solve_triangular
+from scipy.linalg.blas import ssyrk
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import lasso_path
+
+log = logging.getLogger(__name__)
+
+_CHUNK_ROWS = 8_192
+_MAX_ITER = 5_000
+EXTREME_SPREAD = 1e4  # a block's spread this many times a feature's median block spread
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Sums over a range of rows, in coordinates centred on the training mean.
+
+    ``sy``, ``xy`` and ``yy`` hold one column per target (the training period's, then each
+    fold's); :meth:`target` picks one.
+    """
+
+    n: float
+    sx: np.ndarray
+    sy: np.ndarray | float
+    xx: np.ndarray
+    xy: np.ndarray
+    yy: np.ndarray | float
+
+    def target(self, column: int) -> Moments:
+        return Moments(
+            self.n, self.sx, self.sy[column], self.xx, self.xy[:, column], self.yy[column]
+        )
+
+    def without(self, columns: np.ndarray) -> Moments:
+        """The same sums with ``columns`` zeroed: constant features, coefficient 0."""
+        sx, xx, xy = self.sx.copy(), self.xx.copy(), self.xy.copy()
+        sx[columns], xx[columns, :], xx[:, columns], xy[columns] = 0.0, 0.0, 0.0, 0.0
+        return Moments(self.n, sx, self.sy, xx, xy, self.yy)
+
+    def __add__(self, other: Moments) -> Moments:
+        return Moments(
+            self.n + other.n,
+            self.sx + other.sx,
+            self.sy + other.sy,
+            self.xx + other.xx,
+            self.xy + other.xy,
+            self.yy + other.yy,
+        )
+
+
+def block_moments(
+    X: np.ndarray,
+    y: np.ndarray,
+    boundaries: list[int],
+    rows: np.ndarray | None = None,
+    train_stops: Sequence[int] = (),
+) -> list[Moments]:
+    """Moments of each block between consecutive boundaries (two passes over the rows).
+
+    ``y`` is (rows, targets): every target's moments come from the same pass. NaNs in ``X``
+    take each feature's mean over the shortest of the training prefixes ``[0, train_stop)``
+    (each one a boundary) that holds a value of it, else over all rows.
+    """
+    p = X.shape[1]
+
+    def chunk_of(lo: int, hi: int) -> np.ndarray:
+        return X[lo:hi] if rows is None else X[rows[lo:hi]]
+
+    sums = np.zeros((len(boundaries) - 1, p))
+    counts = np.zeros((len(boundaries) - 1, p))
+    extent = np.zeros((len(boundaries) - 1, p))
+    for b, (start, stop) in enumerate(itertools.pairwise(boundaries)):
+        for lo in range(start, stop, _CHUNK_ROWS):
+            chunk = chunk_of(lo, min(lo + _CHUNK_ROWS, stop))
+            sums[b] += np.nansum(chunk, axis=0, dtype=np.float64)
+            counts[b] += np.count_nonzero(~np.isnan(chunk), axis=0)
+            extent[b] = np.fmax(extent[b], np.nanmax(np.abs(chunk), axis=0, initial=0.0))
+    prefix_blocks = [boundaries.index(stop) for stop in train_stops]
+    fill = _fill_values(sums, counts, prefix_blocks)
+    center = fill.astype(np.float32)
+    # In each block, each feature is divided by a bound on its |value - centre| before the
+    # float32 products, so no square overflows (one 1e20 in a column made ZᵀZ inf); the moments
+    # are scaled back in float64. Per block, so a block's moments depend on its rows alone.
+    bound = extent + np.abs(fill)
+    scales = np.where(bound > 0, bound, 1.0)
+    y_center = y.mean(axis=0)
+
+    blocks = []
+    for (start, stop), scale in zip(itertools.pairwise(boundaries), scales, strict=True):
+        inverse = (1.0 / scale).astype(np.float32)
+        sx, xx = np.zeros(p), np.zeros((p, p))
+        xy, sy, yy = np.zeros((p, y.shape[1])), np.zeros(y.shape[1]), np.zeros(y.shape[1])
+        for lo in range(start, stop, _CHUNK_ROWS):
+            hi = min(lo + _CHUNK_ROWS, stop)
+            z = (chunk_of(lo, hi) - center) * inverse
+            np.nan_to_num(z, copy=False, nan=0.0)
+            v = y[lo:hi] - y_center
+            sx += z.sum(axis=0, dtype=np.float64)
+            # Zᵀ passed as a Fortran (p, rows) view: no copy; upper triangle of ZᵀZ.
+            xx += ssyrk(1.0, z.T, trans=0)
+            xy += z.T.astype(np.float64) @ v
+            sy += v.sum(axis=0)
+            yy += np.einsum("ij,ij->j", v, v)
+        upper = np.triu(xx)
+        xx = (upper + np.triu(upper, 1).T) * np.outer(scale, scale)
+        blocks.append(Moments(float(stop - start), sx * scale, sy, xx, xy * scale[:, None], yy))
+    return blocks
+
+
+def extreme_columns(blocks: Sequence[Moments]) -> np.ndarray:
+    """Features whose spread in some block dwarfs their usual (median) spread across blocks.
+
+    A single absurd value (1e20 among values near 1) dominates every Gram product it enters,
+    so a validation block holding it decides the LASSO's alpha on its own.
+    """
+    spreads = np.array(
+        [np.sqrt(np.clip(np.diag(b.xx) / b.n - (b.sx / b.n) ** 2, 0.0, None)) for b in blocks]
+    )
+    usual = np.median(spreads, axis=0)
+    return np.flatnonzero((usual > 0) & (spreads.max(axis=0) > EXTREME_SPREAD * usual))
+
+
+def _fill_values(sums: np.ndarray, counts: np.ndarray, prefix_blocks: Sequence[int]) -> np.ndarray:
+    """Each feature's mean over the first prefix of ``prefix_blocks`` blocks with a value.
+
+    ``sums`` and ``counts`` are (blocks, features): per block, the sum and count of non-NaN
+    values. The whole range is the last resort; a feature with no value at all gets 0.
+    """
+    prefix_sums, prefix_counts = np.cumsum(sums, axis=0), np.cumsum(counts, axis=0)
+    fill = np.zeros(sums.shape[1])
+    pending = np.ones(sums.shape[1], dtype=bool)
+    for blocks in (*(b for b in prefix_blocks if b > 0), len(sums)):
+        found = pending & (prefix_counts[blocks - 1] > 0)
+        fill[found] = prefix_sums[blocks - 1, found] / prefix_counts[blocks - 1, found]
+        pending &= ~found
+    return fill
+
+
+@dataclass(frozen=True)
+class Standardised:
+    """A range's LASSO problem in standardised units: ½wᵀSw - rᵀw + alpha|w|₁."""
+
+    mean: np.ndarray
+    y_mean: float
+    scale: np.ndarray
+    S: np.ndarray
+    r: np.ndarray
+
+
+def standardise(m: Moments) -> Standardised:
+    mean = m.sx / m.n
+    y_mean = m.sy / m.n
+    cov = m.xx / m.n - np.outer(mean, mean)
+    scale = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    constant = scale < 1e-12 * max(1.0, float(scale.max()))
+    scale[constant] = 1.0
+    S = cov / np.outer(scale, scale)
+    S[constant, :] = 0.0
+    S[:, constant] = 0.0
+    r = (m.xy / m.n - mean * y_mean) / scale
+    r[constant] = 0.0
+    return Standardised(mean, y_mean, scale, S, r)
+
+
+def lasso_coefficients(problem: Standardised, alphas: np.ndarray) -> np.ndarray:
+    """LASSO coefficients (features x alphas) of a standardised problem, via a surrogate."""
+    p = len(problem.r)
+    jitter = 1e-8
+    while True:
+        try:
+            L = cholesky(problem.S + jitter * np.eye(p), lower=True)
+            break
+        except LinAlgError:
+            jitter *= 100
+            if jitter > 1e-2:
+                raise
+    # With X̃ = √p·Lᵀ and ỹ = √p·L⁻¹r: X̃ᵀX̃/p = S and X̃ᵀỹ/p = r, the same objective.
+    X_surrogate = np.sqrt(p) * L.T
+    y_surrogate = np.sqrt(p) * solve_triangular(L, problem.r, lower=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        _, coefs, _ = lasso_path(
+            X_surrogate, y_surrogate, alphas=alphas, precompute=True, max_iter=_MAX_ITER
+        )
+    unconverged = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+    if unconverged:
+        log.info(
+            "LASSO path: %d of %d alphas stopped at max_iter=%d before converging "
+            "(the smallest alphas, far from the chosen one as a rule)",
+            unconverged,
+            len(alphas),
+            _MAX_ITER,
+        )
+    return coefs
+
+
+def validation_mse(train: Standardised, coefs: np.ndarray, valid: Moments) -> np.ndarray:
+    """Mean squared error on a validation range for every alpha, from its moments."""
+    weights = coefs / train.scale[:, None]  # back to centred raw units
+    intercept = train.y_mean - train.mean @ weights
+    quadratic = np.einsum("ia,ia->a", weights, valid.xx @ weights)
+    sse = (
+        valid.yy
+        - 2 * (valid.xy @ weights)
+        - 2 * intercept * valid.sy
+        + quadratic
+        + 2 * intercept * (valid.sx @ weights)
+        + valid.n * intercept**2
+    )
+    return sse / valid.n
