@@ -27,9 +27,10 @@ from tfi.core.config import load_config
 from tfi.core.cv import reference_cv
 from tfi.search import study as studies
 from tfi.search.pruning import REFERENCE_ATTR
-from tfi.stages.context import Session, Tuned
-from tfi.stages.train import train
-from tfi.stages.tune import cv_setup
+from tfi.stages import train
+from tfi.stages.context import Session
+from tfi.stages.cv_setup import cv_setup
+from tfi.stages.outputs import Tuned
 
 
 def main() -> None:
@@ -52,9 +53,7 @@ def main() -> None:
         os.environ.pop("TFI_OPTUNA_STORAGE", None)
         config = load_config(args.config, **{"tuning.n_trials": args.n_trials})
         session = Session.open(config)
-        prepared = pipeline.upstream_prepare(session)
-        selected = pipeline.upstream_select(session, prepared)
-        session.release()
+        prepared, selected = pipeline.upstream(session)
         setup = cv_setup(session, prepared, selected)
         reference = [
             getattr(f, config.tuning.metric)
@@ -81,7 +80,7 @@ def main() -> None:
             best = study.best_trial
             lost = study.trials[unpruned_best].state == TrialState.PRUNED
             tuned = Tuned("pruner-evidence", f"evidence-{name}", best)
-            trained = train(session, prepared, selected, tuned)
+            trained = train.run(session, prepared, selected, tuned)
             rows.append(
                 f"| {name} | {seconds:.0f} s | {states.count(TrialState.COMPLETE)} / "
                 f"{states.count(TrialState.PRUNED)} | {best.value:.4f} (#{best.number}) | "

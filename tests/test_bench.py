@@ -48,9 +48,18 @@ def test_bench_reports_tfi_beside_the_seed_approach(store):
         "pruned": 0,
         "seconds_per_complete_trial": pytest.approx(seed_trials["seconds_per_complete_trial"]),
         "seconds_per_pruned_trial": None,
+        "pruned_after_folds": {},
     }
     assert report["speedup"] == pytest.approx(
         report["reference"]["total_seconds"] / report["tfi"]["total_seconds"]
+    )
+    for side in ("tfi", "reference"):  # reached within the run, after selection
+        result = report[side]
+        seconds = result["seconds"]
+        before_tune = seconds["load"] + seconds["label"] + seconds["select"]
+        assert before_tune < result["seconds_to_quality"] <= before_tune + seconds["tune"] + 1
+    assert report["speedup_to_quality"] == pytest.approx(
+        report["reference"]["seconds_to_quality"] / report["tfi"]["seconds_to_quality"]
     )
 
     client = MlflowClient()
@@ -90,9 +99,9 @@ def test_mlflow_run_bench_reports_into_its_own_run(store):
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["bench.json"]
 
 
-def test_python_m_tfi_bench_is_the_bench_command(store):
+def test_a_bad_bench_option_is_one_clear_error(store):
     done = subprocess.run(
-        [PYTHON, "-m", "tfi.bench", "--rows", "not-a-number"],
+        [PYTHON, "-m", "tfi", "bench", "--rows", "not-a-number"],
         cwd=store, env=subprocess_env(store), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2
@@ -137,3 +146,26 @@ def test_a_stopped_bench_leaves_no_child_running(store, stop):
         time.sleep(0.2)
     if stop == signal.SIGTERM:  # stopped in order: its temporary data is gone too
         assert list(scratch.iterdir()) == []
+
+
+def test_time_to_quality_is_the_first_trial_within_the_tolerance_of_the_best():
+    from datetime import datetime, timedelta
+
+    from optuna.trial import FrozenTrial, TrialState
+
+    from tfi.bench.quality import time_to_quality
+
+    started = datetime(2026, 1, 1, 12, 0, 0)
+    trials = [
+        FrozenTrial(
+            number=i, state=TrialState.COMPLETE, value=value, values=None,
+            datetime_start=started, datetime_complete=started + timedelta(minutes=i + 1),
+            params={}, distributions={}, user_attrs={}, system_attrs={},
+            intermediate_values={}, trial_id=i,
+        )
+        for i, value in enumerate((0.40, 0.449, 0.45, 0.30))
+    ]  # fmt: skip
+    # 0.449 is within 0.002 of the best 0.45: reached after 2 minutes, plus 10 s before tuning.
+    assert time_to_quality(trials, started, before_tune=10.0) == pytest.approx(130.0)
+    assert time_to_quality(trials, started, 10.0, tolerance=0.0) == pytest.approx(190.0)
+    assert time_to_quality([], started, 10.0) is None

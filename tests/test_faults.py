@@ -17,9 +17,11 @@ from optuna.trial import TrialState
 
 from tfi import pipeline
 from tfi.core.config import CategoricalParam
+from tfi.search import lock
 from tfi.search import study as studies
+from tfi.search.trials import WORKER_ATTR
 from tfi.stages.context import Session, available_cores
-from tfi.stages.tune import PARENT_ATTR
+from tfi.stages.tune_parent import PARENT_ATTR
 
 from .helpers import PYTHON, SMOKE, subprocess_env
 
@@ -204,7 +206,7 @@ def test_two_commands_share_one_budget(store):
     assert "joining them" in outputs[1]
     study = _check_exactly_once(store, budget)
     assert study.user_attrs[studies.ROUNDS_ATTR] == 1  # one round, shared by both commands
-    workers = {t.user_attrs[studies.WORKER_ATTR] for t in study.trials}
+    workers = {t.user_attrs[WORKER_ATTR] for t in study.trials}
     assert len(workers) == 2
     client = MlflowClient()
     experiment = client.get_experiment_by_name("tfi-smoke")
@@ -218,7 +220,7 @@ def test_workers_option_runs_local_processes_on_one_round(store, smoke_config):
     session = Session.open(config)
     pipeline.run_tune(session, None)
     study = _check_exactly_once(store, 60)
-    workers = {t.user_attrs[studies.WORKER_ATTR] for t in study.trials}
+    workers = {t.user_attrs[WORKER_ATTR] for t in study.trials}
     assert len(workers) == 2  # this process and the worker process it started
     assert session.threads == max(1, available_cores() // 2)
 
@@ -237,10 +239,11 @@ def test_a_lock_left_without_its_stamp_is_broken(store, monkeypatch):
     """A kill between the lock's two writes left a lock no command could take: now it is broken."""
     storage = optuna.storages.RDBStorage(f"sqlite:///{store / 'optuna.db'}")
     study = optuna.create_study(study_name="locked", storage=storage)
+    shared = studies.SharedStudy(study, storage, storage.get_study_id_from_name("locked"))
     storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "locked::lock")  # no stamp
-    monkeypatch.setattr(studies, "_UNSTAMPED_SECONDS", 0.5)
+    monkeypatch.setattr(lock, "UNSTAMPED_SECONDS", 0.5)
     started = time.monotonic()
-    with studies.study_lock(study, timeout=30):
+    with lock.study_lock(shared, timeout=30):
         waited = time.monotonic() - started
     assert 0.5 <= waited < 30
     assert "locked::lock" not in [s.study_name for s in optuna.get_all_study_summaries(storage)]

@@ -73,9 +73,9 @@ def test_a_champion_is_compared_only_on_rows_neither_model_trained_on(store, smo
     assert first.promotion.alias == "champion"
     second = _main(smoke_config, **{"split.test_start": "2023-03-03 12:00"})
     # v1 trained on 12:00-15:00: only the rows from 15:00 on are unseen by both.
-    labels = pipeline.upstream_prepare(
+    labels = pipeline.upstream(
         Session.open(smoke_config.with_overrides(**{"split.test_start": "2023-03-03 12:00"}))
-    ).labelled
+    )[0].labelled
     test = labels.period == "test"
     unseen = int(np.sum(test & (labels.timestamps >= pd.Timestamp("2023-03-03 15:00"))))
     assert 100 <= unseen < int(test.sum())
@@ -104,10 +104,10 @@ def test_an_explicit_study_name_is_not_reused_for_other_inputs(store, smoke_conf
 def test_no_tuning_fold_trains_on_features_chosen_with_its_validation_rows(store, smoke_config):
     """A CV fold's inputs stay bit-identical when its validation block and later rows change."""
     from tfi.core.labelled import training_folds
-    from tfi.stages.tune import cv_setup
+    from tfi.stages.cv_setup import cv_setup
 
     frame = synthetic.frame(smoke_config.data.synthetic).astype(np.float64)
-    labelled = pipeline.upstream_prepare(Session.open(smoke_config)).labelled
+    labelled = pipeline.upstream(Session.open(smoke_config))[0].labelled
     rows = labelled.rows("train")
     features = [frame.columns.get_loc(c) for c in frame.columns if c.startswith("X")]
 
@@ -115,8 +115,7 @@ def test_no_tuning_fold_trains_on_features_chosen_with_its_validation_rows(store
         path = store / f"{name}.parquet"
         data.astype(np.float32).to_parquet(path)
         session = Session.open(smoke_config.with_overrides(**{"data.source": str(path)}))
-        prepared = pipeline.upstream_prepare(session)
-        selected = pipeline.upstream_select(session, prepared)
+        prepared, selected = pipeline.upstream(session)
         setup = cv_setup(session, prepared, selected)
         own = selected.fold_features[i]
         return own, setup.data.columns(list(own))[rows[: fold.train_stop]]

@@ -14,10 +14,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tfi import pipeline
 from tfi.core import interrupts
 from tfi.core.config import DEFAULT_CONFIG, ExperimentConfig, load_config
 from tfi.core.errors import TfiError
-from tfi.core.uris import has_password, mask_text
+from tfi.core.uris import mask_text
+from tfi.stages import score
+from tfi.stages.context import Session, configure_logging
+from tfi.tracking import store
 
 log = logging.getLogger("tfi")
 
@@ -95,9 +99,6 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--output", default="predictions.parquet", help="output parquet path")
     score.add_argument("--batch-rows", type=_positive_int, default=100_000)
 
-    worker = stage("tune-worker", argparse.SUPPRESS)
-    worker.add_argument("--worker-index", type=int, default=1)
-
     commands.add_parser("bench", help="benchmark the pipeline: tfi bench --help")
     return parser
 
@@ -117,7 +118,7 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = None if argv[:1] == ["bench"] else _parser().parse_args(argv)
-    _setup_logging()
+    configure_logging()
     # `mlflow run` hands its run over in MLFLOW_RUN_ID; taken here so that no other
     # start_run() picks it up by accident.
     invocation_run = os.environ.pop("MLFLOW_RUN_ID", None)
@@ -136,7 +137,7 @@ def _exit_status(command: Callable[[], object], invocation_run: str | None) -> i
     except TfiError as exc:
         message = mask_text(str(exc))
         log.error("%s", message)
-        _mark_failed(invocation_run, message)
+        store.mark_failed(invocation_run, message)
         return 2
     except KeyboardInterrupt:
         log.error("interrupted")
@@ -145,22 +146,16 @@ def _exit_status(command: Callable[[], object], invocation_run: str | None) -> i
 
 
 def _dispatch(args: argparse.Namespace, config: ExperimentConfig, run_id: str | None) -> None:
-    from tfi import pipeline
-    from tfi.tracking import runs as tracking
-
-    if args.command == "tune-worker":
-        pipeline.run_tune_worker(config, args.worker_index)
-        return
     adopted = None
     if run_id:  # `mlflow run`'s run: the stage's own, unless it sits in "Default"
-        tracking.check_tracking()
-        adopted = tracking.adoptable(run_id)
+        store.check_tracking()
+        adopted = store.adoptable(run_id)
         if adopted is None:  # mlflow run also points its child at "Default"
             os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     if args.command == "score":
-        pipeline.run_score(config, args.model_uri, args.output, adopted, args.batch_rows)
+        score.run(config, args.model_uri, args.output, adopted, args.batch_rows)
     else:
-        session = pipeline.Session.open(config, adopted, getattr(args, "storage", None))
+        session = Session.open(config, adopted, getattr(args, "storage", None))
         run = {
             "prepare": pipeline.run_prepare,
             "select": pipeline.run_select,
@@ -170,55 +165,7 @@ def _dispatch(args: argparse.Namespace, config: ExperimentConfig, run_id: str | 
         }[args.command]
         run(session, adopted)
     if run_id and adopted is None:
-        tracking.note_elsewhere(run_id, config.mlflow_experiment)
-
-
-def _mark_failed(run_id: str | None, message: str) -> None:
-    """Record why a `mlflow run` failed on its run (mlflow sets the FAILED status itself)."""
-    if not run_id:
-        return
-    try:
-        from mlflow.tracking import MlflowClient
-
-        MlflowClient().set_tag(run_id, "tfi.error", message[:5000])
-    except Exception:  # the tracking store may be what failed; the message is logged anyway
-        log.debug("could not tag run %s", run_id, exc_info=True)
-
-
-class _MaskSecrets(logging.Filter):
-    """Mask passwords in URIs in every log line, ours and the libraries'."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = mask_text(message)
-        if masked != message:
-            record.msg, record.args = masked, None
-        return True
-
-
-def _setup_logging() -> None:
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_MaskSecrets())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    for noisy in ("optuna", "alembic", "urllib3", "matplotlib", "mlflow.store.db.utils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    import mlflow
-    import optuna
-
-    # MLflow logs through its own handlers and prints run links straight to stdout: keep
-    # credentials in a tracking URI out of both.
-    for mlflow_handler in logging.getLogger("mlflow").handlers:
-        mlflow_handler.addFilter(_MaskSecrets())
-    if has_password(mlflow.get_tracking_uri()):
-        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-    optuna.logging.disable_default_handler()
-    optuna.logging.enable_propagation()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+        store.note_elsewhere(run_id, config.mlflow_experiment)
 
 
 if __name__ == "__main__":

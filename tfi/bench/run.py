@@ -5,9 +5,10 @@
 Writes synthetic DRW-shaped data to a temporary parquet file (or uses ``--data``), then runs, each
 in a fresh child process so that peak memory is its own: tfi's pipeline (prepare, select, tune,
 train, evaluate, register; into a throwaway MLflow store) and, with ``--reference``, the seed
-notebook's approach (:mod:`tfi.reference`) on the same file, labels and trial budget. The report
+notebook's approach (:mod:`tfi.bench.seed`) on the same file, labels and trial budget. The report
 (seconds per stage and per trial, pruned trials and after how many folds, peak memory, CV and
-test macro-F1, and the speed-up) is printed as JSON, written to ``--output`` and logged to
+test macro-F1, the speed-up, and each side's time to quality: when it first reached a CV score
+within 0.002 of its final best) is printed as JSON, written to ``--output`` and logged to
 MLflow as a ``bench`` run.
 """
 
@@ -22,14 +23,14 @@ import resource
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from tfi.core.config import SyntheticSpec, load_config
+from tfi.bench.quality import time_to_quality, trial_summary
+from tfi.core.config import ExperimentConfig, SyntheticSpec, load_config
 from tfi.core.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -59,63 +60,69 @@ def main(argv: Sequence[str], run_id: str | None = None) -> int:
     config = load_config(args.config)
     n_trials = args.n_trials or config.tuning.n_trials
     with tempfile.TemporaryDirectory(prefix="tfi-bench-") as tmp:
-        folder = Path(tmp)
-        if args.data:
-            data_path = Path(args.data).resolve()
-            test_start = config.split.test_start.isoformat()
-        else:
-            spec = SyntheticSpec(
-                rows=args.rows,
-                features=args.features,
-                informative=16,
-                collinear=24,
-                seed=config.tuning.seed,
-            )
-            data_path = folder / "bench.parquet"
-            log.info(
-                "bench: writing %d x %d synthetic rows to %s",
-                args.rows,
-                args.features + 5,
-                data_path,
-            )
-            _in_child(_generate, spec.model_dump(mode="json"), str(data_path))
-            split_minute = int(args.rows * (1 - TEST_SHARE)) // 60 * 60
-            test_start = (spec.start + timedelta(minutes=split_minute)).isoformat()
-        overrides = {
-            "data.source": str(data_path),
-            "split.test_start": test_start,
-            "tuning.n_trials": n_trials,
-            "tuning.study": "bench",
-            # The benchmark's study and runs go into throwaway stores, never the user's.
-            "tuning.storage": f"sqlite:///{folder / 'optuna.db'}",
-            "output_dir": str(folder),
-        }
-        report: dict[str, Any] = {
-            "data": {
-                "source": args.data or "synthetic",
-                "rows": args.rows,
-                "features": args.features,
-            },
-            "config": args.config,
-            "n_trials": n_trials,
-            "cores": len(os.sched_getaffinity(0)),
-        }
-        log.info("bench: tfi pipeline, %d trials", n_trials)
-        report["tfi"] = _in_child(_run_tfi, args.config, overrides, str(folder / "tfi"))
-        if args.reference == "true":
-            log.info("bench: the seed's approach, %d trials", n_trials)
-            report["reference"] = _in_child(_run_reference, args.config, overrides)
-            report["speedup"] = (
-                report["reference"]["total_seconds"] / report["tfi"]["total_seconds"]
-            )
-            report["test_f1_macro_difference"] = (
-                report["tfi"]["test_f1_macro"] - report["reference"]["test_f1_macro"]
-            )
+        report = _compare(args, config, n_trials, Path(tmp))
     text = json.dumps(report, indent=2)
     Path(args.output).write_text(text)
     print(text)  # noqa: T201 - the report is this command's output
     _log_report(report, args.output, run_id)
     return 0
+
+
+def _data(args: argparse.Namespace, config: ExperimentConfig, folder: Path) -> tuple[Path, str]:
+    """The parquet file to benchmark on and its split date: ``--data``, or generated."""
+    if args.data:
+        return Path(args.data).resolve(), config.split.test_start.isoformat()
+    spec = SyntheticSpec(
+        rows=args.rows,
+        features=args.features,
+        informative=16,
+        collinear=24,
+        seed=config.tuning.seed,
+    )
+    data_path = folder / "bench.parquet"
+    log.info("bench: writing %d x %d synthetic rows to %s", args.rows, args.features + 5, data_path)
+    _in_child(_generate, spec.model_dump(mode="json"), str(data_path))
+    split_minute = int(args.rows * (1 - TEST_SHARE)) // 60 * 60
+    return data_path, (spec.start + timedelta(minutes=split_minute)).isoformat()
+
+
+def _compare(
+    args: argparse.Namespace, config: ExperimentConfig, n_trials: int, folder: Path
+) -> dict[str, Any]:
+    """tfi, and with ``--reference`` the seed's approach, each in a child process."""
+    data_path, test_start = _data(args, config, folder)
+    overrides = {
+        "data.source": str(data_path),
+        "split.test_start": test_start,
+        "tuning.n_trials": n_trials,
+        "tuning.study": "bench",
+        # The benchmark's study and runs go into throwaway stores, never the user's.
+        "tuning.storage": f"sqlite:///{folder / 'optuna.db'}",
+        "output_dir": str(folder),
+    }
+    report: dict[str, Any] = {
+        "data": {
+            "source": args.data or "synthetic",
+            "rows": args.rows,
+            "features": args.features,
+        },
+        "config": args.config,
+        "n_trials": n_trials,
+        "cores": len(os.sched_getaffinity(0)),
+    }
+    log.info("bench: tfi pipeline, %d trials", n_trials)
+    report["tfi"] = _in_child(_run_tfi, args.config, overrides, str(folder / "tfi"))
+    if args.reference == "true":
+        log.info("bench: the seed's approach, %d trials", n_trials)
+        report["reference"] = _in_child(_run_reference, args.config, overrides)
+        report["speedup"] = report["reference"]["total_seconds"] / report["tfi"]["total_seconds"]
+        quality = [report[side]["seconds_to_quality"] for side in ("reference", "tfi")]
+        if None not in quality:
+            report["speedup_to_quality"] = quality[0] / quality[1]
+        report["test_f1_macro_difference"] = (
+            report["tfi"]["test_f1_macro"] - report["reference"]["test_f1_macro"]
+        )
+    return report
 
 
 def _in_child(function: Callable[..., Any], *args: Any) -> Any:
@@ -188,12 +195,9 @@ def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[st
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
     for pointer in (*_MLFLOW_POINTERS, STORAGE_ENV):
         os.environ.pop(pointer, None)
-    from optuna.trial import TrialState
-
-    from tfi import pipeline
+    from tfi.search import study as studies
+    from tfi.stages import prepare, select, train, tune
     from tfi.stages.context import Session
-    from tfi.stages.train import train
-    from tfi.stages.tune import tune
 
     config = load_config(config_path, **overrides)
     seconds: dict[str, float] = {}
@@ -208,37 +212,25 @@ def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[st
         seconds[stage] = time.perf_counter() - begun
         return result
 
-    prepared = timed("label", lambda: pipeline.prepare(session))
-    selected = timed("select", lambda: pipeline.select(session, prepared))
+    prepared = timed("label", lambda: prepare.run(session))
+    selected = timed("select", lambda: select.run(session, prepared))
     session.release()
-    tuned = timed("tune", lambda: tune(session, prepared, selected))
-    trained = timed("train", lambda: train(session, prepared, selected, tuned))
+    tune_started = datetime.now()  # Optuna stamps trials with naive local times
+    tuned = timed("tune", lambda: tune.run(session, prepared, selected))
+    trained = timed("train", lambda: train.run(session, prepared, selected, tuned))
     seconds["evaluate"] = seconds["train"] - trained.fit_seconds  # references, report, registry
     seconds["train"] = trained.fit_seconds
-
-    import optuna
-
-    study = optuna.load_study(study_name=session.study_name, storage=session.storage())
-    by_state: dict[str, list[float]] = {"complete": [], "pruned": []}
-    folds_run: Counter[int] = Counter()  # of pruned trials: how many folds each ran
-    for trial in study.trials:
-        if trial.duration and trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            by_state[trial.state.name.lower()].append(trial.duration.total_seconds())
-        if trial.state == TrialState.PRUNED:
-            folds_run[len(trial.intermediate_values)] += 1
+    shared = studies.load_study(session.storage(), session.study_name)
+    assert shared is not None  # tune.run made it
+    before_tune = seconds["load"] + seconds["label"] + seconds["select"]
     return {
         "seconds": seconds,
         "total_seconds": sum(seconds.values()),
         "n_features": len(selected.features),
-        "trials": {
-            "complete": len(by_state["complete"]),
-            "pruned": len(by_state["pruned"]),
-            "seconds_per_complete_trial": _mean(by_state["complete"]),
-            "seconds_per_pruned_trial": _mean(by_state["pruned"]),
-            "pruned_after_folds": {str(n): folds_run[n] for n in sorted(folds_run)},
-        },
+        "trials": trial_summary(shared.study.trials),
         "cv_f1_macro": tuned.best.value,
         "test_f1_macro": trained.metrics["test_f1_macro"],
+        "seconds_to_quality": time_to_quality(shared.study.trials, tune_started, before_tune),
         "peak_rss_gb": _peak_rss_gb(),
     }
 
@@ -250,10 +242,6 @@ def _run_reference(config_path: str, overrides: dict[str, Any]) -> dict[str, Any
     config = load_config(config_path, **overrides)
     result = reference.run(config, Path(config.data.source), config.tuning.n_trials)
     return {**result, "peak_rss_gb": _peak_rss_gb()}
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
 
 
 def _flatten(prefix: str, payload: Any) -> dict[str, float]:
@@ -269,9 +257,9 @@ def _flatten(prefix: str, payload: Any) -> dict[str, float]:
 
 def _log_report(report: dict[str, Any], output: str, run_id: str | None) -> None:
     """Record the report as a `bench` run in the user's tracking store."""
-    from tfi.tracking import runs as tracking
+    from tfi.tracking.runs import Tracker
 
-    tracker = tracking.Tracker("tfi-bench", run_id)
+    tracker = Tracker("tfi-bench", run_id)
     with tracker.run("bench", run_id=run_id) as run:
         run.log_params(
             {"rows": report["data"]["rows"], "features": report["data"]["features"],
@@ -280,12 +268,4 @@ def _log_report(report: dict[str, Any], output: str, run_id: str | None) -> None
              "reference": str("reference" in report).lower()}
         )  # fmt: skip
         run.log_metrics(_flatten("", {k: v for k, v in report.items() if k != "data"}))
-        run.client.log_artifact(run.id, output)
-
-
-if __name__ == "__main__":  # `python -m tfi.bench ...` is `python -m tfi bench ...`
-    import sys
-
-    from tfi.cli import main as cli_main
-
-    raise SystemExit(cli_main(["bench", *sys.argv[1:]]))
+        run.log_artifact(output)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import TimeSeriesSplit
 from sklearn.preprocessing import StandardScaler
 
+from tfi.bench.quality import time_to_quality, trial_summary
 from tfi.core.classes import lightgbm_classes
 from tfi.core.config import ExperimentConfig
 from tfi.core.data import FLOW, MarketData
@@ -48,6 +50,48 @@ def run(config: ExperimentConfig, data_path: Path, n_trials: int) -> dict[str, A
     seconds["load"] = time.perf_counter() - started
 
     started = time.perf_counter()
+    X_train, y_train, X_test, y_test = _labelled(frame, config)
+    seconds["label"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    selected = _lasso(X_train, y_train)
+    seconds["select"] = time.perf_counter() - started
+    log.info("reference: LassoCV kept %d features in %.1fs", len(selected), seconds["select"])
+
+    X_tuning, y_tuning = X_train[selected], pd.Series(y_train, index=X_train.index)
+    study = optuna.create_study(
+        direction="maximize", sampler=optuna.samplers.TPESampler(seed=config.tuning.seed)
+    )
+    tune_started = datetime.now()  # Optuna stamps trials with naive local times
+    started = time.perf_counter()
+    study.optimize(lambda trial: _objective(trial, X_tuning, y_tuning), n_trials=n_trials)
+    seconds["tune"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    final = _final_model(study.best_trial.params)
+    final.fit(X_train[selected], y_train)
+    seconds["train"] = time.perf_counter() - started
+    started = time.perf_counter()
+    predicted = final.predict(X_test[selected])
+    test_f1 = float(f1_score(y_test, predicted, average="macro"))
+    seconds["evaluate"] = time.perf_counter() - started
+
+    before_tune = seconds["load"] + seconds["label"] + seconds["select"]
+    return {
+        "seconds": seconds,
+        "total_seconds": sum(seconds.values()),
+        "n_features": len(selected),
+        "trials": trial_summary(study.trials),
+        "cv_f1_macro": float(study.best_value),
+        "test_f1_macro": test_f1,
+        "seconds_to_quality": time_to_quality(study.trials, tune_started, before_tune),
+    }
+
+
+def _labelled(
+    frame: pd.DataFrame, config: ExperimentConfig
+) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray]:
+    """The seed's training rows (all before the split) and tfi's test rows and classes."""
     flow = {name: frame[name].to_numpy() for name in FLOW}
     bars = MarketData(frame.index, np.empty((len(frame), 0), np.float32), (), flow, "", "")
     labelled = prepare_labels(bars, config)  # tfi's labels: the same test rows and classes
@@ -61,28 +105,20 @@ def run(config: ExperimentConfig, data_path: Path, n_trials: int) -> dict[str, A
     X_train, y_train = X[train_rows], lightgbm_classes(target[train_rows])
     X_test, y_test = X[test_rows], lightgbm_classes(target[test_rows])
     X_train = X_train.dropna(axis=1, how="all")
-    X_test = X_test[X_train.columns]
-    seconds["label"] = time.perf_counter() - started
+    return X_train, y_train, X_test[X_train.columns], y_test
 
-    started = time.perf_counter()
+
+def _lasso(X_train: pd.DataFrame, y_train: np.ndarray) -> list[str]:
+    """The seed's selection: standardised float64, LassoCV over TimeSeriesSplit(5)."""
     scaled = np.nan_to_num(StandardScaler().fit_transform(X_train))
     lasso = LassoCV(cv=TimeSeriesSplit(n_splits=5), n_jobs=-1, random_state=42, max_iter=1000)
     lasso.fit(scaled, y_train)
-    selected = X_train.columns[lasso.coef_ != 0].tolist()
-    seconds["select"] = time.perf_counter() - started
-    del scaled
-    log.info("reference: LassoCV kept %d features in %.1fs", len(selected), seconds["select"])
+    return X_train.columns[lasso.coef_ != 0].tolist()
 
-    X_tuning, y_tuning = X_train[selected], pd.Series(y_train, index=X_train.index)
-    study = optuna.create_study(
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=config.tuning.seed)
-    )
-    started = time.perf_counter()
-    study.optimize(lambda trial: _objective(trial, X_tuning, y_tuning), n_trials=n_trials)
-    seconds["tune"] = time.perf_counter() - started
 
-    best = study.best_trial.params
-    final = lgb.LGBMClassifier(
+def _final_model(best: dict[str, Any]) -> lgb.LGBMClassifier:
+    """The seed's final model: ``.get`` defaults drop the tuned reg_alpha and reg_lambda."""
+    return lgb.LGBMClassifier(
         objective="multiclass",
         num_class=3,
         random_state=42,
@@ -95,28 +131,6 @@ def run(config: ExperimentConfig, data_path: Path, n_trials: int) -> dict[str, A
         subsample=best.get("subsample", 0.8),
         colsample_bytree=best.get("colsample_bytree", 0.8),
     )
-    started = time.perf_counter()
-    final.fit(X_train[selected], y_train)
-    seconds["train"] = time.perf_counter() - started
-    started = time.perf_counter()
-    predicted = final.predict(X_test[selected])
-    test_f1 = float(f1_score(y_test, predicted, average="macro"))
-    seconds["evaluate"] = time.perf_counter() - started
-
-    durations = [t.duration.total_seconds() for t in study.trials if t.duration]
-    return {
-        "seconds": seconds,
-        "total_seconds": sum(seconds.values()),
-        "n_features": len(selected),
-        "trials": {
-            "complete": len(durations),
-            "pruned": 0,
-            "seconds_per_complete_trial": float(np.mean(durations)) if durations else None,
-            "seconds_per_pruned_trial": None,
-        },
-        "cv_f1_macro": float(study.best_value),
-        "test_f1_macro": test_f1,
-    }
 
 
 def _objective(trial: optuna.Trial, X: pd.DataFrame, y: pd.Series) -> float:

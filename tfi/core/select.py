@@ -86,26 +86,11 @@ def select_features(
     boundaries = sorted(
         {0, n, *(b for fold in folds for b in (fold.train_stop, fold.valid_start, fold.valid_stop))}
     )
-    targets = [np.asarray(y, dtype=np.float64)]
-    fold_columns = [0] * len(folds)  # which target each fold trains and validates on
-    if fold_y is not None:
-        for i, (fold, values) in enumerate(zip(folds, fold_y, strict=True)):
-            column = np.zeros(n)  # rows after valid_stop are outside the fold
-            column[: fold.valid_stop] = values[: fold.valid_stop]
-            targets.append(column)
-            fold_columns[i] = len(targets) - 1
+    targets, fold_columns = _targets(y, folds, fold_y)
     train_stops = sorted(fold.train_stop for fold in folds)
-    blocks = block_moments(X, np.column_stack(targets), boundaries, rows, train_stops)
-    extreme = extreme_columns(blocks)
-    if extreme.size:
-        names = [feature_names[j] for j in extreme]
-        log.warning(
-            "select: %s have values over %.0e times their usual spread in one stretch of "
-            "rows (a corrupt value?): left out of the LASSO, so never selected",
-            names,
-            EXTREME_SPREAD,
-        )
-        blocks = [block.without(extreme) for block in blocks]
+    blocks = _without_extremes(
+        block_moments(X, targets, boundaries, rows, train_stops), feature_names
+    )
     at = {b: i for i, b in enumerate(boundaries)}
 
     def span(start: int, stop: int) -> Moments:
@@ -134,6 +119,36 @@ def select_features(
     return LassoSelection(
         tuple(feature_names), alphas, float(alphas[best]), cv_mse, path, coef, selected, rule
     )
+
+
+def _targets(
+    y: np.ndarray, folds: Sequence[Fold], fold_y: Sequence[np.ndarray] | None
+) -> tuple[np.ndarray, list[int]]:
+    """Target columns (the training period's, then each fold's own) and each fold's column."""
+    n = len(y)
+    targets = [np.asarray(y, dtype=np.float64)]
+    fold_columns = [0] * len(folds)  # which target each fold trains and validates on
+    if fold_y is not None:
+        for i, (fold, values) in enumerate(zip(folds, fold_y, strict=True)):
+            column = np.zeros(n)  # rows after valid_stop are outside the fold
+            column[: fold.valid_stop] = values[: fold.valid_stop]
+            targets.append(column)
+            fold_columns[i] = len(targets) - 1
+    return np.column_stack(targets), fold_columns
+
+
+def _without_extremes(blocks: list[Moments], feature_names: Sequence[str]) -> list[Moments]:
+    """Leave out (with a warning) features whose spread in some block dwarfs their usual one."""
+    extreme = extreme_columns(blocks)
+    if not extreme.size:
+        return blocks
+    log.warning(
+        "select: %s have values over %.0e times their usual spread in one stretch of "
+        "rows (a corrupt value?): left out of the LASSO, so never selected",
+        [feature_names[j] for j in extreme],
+        EXTREME_SPREAD,
+    )
+    return [block.without(extreme) for block in blocks]
 
 
 def _apply_rules(

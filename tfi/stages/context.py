@@ -1,4 +1,4 @@
-"""What the stages of one command share: config, MLflow experiment, Optuna storage, the data.
+"""The stages' context: config, MLflow experiment, Optuna storage, the data, reuse keys.
 
 Also the identities that make reuse work: a stage's inputs digest is the data's content digest
 plus the config sections the stage depends on, and the default study name derives from the
@@ -14,19 +14,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from optuna.storages import RDBStorage
-from optuna.trial import FrozenTrial
 
 from tfi.core import data as data_io
+from tfi.core import logs
 from tfi.core.config import ExperimentConfig
 from tfi.core.data import MarketData
-from tfi.core.errors import StageError
-from tfi.core.labelled import LabelledData
 from tfi.core.uris import inside, sqlite_path
 from tfi.search import study as studies
-from tfi.tracking import registry
-from tfi.tracking import runs as tracking
+from tfi.tracking import store
+from tfi.tracking.runs import Tracker
 
 STORAGE_ENV = "TFI_OPTUNA_STORAGE"
 # Tuning fields that change how a study is run, not what it optimises.
@@ -64,7 +61,7 @@ class Session:
     """What the stages of one command share: config, MLflow experiment, storage, the data."""
 
     config: ExperimentConfig
-    tracker: tracking.Tracker
+    tracker: Tracker
     storage_uri: str
     digest: str
     _full: MarketData | None = field(default=None, repr=False)
@@ -78,8 +75,8 @@ class Session:
         invocation_run_id: str | None = None,
         storage: str | None = None,
     ) -> Session:
-        tracking.check_tracking()
-        tracker = tracking.Tracker(config.mlflow_experiment, invocation_run_id)
+        store.check_tracking()
+        tracker = Tracker(config.mlflow_experiment, invocation_run_id)
         return cls(
             config, tracker, resolve_storage(config, storage), data_io.source_digest(config.data)
         )
@@ -156,63 +153,13 @@ def resolve_storage(config: ExperimentConfig, override: str | None) -> str:
         if path is not None:  # a config file may not write outside the output location
             return f"sqlite:///{inside(config.output_dir, path, 'tuning.storage')}"
         return config.tuning.storage
-    tracking_file = sqlite_path(tracking.tracking_uri())
+    tracking_file = sqlite_path(store.tracking_uri())
     folder = tracking_file.parent if tracking_file else Path(config.output_dir)
     return f"sqlite:///{(folder / 'optuna.db').resolve()}"
 
 
-# --- stage outputs -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Prepared:
-    run_id: str
-    labelled: LabelledData
-
-
-@dataclass(frozen=True)
-class Selected:
-    run_id: str
-    features: tuple[str, ...]  # the champion's: chosen on every training row
-    # Each CV fold's own: chosen on that fold's training rows only.
-    fold_features: tuple[tuple[str, ...], ...]
-
-    @property
-    def tuning_features(self) -> tuple[str, ...]:
-        """Every feature some CV fold uses, in order of first use."""
-        return tuple(dict.fromkeys(name for own in self.fold_features for name in own))
-
-
-@dataclass(frozen=True)
-class Tuned:
-    run_id: str
-    study_name: str
-    best: FrozenTrial
-    # Persistence and majority class CV scores on the tuning folds; the best trial's
-    # out-of-fold predictions when this process ran it. None: the train stage recomputes them.
-    baselines: dict[str, float] | None = None
-    out_of_fold: list[tuple[np.ndarray, np.ndarray]] | None = None
-
-
-@dataclass(frozen=True)
-class Trained:
-    run_id: str
-    model_uri: str
-    promotion: registry.Promotion
-    metrics: dict[str, float]
-    fit_seconds: float
-    references: str = ""  # the test references table, markdown
-
-
-# --- prepare -------------------------------------------------------------------------------
-
-
-def check_alignment(data: MarketData, labelled: LabelledData) -> None:
-    if data.n_rows != len(labelled.timestamps) or not data.timestamps.equals(labelled.timestamps):
-        raise StageError(
-            f"{data.source} does not have the timestamps of the prepared labels: "
-            "the data changed since the prepare run"
-        )
-
-
-# --- tune ----------------------------------------------------------------------------------
+def configure_logging() -> None:
+    """One masked log stream for tfi, MLflow and Optuna (a command or a worker process)."""
+    secrets = logs.configure()
+    store.mask_mlflow_output(secrets)
+    studies.route_optuna_logs()

@@ -1,8 +1,8 @@
-"""Batch scoring with a registered model: validated input in, classes and probabilities out.
+"""The score stage: a registered model's classes and probabilities for validated input.
 
-Only ``models:/`` and ``runs:/`` URIs are accepted, so scoring loads models through the
-configured tracking store and registry and nowhere else. MLflow models execute code when loaded
-(this one is "models from code", others are pickles): load them only from a store you trust.
+The model loads through the configured store only (:class:`tfi.tracking.models.ServedModel`).
+Predictions are written atomically, never over the data being scored; the score run records
+the input dataset and the predicted class shares.
 """
 
 from __future__ import annotations
@@ -13,44 +13,26 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
 from tqdm import tqdm
 
-from tfi.core.classes import PROBABILITY_COLUMNS
+from tfi.core import data as data_io
+from tfi.core.classes import NAME_OF, PROBABILITY_COLUMNS
+from tfi.core.config import ExperimentConfig
 from tfi.core.data import MarketData
 from tfi.core.errors import StageError
+from tfi.tracking import runs as tracking
+from tfi.tracking import store
+from tfi.tracking.models import ServedModel
+from tfi.tracking.runs import Tracker
 
 log = logging.getLogger(__name__)
 
-ALLOWED_SCHEMES = ("models:/", "runs:/")
 OUTPUT_COLUMNS = ["prediction", *PROBABILITY_COLUMNS]  # as serving_model returns
 
 
-def load_model(uri: str) -> mlflow.pyfunc.PyFuncModel:
-    if not uri.startswith(ALLOWED_SCHEMES):
-        raise StageError(
-            f"model URI {uri!r} is not a registry or run URI ({', '.join(ALLOWED_SCHEMES)}): "
-            "tfi only loads models from the configured MLflow store"
-        )
-    try:
-        return mlflow.pyfunc.load_model(uri)
-    except MlflowException as exc:
-        raise StageError(f"cannot load model {uri}: {exc.message}") from None
-
-
-def model_features(model: mlflow.pyfunc.PyFuncModel) -> list[str]:
-    schema = model.metadata.get_input_schema()
-    if schema is None or not schema.has_input_names():
-        raise StageError("the model has no named input signature: not a tfi model")
-    return list(schema.input_names())
-
-
-def predict(
-    model: mlflow.pyfunc.PyFuncModel, data: MarketData, batch_rows: int = 100_000
-) -> pd.DataFrame:
+def predict(model: ServedModel, data: MarketData, batch_rows: int = 100_000) -> pd.DataFrame:
     """Predictions for every row, in batches: timestamp, prediction, p_sell, p_neutral, p_buy."""
     names = list(data.feature_names)
     parts = []
@@ -58,10 +40,7 @@ def predict(
         range(0, data.n_rows, batch_rows), desc="scoring", unit="batch", disable=None
     ):
         batch = pd.DataFrame(data.features[start : start + batch_rows], columns=names, copy=False)
-        try:
-            parts.append(model.predict(batch))
-        except MlflowException as exc:
-            raise StageError(f"the model rejected the input: {exc.message}") from None
+        parts.append(model.predict(batch))
     result = pd.concat(parts, ignore_index=True)[OUTPUT_COLUMNS]
     result.insert(0, "timestamp", data.timestamps)
     result["prediction"] = result["prediction"].astype(np.int8)
@@ -93,4 +72,31 @@ def write(result: pd.DataFrame, path: Path) -> Path:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+    return path
+
+
+def run(
+    config: ExperimentConfig,
+    model_uri: str | None,
+    output: str,
+    run_id: str | None,
+    batch_rows: int,
+) -> Path:
+    """Score the configured data with a registered model and write the predictions."""
+    path = check_output(output, data_io.source_files(config.data))
+    store.check_tracking()
+    uri = model_uri or f"models:/{config.registry.model_name}@{config.registry.champion_alias}"
+    model = ServedModel(uri)
+    data = data_io.load(config.data, features=model.features)
+    result = predict(model, data, batch_rows)
+    write(result, path)
+    tracker = Tracker(config.mlflow_experiment, run_id)
+    with tracker.run("score", run_id=run_id, tags={tracking.DATA_DIGEST: data.digest}) as run:
+        run.log_dataset(data, context="score")
+        run.log_params({"model_uri": uri, "output": str(path), "rows": data.n_rows})
+        shares = result["prediction"].value_counts(normalize=True)
+        run.log_metrics(
+            {f"share_{name}": float(shares.get(label, 0.0)) for label, name in NAME_OF.items()}
+        )
+    log.info("score: %d rows from %s -> %s", data.n_rows, uri, path)
     return path

@@ -22,10 +22,8 @@ from pathlib import Path
 import lightgbm as lgb
 import mlflow
 import pandas as pd
-from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
-from mlflow.models.model import ModelInfo
+from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
@@ -55,20 +53,28 @@ def signature(features: Sequence[str]) -> ModelSignature:
 
 @critical_section
 def log_model(
+    run_id: str,
     booster: lgb.Booster,
     features: Sequence[str],
     input_example: pd.DataFrame,
     report_dir: Path,
     decision_weights: Sequence[float] = (1.0, 1.0, 1.0),
-) -> ModelInfo:
-    """Log the pyfunc model in the active run, with the report files beside its MLmodel."""
+) -> str:
+    """Log the pyfunc model from run ``run_id``, with the report files beside its MLmodel.
+
+    Returns the logged model's URI.
+    """
     missing = [name for name in REPORT_FILES if not (report_dir / name).is_file()]
     if missing:
         raise StageError(f"cannot log the model without its report files {missing}")
     with tempfile.TemporaryDirectory() as tmp:
         booster_file = Path(tmp) / "booster.txt"
         booster.save_model(booster_file)
-        info = mlflow.pyfunc.log_model(
+        # Model.log with an explicit run: mlflow.pyfunc.log_model would need a global active run.
+        info = Model.log(
+            artifact_path=None,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
             name="model",
             python_model=str(SERVING_CODE),
             artifacts={"booster": str(booster_file)},
@@ -86,33 +92,55 @@ def log_model(
     absent = [name for name in REPORT_FILES if name not in present]
     if absent:
         raise StageError(f"model {info.model_uri} is missing {absent} after logging")
-    return info
+    return info.model_uri
 
 
 @dataclass(frozen=True)
 class Promotion:
     version: str
     alias: str
-    score: float | None  # the candidate's test macro-F1 on the rows compared with the champion
+    score: float | None  # the candidate's test metric on the rows compared with the champion
     champion_version: str | None
     champion_score: float | None
     reason: str
+    metric: str = "f1_macro"  # what score and champion_score measure
+
+
+@dataclass(frozen=True)
+class ChampionVersion:
+    """The registered champion a candidate is compared with."""
+
+    name: str
+    version: str
+    tags: dict[str, str]
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """Candidate and champion macro-F1 on the same test rows, unseen by both."""
+    """Candidate and champion on the same test rows, unseen by both: ``metric`` of each."""
 
     score: float
     champion_score: float
     rows: int
+    metric: str = "f1_macro"
+    higher_is_better: bool = True
+
+    @property
+    def better(self) -> bool:
+        if self.higher_is_better:
+            return self.score > self.champion_score
+        return self.score < self.champion_score
 
 
 @critical_section
 def register_and_promote(
     model_uri: str,
     config: RegistryConfig,
-    compare: Callable[[ModelVersion], Comparison],
+    compare: Callable[[ChampionVersion], Comparison],
     tags: Mapping[str, str],
     description: str,
     blocked: str | None = None,
@@ -132,7 +160,7 @@ def register_and_promote(
         for key, value in {
             "tfi.promotion": promotion.alias,
             "tfi.promotion_reason": promotion.reason,
-            "tfi.champion_test_f1_macro": promotion.champion_score,
+            f"tfi.champion_test_{promotion.metric}": promotion.champion_score,
         }.items():
             if value is not None:
                 client.set_model_version_tag(config.model_name, created.version, key, str(value))
@@ -149,7 +177,7 @@ def _decide(
     client: MlflowClient,
     config: RegistryConfig,
     version: str,
-    compare: Callable[[ModelVersion], Comparison],
+    compare: Callable[[ChampionVersion], Comparison],
     blocked: str | None,
 ) -> Promotion:
     try:
@@ -164,7 +192,7 @@ def _decide(
             version, config.champion_alias, None, None, None, "first version: champion"
         )
     try:
-        compared = compare(current)
+        compared = compare(ChampionVersion(current.name, current.version, dict(current.tags or {})))
     except StageError as exc:
         reason = (
             f"champion v{current.version} cannot be compared on unseen rows ({exc}); "
@@ -173,14 +201,20 @@ def _decide(
         if blocked:
             reason = f"{blocked}; {reason}"
         return Promotion(version, challenger, None, current.version, None, reason)
-    better = compared.score > compared.champion_score
+    better = compared.better
     verdict = "beats" if better else "does not beat"
     versus = (
-        f"test macro-F1 {compared.score:.4f} {verdict} champion v{current.version}'s "
+        f"test {compared.metric} {compared.score:.4f} {verdict} champion v{current.version}'s "
         f"{compared.champion_score:.4f} on {compared.rows} test rows neither trained on"
     )
     alias = config.champion_alias if better and not blocked else challenger
     reason = f"{blocked}; {versus}: {alias}" if blocked else f"{versus}: {alias}"
     return Promotion(
-        version, alias, compared.score, current.version, compared.champion_score, reason
+        version,
+        alias,
+        compared.score,
+        current.version,
+        compared.champion_score,
+        reason,
+        compared.metric,
     )

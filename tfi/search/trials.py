@@ -1,0 +1,180 @@
+"""The trial loop: workers claim queued trials, run them under a heartbeat, record the result.
+
+Workers claim waiting trials one at a time. Optuna's ``Study.ask`` would create a brand-new
+trial when another worker took the last waiting one, overshooting the budget; :func:`claim`
+takes only queued trials, with the storage's own compare-and-set (WAITING -> RUNNING). While a
+trial runs, a thread records its heartbeat; a trial whose heartbeat goes stale (its worker
+died) is failed and retried by :func:`reap`. Public Optuna API only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import fail_stale_trials
+from optuna.trial import FrozenTrial, TrialState
+
+from tfi.core import interrupts
+from tfi.core.interrupts import critical
+from tfi.core.uris import mask_text
+from tfi.search.study import SharedStudy, experimental_ok
+
+log = logging.getLogger(__name__)
+
+WORKER_ATTR = "tfi.worker"
+ERROR_ATTR = "tfi.error"
+
+
+class TrialHooks(Protocol):
+    """What the caller records around each trial (the tune stage: MLflow runs, progress)."""
+
+    def started(self, trial: optuna.Trial) -> None: ...
+
+    def finished(self, trial: FrozenTrial, error: str | None) -> None: ...
+
+
+def claim(shared: SharedStudy) -> optuna.Trial | None:
+    """Atomically take one waiting trial, or None when the queue is empty."""
+    storage = shared.storage
+    # A stop request during the claim waits for the trial loop, which records the trial.
+    with critical(reraise=False):
+        for waiting in storage.get_all_trials(
+            shared.study_id, deepcopy=False, states=(TrialState.WAITING,)
+        ):
+            trial_id = shared.trial_id(waiting.number)
+            try:
+                if not storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                    continue  # another worker took it
+            except UpdateFinishedTrialError:
+                continue
+            if storage.get_heartbeat_interval() is not None:
+                storage.record_heartbeat(trial_id)  # from now on a dead worker's trial goes stale
+            trial = optuna.Trial(shared.study, trial_id)
+            trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+            return trial
+    return None
+
+
+@contextmanager
+def heartbeat(shared: SharedStudy, trial_id: int) -> Iterator[None]:
+    """Record the trial's heartbeat every heartbeat interval while the block runs."""
+    interval = shared.storage.get_heartbeat_interval()
+    if interval is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            shared.storage.record_heartbeat(trial_id)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def reap(shared: SharedStudy, grace_seconds: float) -> None:
+    """Fail (and retry) the trials of dead workers.
+
+    A trial is dead when its heartbeat is stale, or when it has been running for longer than
+    the grace period without ever being marked by a worker (its worker died while claiming it).
+    """
+    storage = shared.storage
+    with experimental_ok():
+        fail_stale_trials(shared.study)
+    if storage.get_heartbeat_interval() is None:
+        return
+    cutoff = datetime.now() - timedelta(seconds=grace_seconds)
+    for trial in shared.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        unmarked = WORKER_ATTR not in trial.user_attrs
+        if unmarked and trial.datetime_start and trial.datetime_start < cutoff:
+            trial_id = shared.trial_id(trial.number)
+            try:
+                if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                    continue
+            except UpdateFinishedTrialError:
+                continue
+            log.warning("trial %d was claimed by a worker that died: retrying it", trial.number)
+            retry = storage.get_heartbeat_stale_trial_callback()
+            if retry is not None:
+                retry(shared.study, storage.get_trial(trial_id))
+
+
+def work(
+    shared: SharedStudy,
+    objective: Callable[[optuna.Trial], float],
+    hooks: TrialHooks,
+    wait_for_all: bool,
+    grace_seconds: float,
+    poll_seconds: float = 1.0,
+) -> None:
+    """Run queued trials until none is left; with ``wait_for_all`` also outlive other workers.
+
+    Waiting lets the command that opened a round finish it: it retries the trials of workers
+    that died (once their heartbeat is stale) and only returns when no trial is unfinished.
+    """
+    # Everything here but the model fitting is storage I/O: stop requests wait for it.
+    with critical():
+        while True:
+            interrupts.check()
+            reap(shared, grace_seconds)
+            trial = claim(shared)
+            if trial is not None:
+                _run_one(shared, trial, objective, hooks)
+                continue
+            if not wait_for_all or not shared.unfinished():
+                return
+            time.sleep(poll_seconds)
+
+
+def _run_one(
+    shared: SharedStudy,
+    trial: optuna.Trial,
+    objective: Callable[[optuna.Trial], float],
+    hooks: TrialHooks,
+) -> TrialState:
+    study = shared.study
+    error: str | None = None
+    value: float | None = None
+    try:
+        interrupts.check()
+        hooks.started(trial)
+        with heartbeat(shared, shared.trial_id(trial.number)):
+            try:
+                value = objective(trial)
+                state = TrialState.COMPLETE
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except Exception as exc:  # a failing trial is recorded; the study goes on
+                state = TrialState.FAIL
+                error = mask_text(f"{type(exc).__name__}: {exc}")
+                log.warning("trial %d failed: %s", trial.number, error)
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM): record the trial as failed, then stop.
+        with critical():
+            frozen = study.tell(trial, state=TrialState.FAIL)
+            hooks.finished(frozen, "interrupted")
+        raise
+    with critical():
+        if state == TrialState.COMPLETE:
+            frozen = study.tell(trial, value)
+        else:
+            if error:
+                trial.set_user_attr(ERROR_ATTR, error[:1000])
+            frozen = study.tell(trial, state=state)
+        hooks.finished(frozen, error)
+    return frozen.state

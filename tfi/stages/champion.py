@@ -1,0 +1,122 @@
+"""The champion fit: the best trial's complete parameters on every training row.
+
+Trains with the fixed parameters plus every tuned one and a tree count derived from the folds'
+best iterations. Its class decision (``tuning.decision``) is fitted on the best trial's
+out-of-fold CV predictions, never on test rows; the test period is predicted once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+
+from tfi.core import evaluate as ev
+from tfi.core.classes import lightgbm_classes
+from tfi.core.config import ExperimentConfig
+from tfi.core.cv import OutOfFold, cross_validate, lightgbm_params
+from tfi.core.data import MarketData
+from tfi.core.decision import Decision, decide
+from tfi.core.fit import champion_rounds, fit_booster
+from tfi.core.labelled import LabelledData
+from tfi.core.split import TEST, TRAIN
+from tfi.search.objective import fold_scores
+from tfi.stages.context import Session, available_cores
+from tfi.stages.cv_setup import cv_setup
+from tfi.stages.outputs import Prepared, Selected, Tuned
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainTest:
+    """The training and test rows of the selected features, as LightGBM sees them."""
+
+    train_rows: np.ndarray
+    test_rows: np.ndarray
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+
+    @classmethod
+    def of(cls, data: MarketData, labelled: LabelledData) -> TrainTest:
+        train_rows, test_rows = labelled.rows(TRAIN), labelled.rows(TEST)
+        return cls(
+            train_rows,
+            test_rows,
+            data.features[train_rows],
+            lightgbm_classes(labelled.target[train_rows]),
+            data.features[test_rows],
+            lightgbm_classes(labelled.target[test_rows]),
+        )
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The fitted champion and what it does on the test period."""
+
+    booster: lgb.Booster
+    params: dict[str, Any]
+    rounds: int
+    seconds: float
+    decision: Decision
+    proba: np.ndarray
+    predicted: np.ndarray  # class indices 0/1/2 after the decision
+    evaluation: ev.Evaluation
+
+
+def fit_champion(
+    cfg: ExperimentConfig, tuned: Tuned, split: TrainTest, out_of_fold: OutOfFold
+) -> Champion:
+    """The best trial's complete parameters (fixed plus tuned) on every training row."""
+    threads = available_cores()
+    params, max_rounds = lightgbm_params(
+        {**cfg.tuning.fixed_params, **tuned.best.params}, threads, cfg.tuning.seed
+    )
+    rounds = champion_rounds(
+        fold_scores(tuned.best), len(split.train_rows), cfg.training.round_scaling, max_rounds
+    )
+    started = time.perf_counter()
+    booster = fit_booster(split.X_train, split.y_train, params, rounds, cfg.tuning.max_bin, threads)
+    seconds = time.perf_counter() - started
+    decision = decide(cfg.tuning.decision, split.y_train, out_of_fold, cfg.tuning.metric)
+    proba = booster.predict(split.X_test)
+    predicted = decision.classes(proba)
+    evaluation = ev.evaluate(split.y_test, proba, predicted)
+    log.info(
+        "train: %d rounds in %.1fs; %s decision %s; test macro-F1 %.4f",
+        rounds,
+        seconds,
+        decision.rule,
+        np.round(decision.weights, 3).tolist(),
+        evaluation.metrics["f1_macro"],
+    )
+    return Champion(booster, params, rounds, seconds, decision, proba, predicted, evaluation)
+
+
+def cv_evidence(
+    session: Session, prepared: Prepared, selected: Selected, tuned: Tuned
+) -> tuple[dict[str, float], OutOfFold]:
+    """Rule baselines' CV scores and the best trial's out-of-fold predictions.
+
+    Taken from the tune stage of this command when it ran the best trial; otherwise the folds
+    are built again and the best parameters cross-validated once more (the same seed gives the
+    same fold models).
+    """
+    if tuned.baselines is not None and tuned.out_of_fold is not None:
+        return tuned.baselines, tuned.out_of_fold
+    cfg = session.config.tuning
+    setup = cv_setup(session, prepared, selected)
+    params, rounds = lightgbm_params(
+        {**cfg.fixed_params, **tuned.best.params}, session.threads, cfg.seed
+    )
+    log.info("train: cross-validating trial %d again for its decision", tuned.best.number)
+    out_of_fold: OutOfFold = []
+    for _ in cross_validate(params, rounds, setup.objective.folds, cfg, out_of_fold):
+        pass  # the fold scores are the best trial's own; only its predictions are needed
+    return setup.baselines, out_of_fold

@@ -1,0 +1,70 @@
+"""The CV set-up shared by the tune and train stages: fold Datasets, fold labels, baselines.
+
+Built once per process: every trial reuses the binned folds, and the train stage rebuilds the
+same folds when it needs the best trial's out-of-fold predictions again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tfi.core import evaluate as ev
+from tfi.core.classes import lightgbm_classes
+from tfi.core.cv import build_folds
+from tfi.core.data import MarketData
+from tfi.core.labelled import fold_labels, training_folds
+from tfi.core.labels import trailing_imbalance
+from tfi.core.split import TRAIN
+from tfi.search.objective import CVObjective
+from tfi.stages.context import Session
+from tfi.stages.outputs import Prepared, Selected, check_alignment
+
+
+@dataclass(frozen=True)
+class CVSetup:
+    """What every trial of this process shares, and what the tune run records about the folds."""
+
+    objective: CVObjective
+    data: MarketData
+    fold_thresholds: list[dict[str, Any]]
+    baselines: dict[str, float]  # persistence and majority class CV macro-F1
+
+
+def cv_setup(session: Session, prepared: Prepared, selected: Selected) -> CVSetup:
+    """Fold Datasets over the selected features, binned once for every trial of this process.
+
+    Also each fold's class thresholds (fitted on its own training rows, or rolling) and the
+    rule baselines' CV scores on the same folds and labels.
+    """
+    labelled = prepared.labelled
+    data = session.data(selected.tuning_features)
+    check_alignment(data, labelled)
+    rows = labelled.rows(TRAIN)
+    X = data.features[rows]
+    folds = training_folds(labelled, session.config.cv)
+    labels = fold_labels(labelled, folds)
+    fold_y = [lightgbm_classes(own.target) for own in labels]
+    position = {name: j for j, name in enumerate(data.feature_names)}
+    columns = [np.array([position[name] for name in own]) for own in selected.fold_features]
+    built = build_folds(X, fold_y, folds, session.config.tuning.max_bin, session.threads, columns)
+    trailing = trailing_imbalance(
+        data.flow["buy_qty"],
+        data.flow["sell_qty"],
+        data.flow["volume"],
+        session.config.labels.horizon,
+    )[rows]
+    baselines = ev.cv_baselines(
+        trailing,
+        labelled.row_thresholds[rows],
+        folds,
+        [(own.target, own.thresholds) for own in labels],
+    )
+    return CVSetup(
+        CVObjective(built, session.config.tuning, session.threads),
+        data,
+        [own.record(i) for i, own in enumerate(labels)],
+        baselines,
+    )

@@ -1,0 +1,142 @@
+"""The select stage: LASSO feature selection over purged folds; log the features and the path.
+
+The champion's selection runs over every training row. Each CV fold gets its own, over its own
+training rows only (with walk-forward folds inside them), so that no tuning fold trains on
+features chosen with its validation block or any row after it. Reusable like prepare.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from tfi.core.config import SelectionConfig
+from tfi.core.data import MarketData
+from tfi.core.labelled import LabelledData, fold_labels, training_folds
+from tfi.core.select import LassoSelection, coefficient_figure, path_figure, select_features
+from tfi.core.split import TRAIN, Fold
+from tfi.stages.context import Session
+from tfi.stages.outputs import Prepared, Selected, check_alignment
+from tfi.tracking import runs as tracking
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    session: Session,
+    prepared: Prepared,
+    parent_id: str | None = None,
+    run_id: str | None = None,
+) -> Selected:
+    """LASSO over the purged folds on training rows; log the features and the path."""
+    cfg = session.config
+    data = session.data()
+    labelled = prepared.labelled
+    check_alignment(data, labelled)
+    started = time.perf_counter()
+    folds = training_folds(labelled, cfg.cv)
+    selection = _lasso(data, labelled, folds, cfg.selection)
+    per_fold = [
+        _lasso(data, labelled, training_folds(labelled, cfg.cv, fold.train_stop), cfg.selection)
+        for fold in folds
+    ]
+    seconds = time.perf_counter() - started
+    log.info(
+        "select: alpha=%.4g keeps %d of %d features (%s) in %.1fs",
+        selection.alpha,
+        len(selection.selected),
+        len(data.feature_names),
+        selection.rule,
+        seconds,
+    )
+    if selection.rule != "lasso support":
+        log.warning("select: %s", selection.rule)
+    run_id = _log(session, prepared, data, folds, selection, per_fold, seconds, parent_id, run_id)
+    log.info(
+        "select: the CV folds keep %s features, each fold's chosen on its own training rows",
+        [len(own.selected) for own in per_fold],
+    )
+    return Selected(run_id, selection.selected, tuple(own.selected for own in per_fold))
+
+
+def _log(
+    session: Session,
+    prepared: Prepared,
+    data: MarketData,
+    folds: list[Fold],
+    selection: LassoSelection,
+    per_fold: list[LassoSelection],
+    seconds: float,
+    parent_id: str | None,
+    run_id: str | None,
+) -> str:
+    cfg = session.config
+    with session.tracker.run(
+        "select",
+        session.select_key,
+        parent_id,
+        run_id,
+        {tracking.DATA_DIGEST: session.digest, "tfi.prepare_run_id": prepared.run_id},
+    ) as run:
+        run.log_dataset(data, context="select")
+        run.log_params(
+            {
+                "target": cfg.selection.target,
+                "n_alphas": cfg.selection.n_alphas,
+                "eps": cfg.selection.eps,
+                "max_features": cfg.selection.max_features,
+                "min_features": cfg.selection.min_features,
+                "on_empty": cfg.selection.on_empty,
+                "cv_n_splits": cfg.cv.n_splits,
+                "n_features_in": len(data.feature_names),
+            }
+        )
+        run.log_metrics(
+            {
+                "alpha": selection.alpha,
+                "n_selected": len(selection.selected),
+                "n_lasso_nonzero": selection.n_lasso,
+                "cv_mse": float(selection.cv_mse.mean(axis=0).min()),
+                "select_seconds": seconds,
+                **{f"n_selected_fold_{i}": len(own.selected) for i, own in enumerate(per_fold)},
+            }
+        )
+        run.set_tags({"tfi.selection_rule": selection.rule})
+        run.log_dict(selection.report(), "selected_features.json")
+        run.log_dict(
+            [
+                {"fold": i, "training_rows": fold.train_stop, **own.report()}
+                for i, (fold, own) in enumerate(zip(folds, per_fold, strict=True))
+            ],
+            "fold_features.json",
+        )
+        run.log_figure(path_figure(selection), "lasso_path.png")
+        run.log_figure(coefficient_figure(selection), "coefficients.png")
+    return run.id
+
+
+def _lasso(
+    data: MarketData, labelled: LabelledData, folds: list[Fold], config: SelectionConfig
+) -> LassoSelection:
+    """LASSO selection on the training rows up to the last fold's validation stop."""
+    rows = labelled.rows(TRAIN)[: folds[-1].valid_stop]
+    if config.target == "class":
+        target = labelled.target[rows]
+        fold_y = [labels.target for labels in fold_labels(labelled, folds)]
+    else:  # the continuous imbalance needs no thresholds
+        target, fold_y = labelled.future_imbalance[rows], None
+    return select_features(data.features, target, folds, data.feature_names, config, rows, fold_y)
+
+
+def reuse(session: Session) -> Selected | None:
+    """The features of a finished select run with the same inputs, or None."""
+    found = session.tracker.find_finished("select", session.select_key)
+    if found is None:
+        return None
+    run_id = found.info.run_id
+    log.info("select: reusing run %s (same data, labels and selection config)", run_id)
+    report = session.tracker.load_json(run_id, "selected_features.json")
+    per_fold = session.tracker.load_json(run_id, "fold_features.json")
+    return Selected(
+        run_id, tuple(report["features"]), tuple(tuple(own["features"]) for own in per_fold)
+    )

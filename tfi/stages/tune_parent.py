@@ -1,0 +1,230 @@
+"""The study's parent run: its set-up, the untuned references, and the summary of the study.
+
+One parent run per study, recorded in the study itself (:data:`PARENT_ATTR`), so every command
+and worker that joins the study logs its trials under the same parent. The parent holds the
+study's set-up, the references' CV scores, and, once no trial is unfinished, the best trial,
+its parameters (``best_params.json``) and Optuna's plots.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+from optuna.trial import FrozenTrial, TrialState
+
+from tfi.core.cv import lightgbm_params, reference_cv
+from tfi.core.errors import StageError
+from tfi.core.uris import mask_uri
+from tfi.search import study as studies
+from tfi.search.objective import fold_scores
+from tfi.search.pruning import REFERENCE_ATTR
+from tfi.search.study import SharedStudy
+from tfi.search.trials import ERROR_ATTR
+from tfi.stages.context import Session
+from tfi.stages.cv_setup import CVSetup
+from tfi.stages.outputs import Prepared, Selected
+from tfi.tracking import runs as tracking
+from tfi.tracking.trials import close_orphan_trial_runs
+
+log = logging.getLogger(__name__)
+
+PARENT_ATTR = "mlflow_parent_run_id"
+SUMMARISED_TAG = "tfi.summarised_trials"
+
+
+def open_parent(
+    session: Session,
+    shared: SharedStudy,
+    prepared: Prepared,
+    selected: Selected,
+    parent_id: str | None,
+    run_id: str | None,
+) -> tuple[str, bool]:
+    """The study's one parent run, found by the study's record of it or created now."""
+    tracker = session.tracker
+    existing = shared.study.user_attrs.get(PARENT_ATTR)
+    if existing and tracker.status(existing) is not None:
+        tracker.resume(existing)
+        if run_id and run_id != existing:
+            # This command's own run (from `mlflow run`) records where its trials went.
+            tracker.tag(run_id, {tracking.STAGE: "tune-worker", tracking.TUNE_RUN: existing})
+        return existing, False
+    tags = {
+        tracking.STUDY: shared.name,
+        tracking.DATA_DIGEST: session.digest,
+        "tfi.prepare_run_id": prepared.run_id,
+        "tfi.select_run_id": selected.run_id,
+    }
+    run = tracker.open("tune", parent_id=parent_id, run_id=run_id, tags=tags)
+    run.log_params(_setup_params(session, shared, selected))
+    run.log_dict(
+        {
+            "select_run_id": selected.run_id,
+            "fold_features": [list(own) for own in selected.fold_features],
+        },
+        "selected_features.json",
+    )
+    shared.study.set_user_attr(PARENT_ATTR, run.id)
+    return run.id, True
+
+
+def _setup_params(session: Session, shared: SharedStudy, selected: Selected) -> dict[str, object]:
+    cfg = session.config
+    sampler, pruner = studies.sampler_and_pruner(cfg.tuning, 0)
+    return {
+        "study_name": shared.name,
+        "optuna_storage": mask_uri(session.storage_uri),
+        "metric": cfg.tuning.metric,
+        "direction": cfg.tuning.direction,
+        "sampler": type(sampler).__name__,
+        "pruner": type(pruner).__name__,
+        "early_stopping_rounds": cfg.tuning.early_stopping_rounds,
+        "cv_n_splits": cfg.cv.n_splits,
+        "max_bin": cfg.tuning.max_bin,
+        "seed": cfg.tuning.seed,
+        "n_features_per_fold": [len(own) for own in selected.fold_features],
+        "search_space": {k: v.model_dump() for k, v in cfg.tuning.search_space.items()},
+        "fixed_params": cfg.tuning.fixed_params,
+    }
+
+
+def record_references(session: Session, shared: SharedStudy, parent: str, setup: CVSetup) -> None:
+    """The tune data, fold thresholds and the references' CV scores, before the first trial.
+
+    The paired pruner compares every trial's folds with LightGBM's defaults' (kept in the
+    study), from the first trial on.
+    """
+    cfg = session.config.tuning
+    run = session.tracker.stage_run(parent)
+    run.log_dataset(setup.data, context="tune")
+    run.log_dict(setup.fold_thresholds, "fold_thresholds.json")
+    reference = reference_cv(setup.objective.folds, cfg, session.threads)
+    shared.study.set_user_attr(REFERENCE_ATTR, [getattr(fold, cfg.metric) for fold in reference])
+    run.log_metrics(
+        {
+            **setup.baselines,
+            "reference_lightgbm_defaults_cv_f1_macro": float(
+                np.mean([fold.f1_macro for fold in reference])
+            ),
+        }
+    )
+
+
+def summarise(session: Session, shared: SharedStudy, parent: str, round_: int) -> FrozenTrial:
+    """Summarise the study on its parent run once no trial is unfinished; return the best."""
+    tracker = session.tracker
+    study = shared.study
+    if shared.unfinished():
+        best = studies.best_trial(study)
+        if best is None:
+            raise StageError(f"study {shared.name} has no complete trial yet")
+        return best  # other workers are still at it; the last one summarises
+    close_orphan_trial_runs(tracker, study, parent, fold_scores)
+    trials = study.get_trials(deepcopy=False)
+    counts = {state: sum(t.state == state for t in trials) for state in TrialState}
+    best = studies.best_trial(study)
+    if best is not None and tracker.tags_of(parent).get(SUMMARISED_TAG) == str(len(trials)):
+        return best  # another command of this round summarised it already
+    run = tracker.stage_run(parent)
+    run.log_metrics(
+        {
+            "n_trials": len(trials),
+            "n_trials_complete": counts[TrialState.COMPLETE],
+            "n_trials_pruned": counts[TrialState.PRUNED],
+            "n_trials_failed": counts[TrialState.FAIL],
+        },
+        step=round_,
+    )
+    if best is None:
+        tracker.end(parent, "FAILED")
+        errors = {
+            t.number: t.user_attrs.get(ERROR_ATTR) for t in trials if t.state == TrialState.FAIL
+        }
+        raise StageError(
+            f"no trial of study {shared.name} completed ({counts[TrialState.FAIL]} failed, "
+            f"{counts[TrialState.PRUNED]} pruned); see the trial runs' tfi.error tags {errors}"
+        )
+    _log_best(session, run, shared, best, round_)
+    run.set_tags({SUMMARISED_TAG: len(trials)})
+    tracker.end(parent, "FINISHED")
+    log.info(
+        "tune: best cv_%s=%.4f (trial %d) after %d trials (%d pruned, %d failed)",
+        session.config.tuning.metric,
+        best.value,
+        best.number,
+        len(trials),
+        counts[TrialState.PRUNED],
+        counts[TrialState.FAIL],
+    )
+    return best
+
+
+def _log_best(
+    session: Session, run: tracking.StageRun, shared: SharedStudy, best: FrozenTrial, round_: int
+) -> None:
+    """The best trial: metrics, tags, ``best_params.json`` and the study's plots."""
+    cfg = session.config.tuning
+    scores = fold_scores(best)
+    run.log_metrics(
+        {f"best_cv_{cfg.metric}": best.value, "best_trial_number": best.number}, step=round_
+    )
+    run.set_tags(
+        {"tfi.best_trial": best.number, **{f"best.{k}": v for k, v in best.params.items()}}
+    )
+    full, rounds = lightgbm_params({**cfg.fixed_params, **best.params}, session.threads, cfg.seed)
+    run.log_dict(
+        {
+            "study": shared.name,
+            "trial": best.number,
+            "metric": cfg.metric,
+            "value": best.value,
+            "params": best.params,
+            "fixed_params": cfg.fixed_params,
+            "lightgbm_params": {k: v for k, v in full.items() if k != "num_threads"},
+            "max_rounds": rounds,
+            "fold_best_iterations": [s.best_iteration for s in scores],
+            "fold_train_rows": [s.n_train for s in scores],
+        },
+        "best_params.json",
+    )
+    for name, figure in _study_figures(shared):
+        run.log_figure(figure, f"plots/{name}.png")
+
+
+def _study_figures(shared: SharedStudy) -> Iterator[tuple[str, object]]:
+    """Optuna's own plots; importances and parallel coordinates need two complete trials."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    from optuna.visualization import matplotlib as optuna_plots
+
+    study = shared.study
+    trials = study.get_trials(deepcopy=False)
+    complete = sum(t.state == TrialState.COMPLETE for t in trials)
+    plots = {"optimization_history": optuna_plots.plot_optimization_history}
+    if complete >= 2:
+        plots["param_importances"] = optuna_plots.plot_param_importances
+        plots["parallel_coordinate"] = optuna_plots.plot_parallel_coordinate
+    for name, plot in plots.items():
+        # Optuna switches matplotlib to its ggplot style globally; rc_context puts it back, so
+        # later figures (the confusion matrix) do not get white grid lines through them.
+        with plt.rc_context():
+            try:
+                with studies.experimental_ok():
+                    axes = plot(study)
+            except (ValueError, RuntimeError) as exc:  # e.g. no parameter varied
+                log.info("tune: no %s plot: %s", name, exc)
+                continue
+            figure = np.ravel(axes)[0].figure
+            figure.set_size_inches(11, 6)
+            if name == "optimization_history":
+                axis = np.ravel(axes)[0]
+                axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+                axis.set_title(
+                    f"Optimisation history: {complete} complete trials; "
+                    f"{len(trials) - complete} pruned or failed not shown (no final value)"
+                )
+            figure.tight_layout()
+            yield name, figure
+            plt.close(figure)
