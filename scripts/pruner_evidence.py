@@ -1,6 +1,7 @@
 """What pruning costs: the same trials unpruned and under each pruner, side by side.
 
     python scripts/pruner_evidence.py --config experiments/binance.yaml --n-trials 50
+    python scripts/pruner_evidence.py --config experiments/default.yaml --set data.synthetic.signal=3
 
 Prepares and selects once (a throwaway MLflow store), then runs the study without pruning
 (seeded sampler) and replays exactly the same parameter sets, in the same order, under each
@@ -40,6 +41,9 @@ def main() -> None:
     parser.add_argument(
         "--pruners", nargs="+", default=["median", "paired"], help="e.g. median paired:0.005"
     )
+    parser.add_argument(
+        "--set", nargs="*", default=[], help="config overrides, e.g. data.synthetic.signal=3"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -51,7 +55,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.set_tracking_uri(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
         os.environ.pop("TFI_OPTUNA_STORAGE", None)
-        config = load_config(args.config, **{"tuning.n_trials": args.n_trials})
+        overrides = dict(item.split("=", 1) for item in args.set)
+        config = load_config(args.config, **{"tuning.n_trials": args.n_trials, **overrides})
         session = Session.open(config)
         prepared, selected = pipeline.upstream(session)
         setup = cv_setup(session, prepared, selected)
