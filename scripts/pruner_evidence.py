@@ -1,7 +1,7 @@
 """What pruning costs: the same trials unpruned and under each pruner, side by side.
 
     python scripts/pruner_evidence.py --config experiments/binance.yaml --n-trials 50
-    python scripts/pruner_evidence.py --config experiments/default.yaml --set data.synthetic.signal=3
+    python scripts/pruner_evidence.py --config experiments/default.yaml --set x.y=v ...
 
 Prepares and selects once (a throwaway MLflow store), then runs the study without pruning
 (seeded sampler) and replays exactly the same parameter sets, in the same order, under each

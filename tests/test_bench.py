@@ -93,7 +93,7 @@ def test_mlflow_run_bench_reports_into_its_own_run(store):
     assert run.data.tags["mlflow.project.entryPoint"] == "bench"
     assert run.data.tags["tfi.stage"] == "bench"
     assert run.data.params["n_trials"] == "2"
-    assert run.data.params["reference"] == "false"
+    assert run.data.params["reference_resolved"] == "false"  # mlflow logged the empty -P
     assert run.data.params["data_resolved"] == "synthetic"  # mlflow logged the empty -P
     assert run.data.metrics["tfi_total_seconds"] == pytest.approx(report["tfi"]["total_seconds"])
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["bench.json"]

@@ -207,9 +207,9 @@ def test_mlflow_run_main_then_score_as_the_readme_says(store):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["tune", "--n-trials", "-5"], "argument --n-trials: must be 0 (the config's) or more"),
+        (["tune", "--n-trials", "-5"], "argument --n-trials: must be 0 (the default) or more"),
         (["main", "--workers", "1.5"], "argument --workers: not a whole number: 1.5"),
-        (["score", "--batch-rows", "0"], "argument --batch-rows: must be 1 or more, got 0"),
+        (["score", "--batch-rows", "-1"], "argument --batch-rows: must be 0 (the default) or more"),
     ],
 )
 def test_bad_counts_on_the_command_line_are_refused(argv, message, capsys):

@@ -33,18 +33,11 @@ def _optional_str(value: str) -> str | None:
 
 
 def _optional_int(value: str) -> int | None:
-    """A count where 0 (what `mlflow run` passes for a default) means "the config's"."""
+    """A count where 0 (what `mlflow run` passes for a default) means the default."""
     number = _number(value)
     if number < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (the config's) or more, got {value}")
+        raise argparse.ArgumentTypeError(f"must be 0 (the default) or more, got {value}")
     return number or None
-
-
-def _positive_int(value: str) -> int:
-    number = _number(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return number
 
 
 def _number(value: str) -> int:
@@ -93,11 +86,15 @@ def _parser() -> argparse.ArgumentParser:
     tuning_options(main)
     registry_options(main)
 
-    score = stage("score", "score data with a registered model")
-    registry_options(score)
-    score.add_argument("--model-uri", type=_optional_str, help="default models:/NAME@champion")
-    score.add_argument("--output", default="predictions.parquet", help="output parquet path")
-    score.add_argument("--batch-rows", type=_positive_int, default=100_000)
+    scoring = stage("score", "score data with a registered model")
+    registry_options(scoring)
+    scoring.add_argument("--model-uri", type=_optional_str, help="default models:/NAME@champion")
+    scoring.add_argument(
+        "--output", type=_optional_str, help=f"output parquet path (default {score.OUTPUT})"
+    )
+    scoring.add_argument(
+        "--batch-rows", type=_optional_int, help=f"rows per batch (default {score.BATCH_ROWS})"
+    )
 
     commands.add_parser("bench", help="benchmark the pipeline: tfi bench --help")
     return parser
@@ -153,7 +150,13 @@ def _dispatch(args: argparse.Namespace, config: ExperimentConfig, run_id: str | 
         if adopted is None:  # mlflow run also points its child at "Default"
             os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     if args.command == "score":
-        score.run(config, args.model_uri, args.output, adopted, args.batch_rows)
+        score.run(
+            config,
+            args.model_uri,
+            args.output or score.OUTPUT,
+            adopted,
+            args.batch_rows or score.BATCH_ROWS,
+        )
     else:
         session = Session.open(config, adopted, getattr(args, "storage", None))
         run = {

@@ -48,14 +48,20 @@ _MLFLOW_POINTERS = (
 def main(argv: Sequence[str], run_id: str | None = None) -> int:
     """Run the benchmark; the report goes into ``run_id`` (``mlflow run``'s) or a new run."""
     parser = argparse.ArgumentParser(prog="tfi bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="experiments/drw.yaml")
+    # The defaults live here only: `mlflow run` passes "" or 0 for a parameter left out.
+    parser.add_argument("--config", default="", help="experiment YAML (default drw.yaml)")
     parser.add_argument("--data", default="", help="an existing parquet file (default: generate)")
-    parser.add_argument("--rows", type=lambda v: int(float(v)), default=525_600)
-    parser.add_argument("--features", type=lambda v: int(float(v)), default=780)
-    parser.add_argument("--n-trials", type=lambda v: int(float(v)), default=0)
-    parser.add_argument("--reference", default="false", choices=["true", "false"])
-    parser.add_argument("--output", default="bench.json")
+    parser.add_argument("--rows", type=_count, default=0, help="generated rows (default 525600)")
+    parser.add_argument("--features", type=_count, default=0, help="generated X columns (780)")
+    parser.add_argument("--n-trials", type=_count, default=0, help="(default: the config's)")
+    parser.add_argument("--reference", default="", choices=["true", "false", ""])
+    parser.add_argument("--output", default="", help="report file (default bench.json)")
     args = parser.parse_args(argv)
+    args.config = args.config or "experiments/drw.yaml"
+    args.rows = args.rows or 525_600
+    args.features = args.features or 780
+    args.reference = args.reference or "false"
+    args.output = args.output or "bench.json"
 
     config = load_config(args.config)
     n_trials = args.n_trials or config.tuning.n_trials
@@ -66,6 +72,10 @@ def main(argv: Sequence[str], run_id: str | None = None) -> int:
     print(text)  # noqa: T201 - the report is this command's output
     _log_report(report, args.output, run_id)
     return 0
+
+
+def _count(value: str) -> int:
+    return int(float(value))
 
 
 def _data(args: argparse.Namespace, config: ExperimentConfig, folder: Path) -> tuple[Path, str]:
