@@ -54,12 +54,20 @@ def main(argv: Sequence[str], run_id: str | None = None) -> int:
     parser.add_argument("--rows", type=_count, default=0, help="generated rows (default 525600)")
     parser.add_argument("--features", type=_count, default=0, help="generated X columns (780)")
     parser.add_argument("--n-trials", type=_count, default=0, help="(default: the config's)")
+    parser.add_argument(
+        "--signal",
+        type=float,
+        default=0.0,
+        help="strength of the generated data's latent pressure (default 1; stronger: models "
+        "keep learning for more rounds)",
+    )
     parser.add_argument("--reference", default="", choices=["true", "false", ""])
     parser.add_argument("--output", default="", help="report file (default bench.json)")
     args = parser.parse_args(argv)
     args.config = args.config or "experiments/drw.yaml"
     args.rows = args.rows or 525_600
     args.features = args.features or 780
+    args.signal = args.signal or 1.0
     args.reference = args.reference or "false"
     args.output = args.output or "bench.json"
 
@@ -88,6 +96,7 @@ def _data(args: argparse.Namespace, config: ExperimentConfig, folder: Path) -> t
         informative=16,
         collinear=24,
         seed=config.tuning.seed,
+        signal=args.signal,
     )
     data_path = folder / "bench.parquet"
     log.info("bench: writing %d x %d synthetic rows to %s", args.rows, args.features + 5, data_path)
@@ -115,6 +124,7 @@ def _compare(
             "source": args.data or "synthetic",
             "rows": args.rows,
             "features": args.features,
+            "signal": args.signal,
         },
         "config": args.config,
         "n_trials": n_trials,
@@ -273,6 +283,7 @@ def _log_report(report: dict[str, Any], output: str, run_id: str | None) -> None
     with tracker.run("bench", run_id=run_id) as run:
         run.log_params(
             {"rows": report["data"]["rows"], "features": report["data"]["features"],
+             "signal": report["data"]["signal"],
              "n_trials": report["n_trials"], "config": report["config"],
              "data": report["data"]["source"],
              "reference": str("reference" in report).lower()}

@@ -4,7 +4,7 @@ Optuna's storage has no lock, and tfi keeps to its public API. What the storage 
 through every backend, is one atomic create-if-absent: a study name is unique, so creating the
 study ``<name>::lock`` succeeds for exactly one caller, and deleting it releases the lock. A
 holder stamps its lock with the time, so a lock left by a killed command is broken once stale.
-``tests/test_faults.py`` pins the storage behaviour this relies on (a second create of the same
+``tests/test_search.py`` pins the storage behaviour this relies on (a second create of the same
 name raises ``DuplicatedStudyError``).
 """
 
