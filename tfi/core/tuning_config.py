@@ -104,7 +104,7 @@ class TuningConfig(StrictModel):
     fixed_params: dict[str, int | float | str | bool] = {}
     early_stopping_rounds: int = Field(20, ge=1)
     pruner: Literal["paired", "median", "percentile", "halving", "none"] = Field(
-        "median",
+        "paired",
         description="'paired': stop a trial at the first fold whose score is worse than the "
         "same fold's score of LightGBM's defaults or of the best complete trial by more than "
         "pruner_margin (from the first trial on); 'median' / 'percentile': stop it after a fold "
