@@ -61,6 +61,7 @@ def build_report(
     champion: Champion,
     baselines: dict[str, float],
 ) -> Report:
+    """The references on the test period, the per-period table, and the CV gate's verdict."""
     carried = _persistence(data, labelled, split, cfg)
     references = _references(split, carried, champion.proba, champion.decision, cfg)
     table = ev.reference_table({TUNED: champion.evaluation.metrics, **dict(references.values())})
