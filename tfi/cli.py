@@ -2,7 +2,7 @@
 
 The MLproject entry points call these commands. Empty strings and zeros, which ``mlflow run``
 passes for parameters left at their default, mean "the config's value". Expected failures
-(:class:`~tfi.errors.TfiError`) print one line and exit with status 2; Ctrl-C exits with 130.
+(:class:`~tfi.core.errors.TfiError`) print one line and exit with status 2; Ctrl-C exits with 130.
 """
 
 from __future__ import annotations

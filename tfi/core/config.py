@@ -81,7 +81,7 @@ class DataConfig(StrictModel):
     bar_features: bool = Field(
         False,
         description="add causal features of the flow columns (past imbalance over 1-240 "
-        "minutes, volume against its trailing hour and day, time of day; see tfi.bars); "
+        "minutes, volume against its trailing hour and day, time of day; see tfi.core.bars); "
         "kline sources always have them",
     )
     epoch_unit: Literal["s", "ms", "us", "ns"] | None = Field(

@@ -94,7 +94,7 @@ def build_folds(
     """Bin each fold once; trials then reuse the constructed Datasets.
 
     ``fold_y[i]`` holds fold ``i``'s class indices for rows ``[0, valid_stop)``: each fold has
-    its own labels (see :func:`tfi.prepare.fold_labels`). ``fold_columns[i]``, when given, are
+    its own labels (see :func:`tfi.core.labelled.fold_labels`). ``fold_columns[i]``, when given, are
     the columns of ``X`` fold ``i`` uses (its own feature selection).
     """
     params = dataset_params(max_bin, num_threads)

@@ -11,7 +11,7 @@ Contract:
   reported; non-numeric columns are not features and are reported.
 
 Only the needed columns are read, batch by batch, straight into one float32 array, so memory
-stays at the size of the data itself. Every violation raises :class:`~tfi.errors.DataError`
+stays at the size of the data itself. Every violation raises :class:`~tfi.core.errors.DataError`
 with a message that names the file, the column and the first offending rows.
 """
 
@@ -104,7 +104,7 @@ def _load_klines(
     check_timestamps(stamps, name)  # the rolling features need time order
     flow = klines.flow(columns, name)
     features = bars.bar_features(stamps, {**columns, **flow})
-    raw = {col: "raw kline column: its causal features (tfi.bars) are used" for col in columns}
+    raw = {col: "raw kline column: its causal features (tfi.core.bars) are used" for col in columns}
     usable = [col for col in features if col not in config.exclude]
     feature_names, dropped = choose(name, features, usable, wanted, raw)
     return assemble_arrays(

@@ -130,7 +130,7 @@ def assemble(
 
     ``requested``: the caller named the features it needs (a model's inputs), so an all-NaN
     column is kept (valid input) rather than dropped. ``derived``: causal flow features
-    (:mod:`tfi.bars`) computed from the validated flow columns, after the source's features.
+    (:mod:`tfi.core.bars`) computed from the validated flow columns, after the source's features.
     """
     stamps = stamps.as_unit("ns")
     check_timestamps(stamps, name)

@@ -3,7 +3,7 @@
 Self-contained on purpose: it imports only LightGBM, NumPy, pandas and MLflow, so the logged
 model loads wherever those are installed, without tfi. The booster travels as LightGBM's own
 text file (an artifact); the feature list and the class decision's weights (fitted on
-out-of-fold CV predictions, see ``tfi.decision``) are the model config. The decided class is
+out-of-fold CV predictions, see ``tfi.core.decision``) are the model config. The decided class is
 ``argmax(probabilities * weights)``; the probabilities are returned as LightGBM gives them.
 """
 
