@@ -1,8 +1,8 @@
 """The prepare stage's pure core: labels, periods and thresholds for validated market data.
 
-Reads a :class:`~tfi.core.market.MarketData`, returns :class:`LabelledData`. The label table it produces
-(``labels.parquet`` in MLflow) is what every later stage trains and evaluates on, and it can be
-read back with :meth:`LabelledData.from_table`.
+Reads a :class:`~tfi.core.market.MarketData`, returns :class:`LabelledData`. The label table it
+produces (``labels.parquet`` in MLflow) is what every later stage trains and evaluates on, and
+it can be read back with :meth:`LabelledData.from_table`.
 """
 
 from __future__ import annotations
