@@ -69,3 +69,35 @@ def test_a_running_trial_keeps_beating_until_it_ends(shared):
         assert shared.storage.beats.acquire(timeout=30)
         assert shared.storage.beats.acquire(timeout=30)
     assert not [t for t in threading.enumerate() if t.name.startswith("heartbeat-")]
+
+
+class _Hooks:
+    """Trial hooks that only remember which trials they were told had finished."""
+
+    def __init__(self):
+        self.done: list[int] = []
+
+    def started(self, trial) -> None:
+        pass
+
+    def finished(self, trial, error) -> None:
+        self.done.append(trial.number)
+
+
+def test_a_trial_failed_by_another_worker_meanwhile_does_not_stop_this_one(shared):
+    """A worker whose trial was reaped as stale (and queued for retry) goes on with the next."""
+    for _ in range(2):
+        shared.study.enqueue_trial({})
+
+    def objective(running):
+        if running.number == 0:  # another worker reaps trial 0 while it runs
+            shared.storage.set_trial_state_values(
+                shared.trial_id(running.number), state=TrialState.FAIL
+            )
+        return 0.5
+
+    hooks = _Hooks()
+    trials.work(shared, objective, hooks, wait_for_all=False, grace_seconds=60)
+    assert hooks.done == [1]  # trial 0's result is not this worker's to record
+    states = [t.state for t in shared.study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE]

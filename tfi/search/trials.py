@@ -75,8 +75,12 @@ def heartbeat(shared: SharedStudy, trial_id: int) -> Iterator[None]:
     stop = threading.Event()
 
     def beat() -> None:
-        while not stop.wait(interval):
+        # At once, then every interval: the claim's beat may be a while ago already (the trial's
+        # MLflow run was created since), and a gap over the grace period reads as a dead worker.
+        while True:
             shared.storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
     thread.start()
@@ -170,11 +174,22 @@ def _run_one(
             hooks.finished(frozen, "interrupted")
         raise
     with critical():
-        if state == TrialState.COMPLETE:
-            frozen = study.tell(trial, value)
-        else:
-            if error:
-                trial.set_user_attr(ERROR_ATTR, error[:1000])
-            frozen = study.tell(trial, state=state)
+        try:
+            if shared.storage.get_trial(shared.trial_id(trial.number)).state.is_finished():
+                raise UpdateFinishedTrialError(f"trial {trial.number} is finished")
+            if state == TrialState.COMPLETE:
+                frozen = study.tell(trial, value)
+            else:
+                if error:
+                    trial.set_user_attr(ERROR_ATTR, error[:1000])
+                frozen = study.tell(trial, state=state)
+        except UpdateFinishedTrialError:
+            # Another worker took this one for dead (its heartbeat went stale) and queued a
+            # retry; the summary closes its MLflow run as failed.
+            log.warning(
+                "trial %d was failed by another worker meanwhile: its retry runs instead",
+                trial.number,
+            )
+            return TrialState.FAIL
         hooks.finished(frozen, error)
     return frozen.state
