@@ -26,7 +26,6 @@ from scipy.linalg import LinAlgError, cholesky, solve_triangular
 from scipy.linalg.blas import ssyrk
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import lasso_path
-from threadpoolctl import threadpool_limits
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +200,7 @@ def lasso_coefficients(problem: Standardised, alphas: np.ndarray) -> np.ndarray:
     # With X̃ = √p·Lᵀ and ỹ = √p·L⁻¹r: X̃ᵀX̃/p = S and X̃ᵀỹ/p = r, the same objective.
     X_surrogate = np.sqrt(p) * L.T
     y_surrogate = np.sqrt(p) * solve_triangular(L, problem.r, lower=True)
-    # Coordinate descent calls BLAS on one column at a time: threads only add overhead there.
-    with warnings.catch_warnings(record=True) as caught, threadpool_limits(1, user_api="blas"):
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         _, coefs, _ = lasso_path(
             X_surrogate, y_surrogate, alphas=alphas, precompute=True, max_iter=_MAX_ITER
