@@ -239,7 +239,7 @@ def test_a_lock_left_without_its_stamp_is_broken(store, monkeypatch):
     """A kill between the lock's two writes left a lock no command could take: now it is broken."""
     storage = optuna.storages.RDBStorage(f"sqlite:///{store / 'optuna.db'}")
     study = optuna.create_study(study_name="locked", storage=storage)
-    shared = studies.SharedStudy(study, storage, storage.get_study_id_from_name("locked"))
+    shared = studies.SharedStudy.of(study, storage)
     storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "locked::lock")  # no stamp
     monkeypatch.setattr(lock, "UNSTAMPED_SECONDS", 0.5)
     started = time.monotonic()

@@ -32,7 +32,7 @@ class _CountingStorage(RDBStorage):
 def shared(tmp_path) -> SharedStudy:
     storage = _CountingStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
     study = optuna.create_study(study_name="s", storage=storage)
-    return SharedStudy(study, storage, storage.get_study_id_from_name("s"))
+    return SharedStudy.of(study, storage)
 
 
 def test_the_lock_relies_on_a_study_name_being_created_once(shared):

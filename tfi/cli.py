@@ -14,18 +14,16 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tfi import pipeline
 from tfi.core import interrupts
 from tfi.core.config import DEFAULT_CONFIG, ExperimentConfig, load_config
 from tfi.core.errors import TfiError
 from tfi.core.uris import mask_text
-from tfi.stages import score
-from tfi.stages.context import Session, configure_logging
-from tfi.tracking import store
 
 log = logging.getLogger("tfi")
 
 STAGES = ("prepare", "select", "tune", "train", "main")
+SCORE_OUTPUT = "predictions.parquet"
+SCORE_BATCH_ROWS = 100_000
 
 
 def _optional_str(value: str) -> str | None:
@@ -90,10 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     registry_options(scoring)
     scoring.add_argument("--model-uri", type=_optional_str, help="default models:/NAME@champion")
     scoring.add_argument(
-        "--output", type=_optional_str, help=f"output parquet path (default {score.OUTPUT})"
+        "--output", type=_optional_str, help=f"output parquet path (default {SCORE_OUTPUT})"
     )
     scoring.add_argument(
-        "--batch-rows", type=_optional_int, help=f"rows per batch (default {score.BATCH_ROWS})"
+        "--batch-rows", type=_optional_int, help=f"rows per batch (default {SCORE_BATCH_ROWS})"
     )
 
     commands.add_parser("bench", help="benchmark the pipeline: tfi bench --help")
@@ -115,9 +113,12 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = None if argv[:1] == ["bench"] else _parser().parse_args(argv)
+    # MLflow, Optuna and LightGBM load only now: a bad argument fails in a fraction of a second.
+    from tfi.stages.context import configure_logging
+
     configure_logging()
-    # `mlflow run` hands its run over in MLFLOW_RUN_ID; taken here so that no other
-    # start_run() picks it up by accident.
+    # `mlflow run` hands its run over in MLFLOW_RUN_ID; taken here so that no MLflow call
+    # picks it up by accident.
     invocation_run = os.environ.pop("MLFLOW_RUN_ID", None)
     interrupts.install()
     if args is None:  # bench has its own options: see `tfi bench --help`
@@ -134,6 +135,8 @@ def _exit_status(command: Callable[[], object], invocation_run: str | None) -> i
     except TfiError as exc:
         message = mask_text(str(exc))
         log.error("%s", message)
+        from tfi.tracking import store
+
         store.mark_failed(invocation_run, message)
         return 2
     except KeyboardInterrupt:
@@ -143,6 +146,11 @@ def _exit_status(command: Callable[[], object], invocation_run: str | None) -> i
 
 
 def _dispatch(args: argparse.Namespace, config: ExperimentConfig, run_id: str | None) -> None:
+    from tfi import pipeline
+    from tfi.stages import score
+    from tfi.stages.context import Session
+    from tfi.tracking import store
+
     adopted = None
     if run_id:  # `mlflow run`'s run: the stage's own, unless it sits in "Default"
         store.check_tracking()
@@ -153,9 +161,9 @@ def _dispatch(args: argparse.Namespace, config: ExperimentConfig, run_id: str | 
         score.run(
             config,
             args.model_uri,
-            args.output or score.OUTPUT,
+            args.output or SCORE_OUTPUT,
             adopted,
-            args.batch_rows or score.BATCH_ROWS,
+            args.batch_rows or SCORE_BATCH_ROWS,
         )
     else:
         session = Session.open(config, adopted, getattr(args, "storage", None))

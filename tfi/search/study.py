@@ -47,6 +47,10 @@ class SharedStudy:
     storage: RDBStorage
     study_id: int
 
+    @classmethod
+    def of(cls, study: optuna.Study, storage: RDBStorage) -> SharedStudy:
+        return cls(study, storage, storage.get_study_id_from_name(study.study_name))
+
     @property
     def name(self) -> str:
         return self.study.study_name
@@ -147,7 +151,7 @@ def open_study(
             f"metric {config.metric} needs {config.direction}: choose another study name"
         )
     require_inputs(study, inputs)
-    return SharedStudy(study, storage, storage.get_study_id_from_name(name))
+    return SharedStudy.of(study, storage)
 
 
 def load_study(storage: RDBStorage, name: str) -> SharedStudy | None:
@@ -156,7 +160,7 @@ def load_study(storage: RDBStorage, name: str) -> SharedStudy | None:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return None
-    return SharedStudy(study, storage, storage.get_study_id_from_name(name))
+    return SharedStudy.of(study, storage)
 
 
 def require_inputs(study: optuna.Study, inputs: str) -> None:

@@ -152,12 +152,13 @@ def _run_one(
     hooks: TrialHooks,
 ) -> TrialState:
     study = shared.study
+    trial_id = shared.trial_id(trial.number)
     error: str | None = None
     value: float | None = None
     try:
         interrupts.check()
         hooks.started(trial)
-        with heartbeat(shared, shared.trial_id(trial.number)):
+        with heartbeat(shared, trial_id):
             try:
                 value = objective(trial)
                 state = TrialState.COMPLETE
@@ -174,18 +175,8 @@ def _run_one(
             hooks.finished(frozen, "interrupted")
         raise
     with critical():
-        try:
-            if shared.storage.get_trial(shared.trial_id(trial.number)).state.is_finished():
-                raise UpdateFinishedTrialError(f"trial {trial.number} is finished")
-            if state == TrialState.COMPLETE:
-                frozen = study.tell(trial, value)
-            else:
-                if error:
-                    trial.set_user_attr(ERROR_ATTR, error[:1000])
-                frozen = study.tell(trial, state=state)
-        except UpdateFinishedTrialError:
-            # Another worker took this one for dead (its heartbeat went stale) and queued a
-            # retry; the summary closes its MLflow run as failed.
+        frozen = _record(shared, trial, trial_id, state, value, error)
+        if frozen is None:
             log.warning(
                 "trial %d was failed by another worker meanwhile: its retry runs instead",
                 trial.number,
@@ -193,3 +184,28 @@ def _run_one(
             return TrialState.FAIL
         hooks.finished(frozen, error)
     return frozen.state
+
+
+def _record(
+    shared: SharedStudy,
+    trial: optuna.Trial,
+    trial_id: int,
+    state: TrialState,
+    value: float | None,
+    error: str | None,
+) -> FrozenTrial | None:
+    """Tell Optuna the trial's result; None if another worker failed it meanwhile.
+
+    A worker that took this trial for dead (its heartbeat went stale) has queued a retry; the
+    summary closes the trial's MLflow run as failed.
+    """
+    if shared.storage.get_trial(trial_id).state.is_finished():
+        return None  # Optuna's tell refuses a finished trial
+    try:
+        if state == TrialState.COMPLETE:
+            return shared.study.tell(trial, value)
+        if error:
+            trial.set_user_attr(ERROR_ATTR, error[:1000])
+        return shared.study.tell(trial, state=state)
+    except UpdateFinishedTrialError:  # failed between the check and the write
+        return None

@@ -30,11 +30,9 @@ from tfi.tracking.runs import Tracker
 log = logging.getLogger(__name__)
 
 OUTPUT_COLUMNS = ["prediction", *PROBABILITY_COLUMNS]  # as serving_model returns
-OUTPUT = "predictions.parquet"
-BATCH_ROWS = 100_000
 
 
-def predict(model: ServedModel, data: MarketData, batch_rows: int = BATCH_ROWS) -> pd.DataFrame:
+def predict(model: ServedModel, data: MarketData, batch_rows: int) -> pd.DataFrame:
     """Predictions for every row, in batches: timestamp, prediction, p_sell, p_neutral, p_buy."""
     names = list(data.feature_names)
     parts = []

@@ -31,7 +31,7 @@ from tfi.stages.outputs import Prepared, Selected, Tuned
 from tfi.tracking import runs as tracking
 from tfi.tracking import store
 from tfi.tracking.runs import Tracker
-from tfi.tracking.trials import TrialRuns, trial_metrics
+from tfi.tracking.trials import TrialRuns
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +124,8 @@ class _ProgressHooks:
         self.runs.started(trial)
 
     def finished(self, trial: FrozenTrial, error: str | None) -> None:
-        self.runs.finished(trial, error)
+        metrics = self.runs.finished(trial, error)
         best = studies.best_trial(self.study)
-        metrics = trial_metrics(trial, fold_scores(trial))
         if trial.state == TrialState.COMPLETE and best is not None:
             # The parent's metric history is the optimisation history in the run's charts.
             self.parent.log_metrics(

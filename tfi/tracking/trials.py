@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import optuna
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
@@ -46,15 +46,18 @@ class TrialRuns:
         trial.set_user_attr(RUN_ATTR, run_id)
 
     @critical_section
-    def finished(self, trial: FrozenTrial, error: str | None) -> None:
+    def finished(self, trial: FrozenTrial, error: str | None) -> dict[str, float]:
+        """Record the trial on its run and end the run; returns the trial's metrics."""
+        metrics = trial_metrics(trial, self.folds_of(trial))
         run_id = trial.user_attrs.get(RUN_ATTR)
         if run_id is None:
-            return
-        record_trial(self.client, run_id, trial, self.folds_of(trial), error)
+            return metrics
+        record_trial(self.client, run_id, trial, metrics, error)
         status = RunStatus.FINISHED
         if trial.state == TrialState.FAIL:
             status = RunStatus.KILLED if error == "interrupted" else RunStatus.FAILED
         self.client.set_terminated(run_id, RunStatus.to_string(status))
+        return metrics
 
 
 def trial_metrics(trial: FrozenTrial, folds: Sequence[FoldScore]) -> dict[str, float]:
@@ -85,7 +88,7 @@ def record_trial(
     client: MlflowClient,
     run_id: str,
     trial: FrozenTrial,
-    folds: Sequence[FoldScore],
+    metrics: Mapping[str, float],
     error: str | None,
 ) -> None:
     """Params, metrics and state of a trial; a pruned or failed trial says so in its name."""
@@ -97,7 +100,7 @@ def record_trial(
     now = now_ms()
     client.log_batch(
         run_id,
-        metrics=[Metric(k, v, now, 0) for k, v in trial_metrics(trial, folds).items()],
+        metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
         params=[Param(k, param_value(v)) for k, v in trial.params.items()],
         tags=[RunTag(k, v) for k, v in tags.items()],
     )
@@ -167,9 +170,8 @@ def close_orphan_trial_runs(
                 tracker.client, experiment_id, parent_run_id, study.study_name, trial.number
             )
         )
-        record_trial(
-            tracker.client, run_id, trial, folds_of(trial), "its worker stopped; the trial failed"
-        )
+        metrics = trial_metrics(trial, folds_of(trial))
+        record_trial(tracker.client, run_id, trial, metrics, "its worker stopped; the trial failed")
         tracker.end(run_id, "FAILED")
         closed += 1
     return closed
