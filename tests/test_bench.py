@@ -81,6 +81,7 @@ def test_mlflow_run_bench_reports_into_its_own_run(store):
     team_storage = store / "team-optuna.db"
     mlflow_run(
         store, "bench", "rows=6000", "features=60", "n_trials=2", f"output={output}",
+        "set=tuning.max_bin=31 labels.horizon=3",
         env={"TFI_OPTUNA_STORAGE": f"sqlite:///{team_storage}"},
     )  # fmt: skip
     assert not team_storage.exists()
@@ -93,6 +94,8 @@ def test_mlflow_run_bench_reports_into_its_own_run(store):
     assert run.data.tags["mlflow.project.entryPoint"] == "bench"
     assert run.data.tags["tfi.stage"] == "bench"
     assert run.data.params["n_trials"] == "2"
+    assert report["overrides"] == {"tuning.max_bin": "31", "labels.horizon": "3"}
+    assert run.data.params["overrides"] == "tuning.max_bin=31 labels.horizon=3"
     assert run.data.params["reference_resolved"] == "false"  # mlflow logged the empty -P
     assert run.data.params["data_resolved"] == "synthetic"  # mlflow logged the empty -P
     assert run.data.metrics["tfi_total_seconds"] == pytest.approx(report["tfi"]["total_seconds"])
@@ -106,6 +109,12 @@ def test_a_bad_bench_option_is_one_clear_error(store):
     )  # fmt: skip
     assert done.returncode == 2
     assert "tfi bench: error: argument --rows" in done.stderr
+    done = subprocess.run(
+        [PYTHON, "-m", "tfi", "bench", "--set", "tuning.pruner"],
+        cwd=store, env=subprocess_env(store), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "tfi bench: error: --set takes KEY=VALUE, got 'tuning.pruner'" in done.stderr
 
 
 def _children(pid: int) -> list[int]:

@@ -6,7 +6,7 @@ import pytest
 
 from tfi.core import synthetic
 from tfi.core.config import SyntheticSpec
-from tfi.core.decision import ARGMAX, decide, fit_weights, prior_decision
+from tfi.core.decision import ARGMAX, Decision, decide, fit_weights, prior_decision
 from tfi.core.evaluate import by_period, carried_class, macro_f1
 from tfi.core.labels import (
     RowThresholds,
@@ -113,6 +113,16 @@ def test_fitted_weights_beat_argmax_on_macro_f1():
     fitted = np.argmax(proba * np.array(weights), axis=1)
     assert macro_f1(y, fitted) > macro_f1(y, proba.argmax(axis=1)) + 0.05
     assert weights[1] == 1.0 and weights[0] > 1 and weights[2] > 1
+
+
+def test_fitted_weights_are_the_best_of_the_grid_as_the_served_decision_applies_them():
+    """The search scores each weight pair as Decision.classes (argmax) would: none beats it."""
+    y, proba = _prior_heavy()
+    best = macro_f1(y, Decision("fitted", fit_weights(y, proba, "f1_macro")).classes(proba))
+    for log_sell in np.linspace(-3, 3, 25):
+        for log_buy in np.linspace(-3, 3, 25):
+            weights = (float(np.exp(log_sell)), 1.0, float(np.exp(log_buy)))
+            assert macro_f1(y, Decision("grid", weights).classes(proba)) <= best + 1e-12
 
 
 def test_decide_falls_back_to_the_training_prior_without_out_of_fold_predictions():

@@ -10,8 +10,14 @@ from tfi.core.config import DataConfig, SelectionConfig, SyntheticSpec
 from tfi.core.data import load
 from tfi.core.errors import SelectionError
 from tfi.core.labelled import prepare_labels, training_folds
-from tfi.core.lasso import block_moments, lasso_coefficients, standardise, validation_mse
-from tfi.core.select import _apply_rules, select_features
+from tfi.core.lasso import (
+    LassoPath,
+    block_moments,
+    lasso_coefficients,
+    standardise,
+    validation_mse,
+)
+from tfi.core.select import SelectionProblem, _apply_rules, select_features, select_nested
 from tfi.core.split import TRAIN, Fold
 
 
@@ -54,6 +60,73 @@ def test_fold_path_and_validation_error_match_scikit_learn():
         np.testing.assert_allclose(coefs[:, k], lasso.coef_, atol=1e-5)
         mse = np.mean((y[1000:2000] - lasso.predict(scaler.transform(filled[1000:2000]))) ** 2)
         assert validation_mse(train, coefs, blocks[2])[k] == pytest.approx(mse, rel=1e-5)
+
+
+def test_a_path_solved_in_stretches_equals_one_call_over_the_grid():
+    X, y = _problem(p=30)
+    X[:, 10:20] = X[:, :10] + 0.1 * np.nan_to_num(X[:, 10:20])  # collinear: a slow path
+    train = standardise(block_moments(X, y[:, None], [0, 2000])[0].target(0))
+    alphas = np.geomspace(0.5, 0.0005, 12)
+    path = LassoPath(train)
+    stretched = np.hstack(
+        [path.extend(alphas[:1]), path.extend(alphas[1:5]), path.extend(alphas[5:])]
+    )
+    np.testing.assert_allclose(stretched, lasso_coefficients(train, alphas), atol=1e-10)
+    assert path.solved == len(alphas)
+
+
+def test_the_folds_paths_stop_once_their_mean_error_stops_improving():
+    """Early stopping picks the alpha the whole grid picks, and says where it stopped."""
+    X, y = _problem(p=30)
+    folds = [Fold(900, 1000, 2000), Fold(1900, 2000, 3000)]
+    names = [f"f{i}" for i in range(30)]
+    whole = select_features(X, y, folds, names, SelectionConfig(n_alphas=40, patience=None))
+    early = select_features(X, y, folds, names, SelectionConfig(n_alphas=40, patience=3))
+    best = int(np.argmin(whole.cv_mse.mean(axis=0)))
+    assert best + 3 < 40 - 1  # the planted signal has a minimum well inside the grid
+    assert (early.alpha, early.selected) == (whole.alpha, whole.selected)
+    np.testing.assert_allclose(early.coef, whole.coef, atol=1e-9)
+    solved = best + 4  # the best alpha, then three without improvement
+    assert len(early.alphas) == solved
+    np.testing.assert_allclose(early.cv_mse, whole.cv_mse[:, :solved], rtol=1e-9)
+    assert whole.cv_mse.shape == (2, 40) and np.isfinite(whole.cv_mse).all()
+
+
+def test_too_few_features_at_the_chosen_alpha_extend_the_full_path():
+    """The min_features rule looks down the whole grid, past where the folds stopped."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((2000, 6)).astype(np.float32)
+    y = rng.standard_normal(2000)
+    folds = [Fold(600, 700, 1300), Fold(1300, 1400, 2000)]
+    config = SelectionConfig(n_alphas=20, min_features=6, patience=2)
+    picked = select_features(X, y, folds, list("abcdef"), config)
+    assert len(picked.selected) == 6 and "enter the path" in picked.rule
+    assert len(picked.alphas) == 20 and np.isnan(picked.cv_mse[:, -1]).all()
+
+
+def test_nested_selections_from_one_pass_equal_separate_ones():
+    """select_nested (one pass for the period and each CV fold) answers as separate calls do."""
+    X, y = _problem(p=20)
+    X = np.nan_to_num(X)  # the shared pass fills NaNs from the shortest prefix of all
+    rng = np.random.default_rng(3)
+    names = [f"f{i}" for i in range(20)]
+    config = SelectionConfig(n_alphas=30)
+    outer = [Fold(900, 1000, 2000), Fold(1900, 2000, 3000)]
+    nested = [[Fold(400, 450, 900)], [Fold(900, 950, 1400), Fold(1400, 1450, 1900)]]
+    problems = [
+        SelectionProblem(y, outer, [y + rng.standard_normal(3000) for _ in outer]),
+        *(SelectionProblem(y[: own[-1].valid_stop], own) for own in nested),
+    ]
+    together = select_nested(X, problems, names, config)
+    for problem, selection in zip(problems, together, strict=True):
+        alone = select_features(
+            X, problem.target, problem.folds, names, config, None, problem.fold_y
+        )
+        assert selection.selected == alone.selected
+        assert selection.alpha == pytest.approx(alone.alpha, rel=1e-6)
+        np.testing.assert_allclose(selection.cv_mse, alone.cv_mse, rtol=1e-6)
+        np.testing.assert_allclose(selection.coef, alone.coef, atol=1e-8)
+    assert together[1].selected != together[0].selected or together[1].alpha != together[0].alpha
 
 
 def test_rows_argument_equals_a_copied_subset():
@@ -154,7 +227,7 @@ def test_selects_the_planted_informative_features(smoke_config):
         copies = {copy for copy, source in collinear.items() if source == name}
         assert {name, *copies} & set(result.selected), name
     assert len(result.selected) < len(data.feature_names) / 2
-    assert result.cv_mse.shape == (4, config.selection.n_alphas)
+    assert result.cv_mse.shape == (4, len(result.alphas))
 
 
 def test_cap_keeps_the_largest_coefficients():
@@ -198,7 +271,7 @@ def test_one_huge_value_does_not_overflow_the_moments(caplog):
     X, y = _problem()
     X[1500, 7] = 1e20
     folds = [Fold(900, 1000, 2000), Fold(1900, 2000, 3000)]
-    config = SelectionConfig(n_alphas=10, max_features=None)
+    config = SelectionConfig(n_alphas=10, max_features=None, patience=None)
     with caplog.at_level("WARNING", logger="tfi.core.select"):
         selection = select_features(X, y, folds, [f"f{i}" for i in range(12)], config)
     assert np.isfinite(selection.cv_mse).all()

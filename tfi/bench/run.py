@@ -1,6 +1,7 @@
 """Benchmark: the real pipeline on DRW-sized data, optionally beside the seed's approach.
 
-``python -m tfi bench [--rows 525600] [--features 780] [--n-trials N] [--reference true]``
+``python -m tfi bench [--rows 525600] [--features 780] [--n-trials N] [--reference true]
+[--set tuning.pruner=paired ...]``
 
 Writes synthetic DRW-shaped data to a temporary parquet file (or uses ``--data``), then runs, each
 in a fresh child process so that peak memory is its own: tfi's pipeline (prepare, select, tune,
@@ -32,6 +33,7 @@ from typing import Any
 from tfi.bench.quality import time_to_quality, trial_summary
 from tfi.core.config import ExperimentConfig, SyntheticSpec, load_config
 from tfi.core.errors import StageError
+from tfi.core.uris import mask_text
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,14 @@ def main(argv: Sequence[str], run_id: str | None = None) -> int:
         "keep learning for more rounds)",
     )
     parser.add_argument("--reference", default="", choices=["true", "false", ""])
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for both sides, e.g. tuning.pruner=paired tuning.workers=2 "
+        "(one argument may hold several, separated by spaces)",
+    )
     parser.add_argument("--output", default="", help="report file (default bench.json)")
     args = parser.parse_args(argv)
     args.config = args.config or "experiments/drw.yaml"
@@ -71,7 +81,11 @@ def main(argv: Sequence[str], run_id: str | None = None) -> int:
     args.reference = args.reference or "false"
     args.output = args.output or "bench.json"
 
-    config = load_config(args.config)
+    try:
+        args.set = dict(_setting(part) for item in args.set for part in item.split())
+    except ValueError as exc:
+        parser.error(str(exc))
+    config = load_config(args.config, **args.set)
     n_trials = args.n_trials or config.tuning.n_trials
     with tempfile.TemporaryDirectory(prefix="tfi-bench-") as tmp:
         report = _compare(args, config, n_trials, Path(tmp))
@@ -84,6 +98,13 @@ def main(argv: Sequence[str], run_id: str | None = None) -> int:
 
 def _count(value: str) -> int:
     return int(float(value))
+
+
+def _setting(item: str) -> tuple[str, str]:
+    key, equals, value = item.partition("=")
+    if not equals or not key:
+        raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+    return key, value
 
 
 def _data(args: argparse.Namespace, config: ExperimentConfig, folder: Path) -> tuple[Path, str]:
@@ -111,6 +132,7 @@ def _compare(
     """tfi, and with ``--reference`` the seed's approach, each in a child process."""
     data_path, test_start = _data(args, config, folder)
     overrides = {
+        **args.set,
         "data.source": str(data_path),
         "split.test_start": test_start,
         "tuning.n_trials": n_trials,
@@ -127,6 +149,7 @@ def _compare(
             "signal": args.signal,
         },
         "config": args.config,
+        "overrides": {key: mask_text(value) for key, value in args.set.items()},
         "n_trials": n_trials,
         "cores": len(os.sched_getaffinity(0)),
     }
@@ -286,7 +309,8 @@ def _log_report(report: dict[str, Any], output: str, run_id: str | None) -> None
              "signal": report["data"]["signal"],
              "n_trials": report["n_trials"], "config": report["config"],
              "data": report["data"]["source"],
-             "reference": str("reference" in report).lower()}
+             "reference": str("reference" in report).lower(),
+             "overrides": " ".join(f"{k}={v}" for k, v in report["overrides"].items())}
         )  # fmt: skip
         run.log_metrics(_flatten("", {k: v for k, v in report.items() if k != "data"}))
         run.log_artifact(output)

@@ -164,6 +164,12 @@ class SelectionConfig(StrictModel):
     target: Literal["class", "imbalance"] = "class"
     n_alphas: int = Field(40, ge=3)
     eps: float = Field(1e-3, gt=0, lt=1, description="smallest alpha as a share of the largest")
+    patience: int | None = Field(
+        5,
+        ge=1,
+        description="stop the folds' paths once their mean validation error has not improved "
+        "for this many alphas (null: solve the whole grid)",
+    )
     max_features: int | None = Field(100, ge=1)
     min_features: int = Field(1, ge=1)
     on_empty: Literal["path", "error"] = Field(

@@ -185,35 +185,73 @@ def standardise(m: Moments) -> Standardised:
     return Standardised(mean, y_mean, scale, S, r)
 
 
+class LassoPath:
+    """One standardised problem's LASSO path, solved a stretch of alphas at a time.
+
+    Each stretch is warm-started from the last coefficients, so solving the grid in stretches
+    gives the coefficients one ``lasso_path`` call over the whole grid would: a caller can stop
+    early without having paid for the small alphas, where coordinate descent is slowest.
+    """
+
+    def __init__(self, problem: Standardised) -> None:
+        p = len(problem.r)
+        jitter = 1e-8
+        while True:
+            S = problem.S + jitter * np.eye(p)
+            try:
+                L = cholesky(S, lower=True)
+                break
+            except LinAlgError:
+                jitter *= 100
+                if jitter > 1e-2:
+                    raise
+        # With X̃ = √p·Lᵀ and ỹ = √p·L⁻¹r: X̃ᵀX̃/p = S and X̃ᵀỹ/p = r, the same objective. The
+        # solver is given X̃ᵀX̃ = p·S and X̃ᵀỹ = p·r directly; it uses ỹ for its duality gap.
+        self._X = np.asfortranarray(np.sqrt(p) * L.T)
+        self._y = np.sqrt(p) * solve_triangular(L, problem.r, lower=True)
+        self._gram = p * S
+        self._xy = p * problem.r
+        self._coef: np.ndarray | None = None
+        self.solved = 0
+        self.unconverged = 0  # alphas whose solve stopped at max_iter
+
+    def extend(self, alphas: np.ndarray) -> np.ndarray:
+        """Coefficients (features x alphas) for the next, smaller ``alphas`` of the grid."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            _, coefs, _ = lasso_path(
+                self._X,
+                self._y,
+                alphas=alphas,
+                precompute=self._gram,
+                Xy=self._xy,
+                coef_init=self._coef,
+                copy_X=False,
+                check_input=False,  # float64, X in Fortran and the Gram in C order: built so
+                max_iter=_MAX_ITER,
+            )
+        self.unconverged += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+        self.solved += len(alphas)
+        self._coef = coefs[:, -1].copy()  # the solver updates its start in place
+        return coefs
+
+    def log_convergence(self, what: str) -> None:
+        if self.unconverged:
+            log.info(
+                "%s: %d of %d alphas stopped at max_iter=%d before converging "
+                "(the smallest alphas, far from the chosen one as a rule)",
+                what,
+                self.unconverged,
+                self.solved,
+                _MAX_ITER,
+            )
+
+
 def lasso_coefficients(problem: Standardised, alphas: np.ndarray) -> np.ndarray:
     """LASSO coefficients (features x alphas) of a standardised problem, via a surrogate."""
-    p = len(problem.r)
-    jitter = 1e-8
-    while True:
-        try:
-            L = cholesky(problem.S + jitter * np.eye(p), lower=True)
-            break
-        except LinAlgError:
-            jitter *= 100
-            if jitter > 1e-2:
-                raise
-    # With X̃ = √p·Lᵀ and ỹ = √p·L⁻¹r: X̃ᵀX̃/p = S and X̃ᵀỹ/p = r, the same objective.
-    X_surrogate = np.sqrt(p) * L.T
-    y_surrogate = np.sqrt(p) * solve_triangular(L, problem.r, lower=True)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        _, coefs, _ = lasso_path(
-            X_surrogate, y_surrogate, alphas=alphas, precompute=True, max_iter=_MAX_ITER
-        )
-    unconverged = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
-    if unconverged:
-        log.info(
-            "LASSO path: %d of %d alphas stopped at max_iter=%d before converging "
-            "(the smallest alphas, far from the chosen one as a rule)",
-            unconverged,
-            len(alphas),
-            _MAX_ITER,
-        )
+    path = LassoPath(problem)
+    coefs = path.extend(alphas)
+    path.log_convergence("LASSO path")
     return coefs
 
 

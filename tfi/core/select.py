@@ -6,18 +6,23 @@ With the class target each fold has its own classes (thresholds from its own tra
 ``Xᵀy`` is accumulated for every fold's target in the same pass.
 
 Features are standardised with each fold's training statistics. A NaN is replaced by one
-constant per feature, the same in every fold (so the block moments serve every fold): its mean
-over the first fold's training rows, which every fold trains on, so that no fold's fill value
-has seen its validation block. A feature with no value there takes its mean over the first fold
-training set that has one; the folds before that one see it as constant (coefficient 0), so
-the fill cannot matter to them. A feature with no value in any fold's training rows takes its
-mean over the whole training period, used only by the final fit on all of it.
+constant per feature, the same in every fold (so the block moments serve every fold, and every
+selection made in the same pass, :func:`select_nested`): its mean over the shortest of the
+folds' training prefixes, which every fold trains on, so that no fold's fill value has seen its
+validation block. A feature with no value there takes its mean over the next-shortest prefix
+that has one; the folds with shorter prefixes see it as constant (coefficient 0), so the fill
+cannot matter to them. A feature with no value in any fold's training rows takes its mean over
+the whole range, used only by the final fits on all rows.
+
+Each fold's path stops once the folds' mean validation error has not improved for
+``patience`` alphas (coordinate descent is slowest at the small alphas, past the chosen one).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,10 +32,11 @@ from tfi.core.config import SelectionConfig
 from tfi.core.errors import SelectionError
 from tfi.core.lasso import (
     EXTREME_SPREAD,
+    LassoPath,
     Moments,
+    Standardised,
     block_moments,
     extreme_columns,
-    lasso_coefficients,
     standardise,
     validation_mse,
 )
@@ -42,9 +48,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class LassoSelection:
     feature_names: tuple[str, ...]
-    alphas: np.ndarray  # descending grid shared by all folds
+    alphas: np.ndarray  # the solved part of the descending grid shared by all folds
     alpha: float  # the alpha with the lowest mean validation MSE
-    cv_mse: np.ndarray  # (folds, alphas)
+    cv_mse: np.ndarray  # (folds, alphas); NaN past where the folds' paths stopped
     path: np.ndarray  # (features, alphas): coefficients on the whole training period
     coef: np.ndarray  # (features,) at the chosen alpha, standardised units
     selected: tuple[str, ...]
@@ -66,6 +72,48 @@ class LassoSelection:
         }
 
 
+@dataclass(frozen=True)
+class SelectionProblem:
+    """One selection's target over the first ``len(target)`` rows, and its folds.
+
+    ``fold_y[i]``, when given, is fold ``i``'s own target for rows ``[0, valid_stop)`` (classes
+    from that fold's thresholds); otherwise every fold uses ``target``.
+    """
+
+    target: np.ndarray
+    folds: Sequence[Fold]
+    fold_y: Sequence[np.ndarray] | None = None
+
+    def boundaries(self) -> set[int]:
+        return {
+            0,
+            len(self.target),
+            *(
+                b
+                for fold in self.folds
+                for b in (fold.train_stop, fold.valid_start, fold.valid_stop)
+            ),
+        }
+
+    @property
+    def width(self) -> int:
+        """How many target columns it has: the period's, then each fold's own, if any."""
+        return 1 if self.fold_y is None else 1 + len(self.folds)
+
+    def write_columns(self, out: np.ndarray) -> None:
+        """Its target columns into ``out`` (rows x width, zeros), past its rows left at 0."""
+        out[: len(self.target), 0] = self.target
+        if self.fold_y is not None:
+            for i, (fold, values) in enumerate(zip(self.folds, self.fold_y, strict=True), 1):
+                out[: fold.valid_stop, i] = values[: fold.valid_stop]  # 0 outside the fold
+
+    def fold_columns(self, first: int) -> list[int]:
+        """Which of the columns (``first`` is the period's) each fold trains and validates on."""
+        if self.fold_y is None:
+            return [first] * len(self.folds)
+        return [first + 1 + i for i in range(len(self.folds))]
+
+
 def select_features(
     X: np.ndarray,
     y: np.ndarray,
@@ -78,16 +126,32 @@ def select_features(
     """Choose alpha by purged walk-forward CV, fit the path on all rows, apply the rules.
 
     ``rows`` picks the training rows of ``X`` (in time order) without copying the matrix;
-    ``y`` and the folds are indexed in those rows. ``fold_y[i]``, when given, is fold ``i``'s
-    own target for rows ``[0, valid_stop)`` (classes from that fold's thresholds); otherwise
-    every fold uses ``y``.
+    ``y`` and the folds are indexed in those rows. ``fold_y``: see :class:`SelectionProblem`.
     """
-    n = len(y)
-    boundaries = sorted(
-        {0, n, *(b for fold in folds for b in (fold.train_stop, fold.valid_start, fold.valid_stop))}
-    )
-    targets, fold_columns = _targets(y, folds, fold_y)
-    train_stops = sorted(fold.train_stop for fold in folds)
+    return select_nested(X, [SelectionProblem(y, folds, fold_y)], feature_names, config, rows)[0]
+
+
+def select_nested(
+    X: np.ndarray,
+    problems: Sequence[SelectionProblem],
+    feature_names: Sequence[str],
+    config: SelectionConfig,
+    rows: np.ndarray | None = None,
+) -> list[LassoSelection]:
+    """Several selections over prefixes of the same rows, from one pass over the rows.
+
+    The pass accumulates the moments of every block between any problem's boundaries, with
+    every problem's target columns, so each selection costs its LASSO paths only. NaNs take one
+    fill value per feature for all of them: its mean over the shortest training prefix of any
+    fold that holds a value (see :func:`tfi.core.lasso.block_moments`).
+    """
+    n = max(len(problem.target) for problem in problems)
+    boundaries = sorted(set().union(*(problem.boundaries() for problem in problems)))
+    first_columns = list(itertools.accumulate((problem.width for problem in problems), initial=0))
+    targets = np.zeros((n, first_columns.pop()))
+    for problem, first in zip(problems, first_columns, strict=True):
+        problem.write_columns(targets[:, first : first + problem.width])
+    train_stops = sorted({fold.train_stop for problem in problems for fold in problem.folds})
     blocks = _without_extremes(
         block_moments(X, targets, boundaries, rows, train_stops), feature_names
     )
@@ -100,20 +164,35 @@ def select_features(
             total = total + part
         return total
 
-    full = standardise(span(0, n).target(0))
+    return [
+        _select(span, problem, first, feature_names, config)
+        for problem, first in zip(problems, first_columns, strict=True)
+    ]
+
+
+def _select(
+    span: Callable[[int, int], Moments],
+    problem: SelectionProblem,
+    first_column: int,
+    feature_names: Sequence[str],
+    config: SelectionConfig,
+) -> LassoSelection:
+    """One selection from the shared block moments; its targets start at ``first_column``."""
+    full = standardise(span(0, len(problem.target)).target(first_column))
     alpha_max = float(np.max(np.abs(full.r)))
     if alpha_max == 0.0:
         raise SelectionError("no feature is correlated with the LASSO target on training rows")
     alphas = np.geomspace(alpha_max, alpha_max * config.eps, config.n_alphas)
 
-    cv_mse = np.empty((len(folds), len(alphas)))
-    for i, (fold, column) in enumerate(zip(folds, fold_columns, strict=True)):
-        train = standardise(span(0, fold.train_stop).target(column))
-        coefs = lasso_coefficients(train, alphas)
-        valid = span(fold.valid_start, fold.valid_stop).target(column)
-        cv_mse[i] = validation_mse(train, coefs, valid)
-    best = int(np.argmin(cv_mse.mean(axis=0)))
-    path = lasso_coefficients(full, alphas)
+    fold_problems = [
+        (standardise(span(0, fold.train_stop).target(column)),
+         span(fold.valid_start, fold.valid_stop).target(column))
+        for fold, column in zip(problem.folds, problem.fold_columns(first_column), strict=True)
+    ]  # fmt: skip
+    cv_mse, best = _cross_validated_path(fold_problems, alphas, config.patience)
+    path = _full_path(full, alphas, cv_mse.shape[1], best, config.min_features)
+    alphas = alphas[: path.shape[1]]
+    cv_mse = np.pad(cv_mse, ((0, 0), (0, len(alphas) - cv_mse.shape[1])), constant_values=np.nan)
     coef = path[:, best]
     selected, rule = _apply_rules(path, alphas, best, feature_names, config)
     return LassoSelection(
@@ -121,20 +200,44 @@ def select_features(
     )
 
 
-def _targets(
-    y: np.ndarray, folds: Sequence[Fold], fold_y: Sequence[np.ndarray] | None
-) -> tuple[np.ndarray, list[int]]:
-    """Target columns (the training period's, then each fold's own) and each fold's column."""
-    n = len(y)
-    targets = [np.asarray(y, dtype=np.float64)]
-    fold_columns = [0] * len(folds)  # which target each fold trains and validates on
-    if fold_y is not None:
-        for i, (fold, values) in enumerate(zip(folds, fold_y, strict=True)):
-            column = np.zeros(n)  # rows after valid_stop are outside the fold
-            column[: fold.valid_stop] = values[: fold.valid_stop]
-            targets.append(column)
-            fold_columns[i] = len(targets) - 1
-    return np.column_stack(targets), fold_columns
+def _cross_validated_path(
+    problems: Sequence[tuple[Standardised, Moments]], alphas: np.ndarray, patience: int | None
+) -> tuple[np.ndarray, int]:
+    """Every fold's validation MSE down the grid, and the alpha with the lowest mean.
+
+    The folds' paths advance together, one alpha at a time; once the mean error has not improved
+    for ``patience`` alphas they stop, before the small alphas, where coordinate descent takes
+    longest. Returns the errors (folds, alphas solved) and the best alpha's index.
+    """
+    paths = [LassoPath(train) for train, _ in problems]
+    cv_mse = np.empty((len(problems), len(alphas)))
+    best = solved = 0
+    while solved < len(alphas) and (patience is None or solved - best <= patience):
+        for i, ((train, valid), path) in enumerate(zip(problems, paths, strict=True)):
+            coefs = path.extend(alphas[solved : solved + 1])
+            cv_mse[i, solved] = validation_mse(train, coefs, valid)[0]
+        if cv_mse[:, solved].mean() < cv_mse[:, best].mean():
+            best = solved
+        solved += 1
+    for i, path in enumerate(paths):
+        path.log_convergence(f"select: LASSO path of fold {i}")
+    return cv_mse[:, :solved], best
+
+
+def _full_path(
+    full: Standardised, alphas: np.ndarray, solved: int, best: int, min_features: int
+) -> np.ndarray:
+    """The path on every training row over the alphas the folds solved.
+
+    Further down the grid only when the chosen alpha keeps fewer than ``min_features``: the
+    rules then take the first features to enter the path.
+    """
+    path = LassoPath(full)
+    coefs = path.extend(alphas[:solved])
+    if np.count_nonzero(coefs[:, best]) < min_features and solved < len(alphas):
+        coefs = np.hstack([coefs, path.extend(alphas[solved:])])
+    path.log_convergence("select: LASSO path on all training rows")
+    return coefs
 
 
 def _without_extremes(blocks: list[Moments], feature_names: Sequence[str]) -> list[Moments]:

@@ -10,10 +10,18 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
+
 from tfi.core.config import SelectionConfig
 from tfi.core.data import MarketData
 from tfi.core.labelled import LabelledData, fold_labels, training_folds
-from tfi.core.select import LassoSelection, coefficient_figure, path_figure, select_features
+from tfi.core.select import (
+    LassoSelection,
+    SelectionProblem,
+    coefficient_figure,
+    path_figure,
+    select_nested,
+)
 from tfi.core.split import TRAIN, Fold
 from tfi.stages.context import Session
 from tfi.stages.outputs import Prepared, Selected, check_alignment
@@ -35,11 +43,14 @@ def run(
     check_alignment(data, labelled)
     started = time.perf_counter()
     folds = training_folds(labelled, cfg.cv)
-    selection = _lasso(data, labelled, folds, cfg.selection)
-    per_fold = [
-        _lasso(data, labelled, training_folds(labelled, cfg.cv, fold.train_stop), cfg.selection)
-        for fold in folds
-    ]
+    nested = [training_folds(labelled, cfg.cv, fold.train_stop) for fold in folds]
+    selection, *per_fold = select_nested(
+        data.features,
+        [_problem(labelled, own, cfg.selection) for own in (folds, *nested)],
+        data.feature_names,
+        cfg.selection,
+        labelled.rows(TRAIN),
+    )
     seconds = time.perf_counter() - started
     log.info(
         "select: alpha=%.4g keeps %d of %d features (%s) in %.1fs",
@@ -84,6 +95,7 @@ def _log(
                 "target": cfg.selection.target,
                 "n_alphas": cfg.selection.n_alphas,
                 "eps": cfg.selection.eps,
+                "patience": cfg.selection.patience,
                 "max_features": cfg.selection.max_features,
                 "min_features": cfg.selection.min_features,
                 "on_empty": cfg.selection.on_empty,
@@ -96,7 +108,8 @@ def _log(
                 "alpha": selection.alpha,
                 "n_selected": len(selection.selected),
                 "n_lasso_nonzero": selection.n_lasso,
-                "cv_mse": float(selection.cv_mse.mean(axis=0).min()),
+                "n_alphas_solved": int(np.count_nonzero(~np.isnan(selection.cv_mse[0]))),
+                "cv_mse": float(np.nanmin(selection.cv_mse.mean(axis=0))),
                 "select_seconds": seconds,
                 **{f"n_selected_fold_{i}": len(own.selected) for i, own in enumerate(per_fold)},
             }
@@ -115,17 +128,16 @@ def _log(
     return run.id
 
 
-def _lasso(
-    data: MarketData, labelled: LabelledData, folds: list[Fold], config: SelectionConfig
-) -> LassoSelection:
-    """LASSO selection on the training rows up to the last fold's validation stop."""
+def _problem(
+    labelled: LabelledData, folds: list[Fold], config: SelectionConfig
+) -> SelectionProblem:
+    """The LASSO problem on the training rows up to the last fold's validation stop."""
     rows = labelled.rows(TRAIN)[: folds[-1].valid_stop]
     if config.target == "class":
-        target = labelled.target[rows]
-        fold_y = [labels.target for labels in fold_labels(labelled, folds)]
-    else:  # the continuous imbalance needs no thresholds
-        target, fold_y = labelled.future_imbalance[rows], None
-    return select_features(data.features, target, folds, data.feature_names, config, rows, fold_y)
+        return SelectionProblem(
+            labelled.target[rows], folds, [own.target for own in fold_labels(labelled, folds)]
+        )
+    return SelectionProblem(labelled.future_imbalance[rows], folds)  # needs no thresholds
 
 
 def reuse(session: Session) -> Selected | None:
