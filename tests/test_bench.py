@@ -102,19 +102,20 @@ def test_mlflow_run_bench_reports_into_its_own_run(store):
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["bench.json"]
 
 
-def test_a_bad_bench_option_is_one_clear_error(store):
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--rows", "not-a-number"], "argument --rows"),
+        (["--set", "tuning.pruner"], "--set takes KEY=VALUE, got 'tuning.pruner'"),
+    ],
+)
+def test_a_bad_bench_option_is_one_clear_error(store, options, message):
     done = subprocess.run(
-        [PYTHON, "-m", "tfi", "bench", "--rows", "not-a-number"],
+        [PYTHON, "-m", "tfi", "bench", *options],
         cwd=store, env=subprocess_env(store), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2
-    assert "tfi bench: error: argument --rows" in done.stderr
-    done = subprocess.run(
-        [PYTHON, "-m", "tfi", "bench", "--set", "tuning.pruner"],
-        cwd=store, env=subprocess_env(store), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 2
-    assert "tfi bench: error: --set takes KEY=VALUE, got 'tuning.pruner'" in done.stderr
+    assert f"tfi bench: error: {message}" in done.stderr
 
 
 def _children(pid: int) -> list[int]:

@@ -44,8 +44,10 @@ _OPERATIONAL = {
 # before is not reused for results it would no longer give. 2: each CV fold's classes from its
 # own thresholds; the LASSO's NaN fill from the first fold's training rows. 3: fold scores from
 # the configured decision (weights fitted on earlier folds), a fair early-stopped reference.
-# 4: each CV fold uses features selected on its own training rows.
-METHOD_VERSION = "4"
+# 4: each CV fold uses features selected on its own training rows. 5: LASSO paths stop past the
+# CV minimum; the champion's and the folds' selections share one NaN fill (the shortest fold
+# training prefix of them all).
+METHOD_VERSION = "5"
 
 
 def _hash(*parts: str) -> str:
