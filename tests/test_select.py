@@ -10,13 +10,7 @@ from tfi.core.config import DataConfig, SelectionConfig, SyntheticSpec
 from tfi.core.data import load
 from tfi.core.errors import SelectionError
 from tfi.core.labelled import prepare_labels, training_folds
-from tfi.core.lasso import (
-    LassoPath,
-    block_moments,
-    lasso_coefficients,
-    standardise,
-    validation_mse,
-)
+from tfi.core.lasso import LassoPath, block_moments, standardise, validation_mse
 from tfi.core.select import SelectionProblem, _apply_rules, select_features, select_nested
 from tfi.core.split import TRAIN, Fold
 
@@ -40,7 +34,7 @@ def _fold_errors(X, target, fold, alphas, train_stops):
 
     train = standardise(span(0, fold.train_stop))
     return validation_mse(
-        train, lasso_coefficients(train, alphas), span(fold.valid_start, fold.valid_stop)
+        train, LassoPath(train).extend(alphas), span(fold.valid_start, fold.valid_stop)
     )
 
 
@@ -50,7 +44,7 @@ def test_fold_path_and_validation_error_match_scikit_learn():
     blocks = [block.target(0) for block in block_moments(X, y[:, None], [0, 900, 1000, 2000, 3000])]
     train = standardise(blocks[0])
     alphas = np.geomspace(0.5, 0.005, 8)
-    coefs = lasso_coefficients(train, alphas)
+    coefs = LassoPath(train).extend(alphas)
     # scikit-learn on the same rows: NaN -> training mean, scaler fitted on the fold's rows.
     filled = np.where(np.isnan(X), np.nanmean(X, axis=0), X)
     scaler = StandardScaler().fit(filled[:900])
@@ -71,7 +65,7 @@ def test_a_path_solved_in_stretches_equals_one_call_over_the_grid():
     stretched = np.hstack(
         [path.extend(alphas[:1]), path.extend(alphas[1:5]), path.extend(alphas[5:])]
     )
-    np.testing.assert_allclose(stretched, lasso_coefficients(train, alphas), atol=1e-10)
+    np.testing.assert_allclose(stretched, LassoPath(train).extend(alphas), atol=1e-10)
     assert path.solved == len(alphas)
 
 

@@ -247,14 +247,6 @@ class LassoPath:
             )
 
 
-def lasso_coefficients(problem: Standardised, alphas: np.ndarray) -> np.ndarray:
-    """LASSO coefficients (features x alphas) of a standardised problem, via a surrogate."""
-    path = LassoPath(problem)
-    coefs = path.extend(alphas)
-    path.log_convergence("LASSO path")
-    return coefs
-
-
 def validation_mse(train: Standardised, coefs: np.ndarray, valid: Moments) -> np.ndarray:
     """Mean squared error on a validation range for every alpha, from its moments."""
     weights = coefs / train.scale[:, None]  # back to centred raw units
