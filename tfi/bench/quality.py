@@ -9,14 +9,20 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from tfi.search.trials import SKIPPED_ATTR
+
 QUALITY_TOLERANCE = 0.002  # "reached its quality": within this of its final best CV score
 
 
 def trial_summary(trials: Sequence[FrozenTrial]) -> dict[str, Any]:
-    """Complete and pruned trials, their mean seconds, and after how many folds each was pruned."""
+    """Complete and pruned trials, their mean seconds, and after how many folds each was pruned;
+    how many queued trials a round's early end skipped (:mod:`tfi.search.patience`)."""
     by_state: dict[str, list[float]] = {"complete": [], "pruned": []}
     folds_run: Counter[int] = Counter()
+    skipped = sum(SKIPPED_ATTR in trial.user_attrs for trial in trials)
     for trial in trials:
+        if SKIPPED_ATTR in trial.user_attrs:
+            continue
         if trial.duration and trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
             by_state[trial.state.name.lower()].append(trial.duration.total_seconds())
         if trial.state == TrialState.PRUNED:
@@ -27,6 +33,7 @@ def trial_summary(trials: Sequence[FrozenTrial]) -> dict[str, Any]:
         "seconds_per_complete_trial": _mean(by_state["complete"]),
         "seconds_per_pruned_trial": _mean(by_state["pruned"]),
         "pruned_after_folds": {str(n): folds_run[n] for n in sorted(folds_run)},
+        "skipped": skipped,
     }
 
 

@@ -115,6 +115,16 @@ class TuningConfig(StrictModel):
     pruner_margin: float = Field(0.005, ge=0, description="how much worse 'paired' tolerates")
     pruner_percentile: float = Field(25.0, gt=0, lt=100)
     pruner_startup_trials: int = Field(3, ge=0)
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="end a budget round once this many of its trials in a row finished "
+        "without improving the best score by more than min_improvement; its queued trials are "
+        "skipped (null: always run n_trials)",
+    )
+    min_improvement: float = Field(
+        0.0, ge=0, description="the smallest gain in the metric that resets tuning.patience"
+    )
     seed: int = 42
     study: str | None = None
     storage: str | None = None

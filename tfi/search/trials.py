@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 WORKER_ATTR = "tfi.worker"
 ERROR_ATTR = "tfi.error"
+SKIPPED_ATTR = "tfi.skipped"  # why a queued trial was taken off the queue without running
 
 
 class TrialHooks(Protocol):
@@ -48,21 +49,44 @@ def claim(shared: SharedStudy) -> optuna.Trial | None:
     storage = shared.storage
     # A stop request during the claim waits for the trial loop, which records the trial.
     with critical(reraise=False):
-        for waiting in storage.get_all_trials(
-            shared.study_id, deepcopy=False, states=(TrialState.WAITING,)
-        ):
-            trial_id = shared.trial_id(waiting.number)
-            try:
-                if not storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
-                    continue  # another worker took it
-            except UpdateFinishedTrialError:
-                continue
+        for trial_id in _take_waiting(shared):
             if storage.get_heartbeat_interval() is not None:
                 storage.record_heartbeat(trial_id)  # from now on a dead worker's trial goes stale
             trial = optuna.Trial(shared.study, trial_id)
             trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
             return trial
     return None
+
+
+def skip_waiting(shared: SharedStudy, reason: str) -> int:
+    """End the round early: take every queued trial off the queue; return how many.
+
+    Each is taken with a claim's compare-and-set, so no worker can be running it, and recorded
+    as pruned (Optuna has no "cancelled" state) with ``reason`` in :data:`SKIPPED_ATTR`: it has
+    no parameters and no fold scores, so samplers and pruners pass over it.
+    """
+    skipped = 0
+    with critical(reraise=False):
+        for trial_id in _take_waiting(shared):
+            shared.storage.set_trial_user_attr(trial_id, SKIPPED_ATTR, reason)
+            shared.storage.set_trial_state_values(trial_id, state=TrialState.PRUNED)
+            skipped += 1
+    return skipped
+
+
+def _take_waiting(shared: SharedStudy) -> Iterator[int]:
+    """Waiting trials' ids, each atomically set running (WAITING -> RUNNING) before it is given."""
+    storage = shared.storage
+    for waiting in storage.get_all_trials(
+        shared.study_id, deepcopy=False, states=(TrialState.WAITING,)
+    ):
+        trial_id = shared.trial_id(waiting.number)
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                continue  # another worker took it
+        except UpdateFinishedTrialError:
+            continue
+        yield trial_id
 
 
 @contextmanager
@@ -125,11 +149,14 @@ def work(
     wait_for_all: bool,
     grace_seconds: float,
     poll_seconds: float = 1.0,
+    stop_reason: Callable[[], str | None] = lambda: None,
 ) -> None:
     """Run queued trials until none is left; with ``wait_for_all`` also outlive other workers.
 
     Waiting lets the command that opened a round finish it: it retries the trials of workers
     that died (once their heartbeat is stale) and only returns when no trial is unfinished.
+    After each trial, ``stop_reason`` may end the round early: the queued trials are skipped
+    (:func:`skip_waiting`) and the running ones finish.
     """
     # Everything here but the model fitting is storage I/O: stop requests wait for it.
     with critical():
@@ -139,6 +166,11 @@ def work(
             trial = claim(shared)
             if trial is not None:
                 _run_one(shared, trial, objective, hooks)
+                reason = stop_reason()
+                if reason is not None:
+                    skipped = skip_waiting(shared, reason)
+                    if skipped:
+                        log.info("tune: round ended, %d queued trials skipped: %s", skipped, reason)
                 continue
             if not wait_for_all or not shared.unfinished():
                 return

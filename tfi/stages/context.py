@@ -29,6 +29,8 @@ STORAGE_ENV = "TFI_OPTUNA_STORAGE"
 # Tuning fields that change how a study is run, not what it optimises.
 _OPERATIONAL = {
     "n_trials",
+    "patience",  # how many trials run, like n_trials: not what they are scored on
+    "min_improvement",
     "workers",
     "study",
     "storage",

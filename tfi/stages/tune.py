@@ -19,8 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 from tfi.core import interrupts
 from tfi.core.config import ExperimentConfig
 from tfi.core.errors import StageError, TfiError
+from tfi.search import patience, trials, workers
 from tfi.search import study as studies
-from tfi.search import trials, workers
 from tfi.search.lock import study_lock
 from tfi.search.objective import fold_scores
 from tfi.search.study import SharedStudy
@@ -75,6 +75,7 @@ def run(
                 _ProgressHooks(session.tracker, shared, parent, cfg.metric),
                 wait_for_all=True,
                 grace_seconds=cfg.heartbeat_grace,
+                stop_reason=functools.partial(patience.stop_reason, shared.study, cfg),
             )
     except BaseException:
         # Stopped: unless other workers are still running trials, the parent is not RUNNING
@@ -196,7 +197,14 @@ def _work_in_process(job: WorkerJob, worker_index: int) -> None:
         )
         objective = cv_setup(session, job.prepared, job.selected).objective
         hooks = _ProgressHooks(tracker, shared, job.parent, cfg.metric)
-        trials.work(shared, objective, hooks, wait_for_all=False, grace_seconds=cfg.heartbeat_grace)
+        trials.work(
+            shared,
+            objective,
+            hooks,
+            wait_for_all=False,
+            grace_seconds=cfg.heartbeat_grace,
+            stop_reason=functools.partial(patience.stop_reason, shared.study, cfg),
+        )
     except TfiError as exc:
         log.error("worker %d: %s", worker_index, exc)
         sys.exit(2)

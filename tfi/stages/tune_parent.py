@@ -19,9 +19,10 @@ from tfi.core.errors import StageError
 from tfi.core.uris import mask_uri
 from tfi.search import study as studies
 from tfi.search.objective import fold_scores
+from tfi.search.patience import round_stop_reason
 from tfi.search.pruning import REFERENCE_ATTR
 from tfi.search.study import SharedStudy
-from tfi.search.trials import ERROR_ATTR
+from tfi.search.trials import ERROR_ATTR, SKIPPED_ATTR
 from tfi.stages.context import Session
 from tfi.stages.cv_setup import CVSetup
 from tfi.stages.outputs import Prepared, Selected
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 PARENT_ATTR = "mlflow_parent_run_id"
 SUMMARISED_TAG = "tfi.summarised_trials"
+ENDED_EARLY_TAG = "tfi.round_ended_early"  # why the last round skipped its queued trials
 
 
 def open_parent(
@@ -80,6 +82,8 @@ def _setup_params(session: Session, shared: SharedStudy, selected: Selected) -> 
         "direction": cfg.tuning.direction,
         "sampler": type(sampler).__name__,
         "pruner": type(pruner).__name__,
+        "patience": cfg.tuning.patience,
+        "min_improvement": cfg.tuning.min_improvement,
         "early_stopping_rounds": cfg.tuning.early_stopping_rounds,
         "cv_n_splits": cfg.cv.n_splits,
         "max_bin": cfg.tuning.max_bin,
@@ -123,20 +127,25 @@ def summarise(session: Session, shared: SharedStudy, parent: str, round_: int) -
         return best  # other workers are still at it; the last one summarises
     close_orphan_trial_runs(tracker, study, parent, fold_scores)
     trials = study.get_trials(deepcopy=False)
-    counts = {state: sum(t.state == state for t in trials) for state in TrialState}
+    ran = [t for t in trials if SKIPPED_ATTR not in t.user_attrs]
+    counts = {state: sum(t.state == state for t in ran) for state in TrialState}
     best = studies.best_trial(study)
     if best is not None and tracker.tags_of(parent).get(SUMMARISED_TAG) == str(len(trials)):
         return best  # another command of this round summarised it already
     run = tracker.stage_run(parent)
     run.log_metrics(
         {
-            "n_trials": len(trials),
+            "n_trials": len(ran),
             "n_trials_complete": counts[TrialState.COMPLETE],
             "n_trials_pruned": counts[TrialState.PRUNED],
             "n_trials_failed": counts[TrialState.FAIL],
+            "n_trials_skipped": len(trials) - len(ran),
         },
         step=round_,
     )
+    ended_early = round_stop_reason(trials, round_)
+    if ended_early is not None:
+        run.set_tags({ENDED_EARLY_TAG: f"round {round_}: {ended_early}"})
     if best is None:
         tracker.end(parent, "FAILED")
         errors = {
@@ -150,13 +159,14 @@ def summarise(session: Session, shared: SharedStudy, parent: str, round_: int) -
     run.set_tags({SUMMARISED_TAG: len(trials)})
     tracker.end(parent, "FINISHED")
     log.info(
-        "tune: best cv_%s=%.4f (trial %d) after %d trials (%d pruned, %d failed)",
+        "tune: best cv_%s=%.4f (trial %d) after %d trials (%d pruned, %d failed, %d skipped)",
         session.config.tuning.metric,
         best.value,
         best.number,
-        len(trials),
+        len(ran),
         counts[TrialState.PRUNED],
         counts[TrialState.FAIL],
+        len(trials) - len(ran),
     )
     return best
 
@@ -200,7 +210,7 @@ def _study_figures(shared: SharedStudy) -> Iterator[tuple[str, object]]:
     from optuna.visualization import matplotlib as optuna_plots
 
     study = shared.study
-    trials = study.get_trials(deepcopy=False)
+    trials = [t for t in study.get_trials(deepcopy=False) if SKIPPED_ATTR not in t.user_attrs]
     complete = sum(t.state == TrialState.COMPLETE for t in trials)
     plots = {"optimization_history": optuna_plots.plot_optimization_history}
     if complete >= 2:
