@@ -40,6 +40,7 @@ def test_bench_reports_tfi_beside_the_seed_approach(store):
         assert result["peak_rss_gb"] > 0
     tfi_trials, seed_trials = report["tfi"]["trials"], report["reference"]["trials"]
     assert tfi_trials["complete"] + tfi_trials["pruned"] == 6
+    assert tfi_trials["skipped"] == 0  # smoke.yaml sets no tuning.patience
     after = tfi_trials["pruned_after_folds"]
     assert sum(after.values()) == tfi_trials["pruned"]
     assert all(1 <= int(folds) < 3 for folds in after)  # smoke.yaml: 3 folds; never after the last
@@ -49,6 +50,7 @@ def test_bench_reports_tfi_beside_the_seed_approach(store):
         "seconds_per_complete_trial": pytest.approx(seed_trials["seconds_per_complete_trial"]),
         "seconds_per_pruned_trial": None,
         "pruned_after_folds": {},
+        "skipped": 0,
     }
     assert report["speedup"] == pytest.approx(
         report["reference"]["total_seconds"] / report["tfi"]["total_seconds"]

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 PARENT_ATTR = "mlflow_parent_run_id"
 SUMMARISED_TAG = "tfi.summarised_trials"
-ENDED_EARLY_TAG = "tfi.round_ended_early"  # why the last round skipped its queued trials
+ENDED_EARLY_TAG = "tfi.round_ended_early"  # the latest round that skipped its queue, and why
 
 
 def open_parent(
