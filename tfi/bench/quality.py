@@ -9,7 +9,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from tfi.search.trials import SKIPPED_ATTR
+from tfi.search.trials import was_skipped
 
 QUALITY_TOLERANCE = 0.002  # "reached its quality": within this of its final best CV score
 
@@ -19,9 +19,10 @@ def trial_summary(trials: Sequence[FrozenTrial]) -> dict[str, Any]:
     how many queued trials a round's early end skipped (:mod:`tfi.search.patience`)."""
     by_state: dict[str, list[float]] = {"complete": [], "pruned": []}
     folds_run: Counter[int] = Counter()
-    skipped = sum(SKIPPED_ATTR in trial.user_attrs for trial in trials)
+    skipped = 0
     for trial in trials:
-        if SKIPPED_ATTR in trial.user_attrs:
+        if was_skipped(trial):
+            skipped += 1
             continue
         if trial.duration and trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
             by_state[trial.state.name.lower()].append(trial.duration.total_seconds())

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tfi.core.config import TuningConfig
 from tfi.search.study import ROUND_ATTR, ROUNDS_ATTR
-from tfi.search.trials import SKIPPED_ATTR
+from tfi.search.trials import SKIPPED_ATTR, was_skipped
 
 
 def stale_trials(
@@ -40,9 +40,7 @@ def stale_trials(
     bar = -float("inf")
     stale = 0
     for trial in sorted(trials, key=lambda t: t.number):
-        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
-            continue
-        if SKIPPED_ATTR in trial.user_attrs:
+        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED) or was_skipped(trial):
             continue
         improved = trial.state == TrialState.COMPLETE and sign * trial.value > bar + min_improvement
         if improved:
@@ -71,6 +69,6 @@ def stop_reason(study: optuna.Study, config: TuningConfig) -> str | None:
 def round_stop_reason(trials: Sequence[FrozenTrial], round_: int) -> str | None:
     """Why round ``round_`` ended early (recorded on the trials it skipped), or None."""
     for trial in trials:
-        if trial.user_attrs.get(ROUND_ATTR) == round_ and SKIPPED_ATTR in trial.user_attrs:
+        if trial.user_attrs.get(ROUND_ATTR) == round_ and was_skipped(trial):
             return str(trial.user_attrs[SKIPPED_ATTR])
     return None

@@ -74,6 +74,11 @@ def skip_waiting(shared: SharedStudy, reason: str) -> int:
     return skipped
 
 
+def was_skipped(trial: FrozenTrial) -> bool:
+    """Taken off the queue by :func:`skip_waiting`: never run, though Optuna calls it pruned."""
+    return SKIPPED_ATTR in trial.user_attrs
+
+
 def _take_waiting(shared: SharedStudy) -> Iterator[int]:
     """Waiting trials' ids, each atomically set running (WAITING -> RUNNING) before it is given."""
     storage = shared.storage

@@ -22,7 +22,7 @@ from tfi.search.objective import fold_scores
 from tfi.search.patience import round_stop_reason
 from tfi.search.pruning import REFERENCE_ATTR
 from tfi.search.study import SharedStudy
-from tfi.search.trials import ERROR_ATTR, SKIPPED_ATTR
+from tfi.search.trials import ERROR_ATTR, was_skipped
 from tfi.stages.context import Session
 from tfi.stages.cv_setup import CVSetup
 from tfi.stages.outputs import Prepared, Selected
@@ -127,8 +127,9 @@ def summarise(session: Session, shared: SharedStudy, parent: str, round_: int) -
         return best  # other workers are still at it; the last one summarises
     close_orphan_trial_runs(tracker, study, parent, fold_scores)
     trials = study.get_trials(deepcopy=False)
-    ran = [t for t in trials if SKIPPED_ATTR not in t.user_attrs]
+    ran = [t for t in trials if not was_skipped(t)]
     counts = {state: sum(t.state == state for t in ran) for state in TrialState}
+    skipped = len(trials) - len(ran)
     best = studies.best_trial(study)
     if best is not None and tracker.tags_of(parent).get(SUMMARISED_TAG) == str(len(trials)):
         return best  # another command of this round summarised it already
@@ -139,7 +140,7 @@ def summarise(session: Session, shared: SharedStudy, parent: str, round_: int) -
             "n_trials_complete": counts[TrialState.COMPLETE],
             "n_trials_pruned": counts[TrialState.PRUNED],
             "n_trials_failed": counts[TrialState.FAIL],
-            "n_trials_skipped": len(trials) - len(ran),
+            "n_trials_skipped": skipped,
         },
         step=round_,
     )
@@ -166,7 +167,7 @@ def summarise(session: Session, shared: SharedStudy, parent: str, round_: int) -
         len(ran),
         counts[TrialState.PRUNED],
         counts[TrialState.FAIL],
-        len(trials) - len(ran),
+        skipped,
     )
     return best
 
@@ -210,7 +211,7 @@ def _study_figures(shared: SharedStudy) -> Iterator[tuple[str, object]]:
     from optuna.visualization import matplotlib as optuna_plots
 
     study = shared.study
-    trials = [t for t in study.get_trials(deepcopy=False) if SKIPPED_ATTR not in t.user_attrs]
+    trials = [t for t in study.get_trials(deepcopy=False) if not was_skipped(t)]
     complete = sum(t.state == TrialState.COMPLETE for t in trials)
     plots = {"optimization_history": optuna_plots.plot_optimization_history}
     if complete >= 2:
