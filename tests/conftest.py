@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,17 @@ import pytest
 from tfi.core.config import ExperimentConfig, load_config
 
 from .helpers import SMOKE, isolate_tracking
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Iterator[None]:
+    """A command run in-process points the root logger at that test's captured stderr, which
+    is closed when the test ends: later tests' log lines would fail to write."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import optuna
+import sqlalchemy
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import StudyDirection
@@ -76,17 +77,19 @@ def open_storage(uri: str, config: TuningConfig, attempts: int = 4) -> RDBStorag
 
     Two commands creating the schema of a new database at once can collide: retried.
     """
+    sqlite = uri.startswith("sqlite")
     engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
-    if uri.startswith("sqlite"):
-        # Several worker processes share one SQLite file: wait for the write lock.
-        engine_kwargs = {"connect_args": {"timeout": 60}}
+    if sqlite:
+        # Several worker processes share one SQLite file: wait for the write lock. Python's
+        # sqlite3 begins no transaction itself (isolation_level None); see _begin_immediate.
+        engine_kwargs = {"connect_args": {"timeout": 60, "isolation_level": None}}
     problem: Exception | None = None
     for attempt in range(attempts):
         if attempt:
             time.sleep(0.5 * attempt)
         try:
             with experimental_ok():
-                return RDBStorage(
+                storage = RDBStorage(
                     uri,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=config.heartbeat_interval,
@@ -95,11 +98,26 @@ def open_storage(uri: str, config: TuningConfig, attempts: int = 4) -> RDBStorag
                         config.max_retry
                     ),
                 )
+            if sqlite:
+                sqlalchemy.event.listen(storage.engine, "begin", _begin_immediate)
+            return storage
         except Exception as exc:  # SQLAlchemy and driver errors vary by backend
             problem = exc
     raise TrackingError(
         f"cannot open the Optuna storage {mask_uri(uri)}: {mask_text(str(problem))}"
     )
+
+
+def _begin_immediate(connection: sqlalchemy.Connection) -> None:
+    """Every SQLite transaction takes the write lock when it begins.
+
+    Optuna's compare-and-set (a trial goes WAITING -> RUNNING only if it is still waiting)
+    reads the trial, then writes it. Python's sqlite3 opens a transaction only at the write,
+    so two processes could both read WAITING and both claim the trial (seen: two workers ran
+    trials 49 and 50 twice, each with its own MLflow run). Begun IMMEDIATE, the read and the
+    write are one transaction that other processes wait for (``timeout``).
+    """
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def sampler_and_pruner(
