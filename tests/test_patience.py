@@ -120,6 +120,13 @@ def test_tune_ends_the_round_and_the_runs_say_so(store, smoke_config):
     assert pipeline.run_train(session, None).model_uri
     study = optuna.load_study(study_name=tuned.study_name, storage=session.storage())
     assert len(study.trials) == 6
+    # A next round that runs its whole budget (patience is not part of the study's identity).
+    unlimited = Session.open(
+        config.with_overrides(**{"tuning.n_trials": 2, "tuning.patience": None})
+    )
+    again = pipeline.run_tune(unlimited, None)
+    assert again.run_id == tuned.run_id
+    assert ENDED_EARLY_TAG not in client.get_run(tuned.run_id).data.tags
 
 
 def test_the_benchmark_counts_skipped_trials_apart_from_pruned_ones():

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 PARENT_ATTR = "mlflow_parent_run_id"
 SUMMARISED_TAG = "tfi.summarised_trials"
-ENDED_EARLY_TAG = "tfi.round_ended_early"  # the latest round that skipped its queue, and why
+ENDED_EARLY_TAG = "tfi.round_ended_early"  # why the latest round skipped its queue
 
 
 def open_parent(
@@ -147,6 +147,8 @@ def summarise(session: Session, shared: SharedStudy, parent: str, round_: int) -
     ended_early = round_stop_reason(trials, round_)
     if ended_early is not None:
         run.set_tags({ENDED_EARLY_TAG: f"round {round_}: {ended_early}"})
+    else:
+        run.delete_tag(ENDED_EARLY_TAG)  # an earlier round's: this one ran its whole budget
     if best is None:
         tracker.end(parent, "FAILED")
         errors = {

@@ -233,6 +233,12 @@ class StageRun:
         self.client.log_batch(self.id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     @critical_section
+    def delete_tag(self, key: str) -> None:
+        """Remove a tag that no longer holds, if the run has it."""
+        if key in self.client.get_run(self.id).data.tags:
+            self.client.delete_tag(self.id, key)
+
+    @critical_section
     def log_dict(self, payload: Any, path: str) -> None:
         self.client.log_dict(self.id, payload, path)
 
