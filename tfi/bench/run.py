@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tfi.bench.quality import time_to_quality, trial_summary
+from tfi.core import logs
 from tfi.core.config import ExperimentConfig, SyntheticSpec, load_config
 from tfi.core.errors import StageError
 from tfi.core.uris import mask_text
@@ -219,21 +220,11 @@ def _generate(spec: dict[str, Any], path: str) -> None:
     synthetic.write_parquet(SyntheticSpec(**spec), path)
 
 
-def _child_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for noisy in ("mlflow", "alembic", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
 def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[str, Any]:
-    _child_logging()
+    from tfi.stages.context import STORAGE_ENV, configure_logging
+
+    configure_logging()  # as a tfi command does
     os.makedirs(store, exist_ok=True)
-    from tfi.stages.context import STORAGE_ENV
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
     for pointer in (*_MLFLOW_POINTERS, STORAGE_ENV):
@@ -279,7 +270,10 @@ def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[st
 
 
 def _run_reference(config_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    _child_logging()
+    from tfi.search.study import route_optuna_logs
+
+    logs.configure()  # not MLflow's masking: the seed's process does not import MLflow
+    route_optuna_logs()
     from tfi.bench import seed as reference
 
     config = load_config(config_path, **overrides)
