@@ -5,12 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
+
+from tfi.core.config import TuningConfig
+from tfi.search import trials
+from tfi.search.study import SharedStudy, open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.yaml"
@@ -98,3 +104,27 @@ def mlflow_run(
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def claim_concurrently(uri: str, config: TuningConfig, study: str, queued: int) -> list[int]:
+    """Three workers, each with its own storage (connection pool) as separate processes have,
+    claim ``queued`` waiting trials at once; returns every claimed trial number."""
+    created = optuna.create_study(study_name=study, storage=open_storage(uri, config))
+    for _ in range(queued):
+        created.enqueue_trial({})
+    start = threading.Barrier(3)
+    claimed: list[list[int]] = [[], [], []]
+
+    def worker(index: int) -> None:
+        storage = open_storage(uri, config)
+        mine = SharedStudy.of(optuna.load_study(study_name=study, storage=storage), storage)
+        start.wait()
+        while (trial := trials.claim(mine)) is not None:
+            claimed[index].append(trial.number)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [number for mine in claimed for number in mine]

@@ -16,9 +16,10 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from tfi.core.config import load_config
 from tfi.search.trials import WORKER_ATTR
 
-from .helpers import PYTHON, SMOKE, subprocess_env
+from .helpers import PYTHON, SMOKE, claim_concurrently, subprocess_env
 from .services import PASSWORD, mlflow_server, postgres, postgres_bin
 
 STUDY = "scale-out"
@@ -50,6 +51,12 @@ def _start(services, env, *args):
         cwd=services["folder"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
+
+
+def test_workers_on_postgresql_never_claim_the_same_trial(services):
+    uri = services["db"].url("optuna")
+    claimed = claim_concurrently(uri, load_config(SMOKE).tuning, "claims", queued=200)
+    assert sorted(claimed) == list(range(200))
 
 
 def test_two_workers_one_study_one_parent_champion_through_the_server(services):

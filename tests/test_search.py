@@ -13,7 +13,9 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from tfi.search import trials
-from tfi.search.study import SharedStudy, open_storage
+from tfi.search.study import SharedStudy
+
+from .helpers import claim_concurrently
 
 
 class _CountingStorage(RDBStorage):
@@ -104,26 +106,6 @@ def test_a_trial_failed_by_another_worker_meanwhile_does_not_stop_this_one(share
 
 
 def test_workers_sharing_a_sqlite_file_never_claim_the_same_trial(tmp_path, smoke_config):
-    # Each worker has its own storage (connection pool) on the file, as separate processes do.
     uri = f"sqlite:///{tmp_path / 'optuna.db'}"
-    queued = 200
-    study = optuna.create_study(study_name="s", storage=open_storage(uri, smoke_config.tuning))
-    for _ in range(queued):
-        study.enqueue_trial({})
-    start = threading.Barrier(3)
-    claimed: list[list[int]] = [[], [], []]
-
-    def worker(index: int) -> None:
-        storage = open_storage(uri, smoke_config.tuning)
-        mine = SharedStudy.of(optuna.load_study(study_name="s", storage=storage), storage)
-        start.wait()
-        while (trial := trials.claim(mine)) is not None:
-            claimed[index].append(trial.number)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    numbers = sorted(n for mine in claimed for n in mine)
-    assert numbers == list(range(queued))
+    claimed = claim_concurrently(uri, smoke_config.tuning, "s", queued=200)
+    assert sorted(claimed) == list(range(200))
