@@ -131,7 +131,8 @@ def summarise(session: Session, shared: SharedStudy, parent: str, round_: int) -
     counts = {state: sum(t.state == state for t in ran) for state in TrialState}
     skipped = len(trials) - len(ran)
     best = studies.best_trial(study)
-    if best is not None and tracker.tags_of(parent).get(SUMMARISED_TAG) == str(len(trials)):
+    tags = tracker.tags_of(parent)
+    if best is not None and tags.get(SUMMARISED_TAG) == str(len(trials)):
         return best  # another command of this round summarised it already
     run = tracker.stage_run(parent)
     run.log_metrics(
@@ -147,7 +148,7 @@ def summarise(session: Session, shared: SharedStudy, parent: str, round_: int) -
     ended_early = round_stop_reason(trials, round_)
     if ended_early is not None:
         run.set_tags({ENDED_EARLY_TAG: f"round {round_}: {ended_early}"})
-    else:
+    elif ENDED_EARLY_TAG in tags:
         run.delete_tag(ENDED_EARLY_TAG)  # an earlier round's: this one ran its whole budget
     if best is None:
         tracker.end(parent, "FAILED")

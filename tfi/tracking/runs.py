@@ -234,9 +234,7 @@ class StageRun:
 
     @critical_section
     def delete_tag(self, key: str) -> None:
-        """Remove a tag that no longer holds, if the run has it."""
-        if key in self.client.get_run(self.id).data.tags:
-            self.client.delete_tag(self.id, key)
+        self.client.delete_tag(self.id, key)
 
     @critical_section
     def log_dict(self, payload: Any, path: str) -> None:
