@@ -106,14 +106,16 @@ def mlflow_run(
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def claim_concurrently(uri: str, config: TuningConfig, study: str, queued: int) -> list[int]:
-    """Three workers, each with its own storage (connection pool) as separate processes have,
-    claim ``queued`` waiting trials at once; returns every claimed trial number."""
+def claim_concurrently(
+    uri: str, config: TuningConfig, study: str, queued: int, workers: int = 3
+) -> list[int]:
+    """Workers, each with its own storage (connection pool) as separate processes have, claim
+    ``queued`` waiting trials at once; returns every claimed trial number."""
     created = optuna.create_study(study_name=study, storage=open_storage(uri, config))
     for _ in range(queued):
         created.enqueue_trial({})
-    start = threading.Barrier(3)
-    claimed: list[list[int]] = [[], [], []]
+    start = threading.Barrier(workers)
+    claimed: list[list[int]] = [[] for _ in range(workers)]
 
     def worker(index: int) -> None:
         storage = open_storage(uri, config)
@@ -122,7 +124,7 @@ def claim_concurrently(uri: str, config: TuningConfig, study: str, queued: int) 
         while (trial := trials.claim(mine)) is not None:
             claimed[index].append(trial.number)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(workers)]
     for thread in threads:
         thread.start()
     for thread in threads:
