@@ -16,7 +16,6 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from tfi.core.config import load_config
 from tfi.search.trials import WORKER_ATTR
 
 from .helpers import PYTHON, SMOKE, claim_concurrently, subprocess_env
@@ -53,9 +52,9 @@ def _start(services, env, *args):
     )  # fmt: skip
 
 
-def test_workers_on_postgresql_never_claim_the_same_trial(services):
+def test_workers_on_postgresql_never_claim_the_same_trial(services, smoke_config):
     uri = services["db"].url("optuna")
-    claimed = claim_concurrently(uri, load_config(SMOKE).tuning, "claims", queued=200)
+    claimed = claim_concurrently(uri, smoke_config.tuning, "claims", queued=200)
     assert sorted(claimed) == list(range(200))
 
 
