@@ -11,13 +11,14 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tfi.core import interrupts
-from tfi.core.config import ExperimentConfig
+from tfi.core.config import ExperimentConfig, TuningConfig
 from tfi.core.errors import StageError, TfiError
 from tfi.search import patience, trials, workers
 from tfi.search import study as studies
@@ -69,14 +70,7 @@ def run(
     job = WorkerJob.of(session, prepared, selected, parent)
     try:
         with workers.spawned(cfg.workers - 1, functools.partial(_work_in_process, job)):
-            trials.work(
-                shared,
-                setup.objective,
-                _ProgressHooks(session.tracker, shared, parent, cfg.metric),
-                wait_for_all=True,
-                grace_seconds=cfg.heartbeat_grace,
-                stop_reason=functools.partial(patience.stop_reason, shared.study, cfg),
-            )
+            _work(shared, setup.objective, session.tracker, parent, cfg, wait_for_all=True)
     except BaseException:
         # Stopped: unless other workers are still running trials, the parent is not RUNNING
         # any more. Its waiting trials stay queued for the next command to resume.
@@ -156,6 +150,26 @@ class _ProgressHooks:
         return f"{partial}={metrics[partial]:.4f} over {folds} fold{'s' if folds > 1 else ''}"
 
 
+def _work(
+    shared: SharedStudy,
+    objective: Callable[[optuna.Trial], float],
+    tracker: Tracker,
+    parent: str,
+    cfg: TuningConfig,
+    *,
+    wait_for_all: bool,
+) -> None:
+    """Claim and run queued trials until none is left or the patience rule ends the round."""
+    trials.work(
+        shared,
+        objective,
+        _ProgressHooks(tracker, shared, parent, cfg.metric),
+        wait_for_all=wait_for_all,
+        grace_seconds=cfg.heartbeat_grace,
+        stop_reason=functools.partial(patience.stop_reason, shared.study, cfg),
+    )
+
+
 @dataclass(frozen=True)
 class WorkerJob:
     """Everything a local worker process needs, handed over as one pickled object."""
@@ -196,15 +210,7 @@ def _work_in_process(job: WorkerJob, worker_index: int) -> None:
             session.storage(), session.study_name, cfg, session.study_inputs, worker_index
         )
         objective = cv_setup(session, job.prepared, job.selected).objective
-        hooks = _ProgressHooks(tracker, shared, job.parent, cfg.metric)
-        trials.work(
-            shared,
-            objective,
-            hooks,
-            wait_for_all=False,
-            grace_seconds=cfg.heartbeat_grace,
-            stop_reason=functools.partial(patience.stop_reason, shared.study, cfg),
-        )
+        _work(shared, objective, tracker, job.parent, cfg, wait_for_all=False)
     except TfiError as exc:
         log.error("worker %d: %s", worker_index, exc)
         sys.exit(2)
