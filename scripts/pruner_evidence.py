@@ -27,7 +27,7 @@ from tfi import pipeline
 from tfi.core.config import load_config
 from tfi.core.cv import reference_cv
 from tfi.search import study as studies
-from tfi.search.pruning import REFERENCE_ATTR
+from tfi.search.candidates import record_defaults
 from tfi.stages import train
 from tfi.stages.context import Session
 from tfi.stages.cv_setup import cv_setup
@@ -60,10 +60,7 @@ def main() -> None:
         session = Session.open(config)
         prepared, selected = pipeline.upstream(session)
         setup = cv_setup(session, prepared, selected)
-        reference = [
-            getattr(f, config.tuning.metric)
-            for f in reference_cv(setup.objective.folds, config.tuning, session.threads)
-        ]
+        reference = reference_cv(setup.objective.folds, config.tuning, session.threads)
         unpruned_best, replay = None, []
         for name in ["none", *args.pruners]:
             pruner_name, _, margin = name.partition(":")  # e.g. paired:0.005
@@ -71,7 +68,7 @@ def main() -> None:
             tuning = config.tuning.model_copy(update=update)
             sampler, pruner = studies.sampler_and_pruner(tuning, 0)
             study = optuna.create_study(direction=tuning.direction, sampler=sampler, pruner=pruner)
-            study.set_user_attr(REFERENCE_ATTR, reference)
+            record_defaults(study, reference)
             for params in replay:
                 study.enqueue_trial(params)
             setup.objective.config = tuning

@@ -110,13 +110,14 @@ def test_a_hopeless_trial_is_pruned_after_its_first_fold(folds, smoke_config):
 
 
 def _paired_study(reference):
-    from tfi.search.pruning import REFERENCE_ATTR, PairedFoldPruner
+    from tfi.search.candidates import DEFAULTS_ATTR
+    from tfi.search.pruning import PairedFoldPruner
 
     study = optuna.create_study(
         direction="maximize", pruner=PairedFoldPruner("f1_macro", maximize=True, margin=0.01)
     )
     if reference is not None:
-        study.set_user_attr(REFERENCE_ATTR, reference)
+        study.set_user_attr(DEFAULTS_ATTR, [{"f1_macro": value} for value in reference])
     return study
 
 

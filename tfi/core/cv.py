@@ -52,17 +52,6 @@ def lightgbm_params(
     return full, rounds
 
 
-def default_params(num_threads: int, seed: int) -> dict[str, Any]:
-    """LightGBM's own defaults for a 3-class problem (100 rounds): the untuned reference."""
-    return {
-        "objective": "multiclass",
-        "num_class": 3,
-        "num_threads": num_threads,
-        "seed": seed,
-        "verbose": -1,
-    }
-
-
 def dataset_params(max_bin: int, num_threads: int) -> dict[str, Any]:
     # feature_pre_filter=False keeps every feature binnable, so min_child_samples can be tuned
     # on a Dataset built once.
@@ -219,12 +208,18 @@ def cross_validate(
 
 
 def reference_cv(
-    folds: Sequence[FoldData], config: TuningConfig, num_threads: int
+    folds: Sequence[FoldData],
+    config: TuningConfig,
+    num_threads: int,
+    out_of_fold: OutOfFold | None = None,
 ) -> list[FoldScore]:
     """LightGBM's default parameters on the same folds, fold by fold: what tuning must beat.
 
     Fair to the tuned trials: the same binned folds (``tuning.max_bin``), the same early
-    stopping on each fold (at most 1,000 rounds) and the same kind of decision.
+    stopping on each fold (at most 1,000 rounds) and the same kind of decision. The defaults
+    are :func:`lightgbm_params` of no parameter at all: what the champion trains with when the
+    defaults are its candidate.
     """
-    defaults = default_params(num_threads, config.seed)
-    return list(cross_validate(defaults, DEFAULT_MAX_ROUNDS, folds, config, []))
+    params, rounds = lightgbm_params({}, num_threads, config.seed)
+    kept: OutOfFold = [] if out_of_fold is None else out_of_fold
+    return list(cross_validate(params, rounds, folds, config, kept))

@@ -125,6 +125,13 @@ class TuningConfig(StrictModel):
     min_improvement: float = Field(
         0.0, ge=0, description="the smallest gain in the metric that resets tuning.patience"
     )
+    min_gain_over_defaults: float = Field(
+        0.002,
+        ge=0,
+        description="the champion trains from the best trial only when its CV score beats "
+        "LightGBM's defaults' (cross-validated on the same folds) by more than this; otherwise "
+        "from the defaults (tfi.search.candidates)",
+    )
     seed: int = 42
     study: str | None = None
     storage: str | None = None

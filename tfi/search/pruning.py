@@ -6,7 +6,7 @@ differ in difficulty, so that compares unlike numbers. :class:`PairedFoldPruner`
 with like, from the first trial on: fold ``i``'s score against the same fold's score of
 
 - LightGBM's default parameters on the same folds (computed before the first trial and kept in
-  the study, :data:`REFERENCE_ATTR`), and
+  the study, :data:`tfi.search.candidates.DEFAULTS_ATTR`), and
 - the best complete trial so far, once there is one.
 
 A trial whose fold score is worse than the better of those by more than ``margin`` stops there.
@@ -19,9 +19,8 @@ from collections.abc import Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tfi.search.candidates import defaults_fold_values
 from tfi.search.objective import FOLDS_ATTR
-
-REFERENCE_ATTR = "reference_fold_scores"
 
 
 class PairedFoldPruner(optuna.pruners.BasePruner):
@@ -35,7 +34,7 @@ class PairedFoldPruner(optuna.pruners.BasePruner):
         if step is None:
             return False
         value = self.sign * trial.intermediate_values[step]
-        bars = [self.sign * v for v in _at(study.user_attrs.get(REFERENCE_ATTR), step)]
+        bars = [self.sign * v for v in _at(defaults_fold_values(study, self.metric), step)]
         best = _best_complete(study, self.sign)
         if best is not None:
             folds = best.user_attrs.get(FOLDS_ATTR, [])

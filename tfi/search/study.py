@@ -216,13 +216,6 @@ def open_budget(shared: SharedStudy, n_trials: int) -> Budget:
     return Budget(rounds + 1, n_trials, joined=False)
 
 
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:  # no complete trial yet
-        return None
-
-
 def route_optuna_logs() -> None:
     """Optuna's messages through the root logger (masked, one format), warnings and above."""
     optuna.logging.disable_default_handler()

@@ -24,6 +24,7 @@ from tfi.core.decision import Decision, decide
 from tfi.core.fit import champion_rounds, fit_booster
 from tfi.core.labelled import LabelledData
 from tfi.core.split import TEST, TRAIN
+from tfi.search.candidates import candidate_params, describe
 from tfi.search.objective import fold_scores
 from tfi.stages.context import Session, available_cores
 from tfi.stages.cv_setup import cv_setup
@@ -73,10 +74,11 @@ class Champion:
 def fit_champion(
     cfg: ExperimentConfig, tuned: Tuned, split: TrainTest, out_of_fold: OutOfFold
 ) -> Champion:
-    """The best trial's complete parameters (fixed plus tuned) on every training row."""
+    """The candidate's complete parameters (fixed plus tuned, or LightGBM's defaults) on every
+    training row."""
     threads = available_cores()
     params, max_rounds = lightgbm_params(
-        {**cfg.tuning.fixed_params, **tuned.best.params}, threads, cfg.tuning.seed
+        candidate_params(cfg.tuning, tuned.best), threads, cfg.tuning.seed
     )
     rounds = champion_rounds(
         fold_scores(tuned.best), len(split.train_rows), cfg.training.round_scaling, max_rounds
@@ -112,10 +114,8 @@ def cv_evidence(
         return tuned.baselines, tuned.out_of_fold
     cfg = session.config.tuning
     setup = cv_setup(session, prepared, selected)
-    params, rounds = lightgbm_params(
-        {**cfg.fixed_params, **tuned.best.params}, session.threads, cfg.seed
-    )
-    log.info("train: cross-validating trial %d again for its decision", tuned.best.number)
+    params, rounds = lightgbm_params(candidate_params(cfg, tuned.best), session.threads, cfg.seed)
+    log.info("train: cross-validating %s again for its decision", describe(tuned.best))
     out_of_fold: OutOfFold = []
     for _ in cross_validate(params, rounds, setup.objective.folds, cfg, out_of_fold):
         pass  # the fold scores are the best trial's own; only its predictions are needed

@@ -32,6 +32,7 @@ _OPERATIONAL = {
     "n_trials",
     "patience",  # how many trials run, like n_trials: not what they are scored on
     "min_improvement",
+    "min_gain_over_defaults",  # which candidate the champion trains from, not how trials score
     "workers",
     "study",
     "storage",

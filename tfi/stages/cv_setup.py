@@ -6,14 +6,14 @@ same folds when it needs the best trial's out-of-fold predictions again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from tfi.core import evaluate as ev
 from tfi.core.classes import lightgbm_classes
-from tfi.core.cv import build_folds
+from tfi.core.cv import OutOfFold, build_folds
 from tfi.core.data import MarketData
 from tfi.core.labelled import fold_labels, training_folds
 from tfi.core.labels import trailing_imbalance
@@ -31,6 +31,8 @@ class CVSetup:
     data: MarketData
     fold_thresholds: list[dict[str, Any]]
     baselines: dict[str, float]  # persistence and majority class CV macro-F1
+    # LightGBM's defaults' out-of-fold predictions, when this process cross-validated them.
+    defaults_oof: OutOfFold = field(default_factory=list)
 
 
 def cv_setup(session: Session, prepared: Prepared, selected: Selected) -> CVSetup:

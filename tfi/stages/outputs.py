@@ -43,6 +43,8 @@ class Tuned:
     # out-of-fold predictions when this process ran it. None: the train stage recomputes them.
     baselines: dict[str, float] | None = None
     out_of_fold: list[tuple[np.ndarray, np.ndarray]] | None = None
+    # LightGBM's defaults as a candidate (their CV fold scores), when the study recorded them.
+    defaults: FrozenTrial | None = None
 
 
 @dataclass(frozen=True)

@@ -102,14 +102,29 @@ def _log_run(
             **report.baselines,
             "train_seconds": champion.seconds,
             **{
-                f"reference_{key}_test_f1_macro": row["f1_macro"]
-                for key, (_, row) in report.references.items()
+                f"reference_{key}_test_f1_macro": reference.metrics["f1_macro"]
+                for key, reference in report.references.items()
+            },
+            **{
+                f"test_f1_macro_minus_{key}{suffix}": value
+                for key, interval in report.differences.items()
+                for suffix, value in (
+                    ("", interval.difference),
+                    ("_low", interval.low),
+                    ("_high", interval.high),
+                )
             },
         }
     )
     run.log_dict(champion.decision.as_dict(), "decision.json")
     run.log_dict(report.table.reset_index().to_dict(orient="records"), "references.json")
-    run.log_text(ev.markdown(report.table), "references.md")
+    differences = report.differences_table()
+    run.log_dict(differences.reset_index().to_dict(orient="records"), "reference_differences.json")
+    run.log_text(
+        f"{ev.markdown(report.table)}\n\nDifferences in test macro-F1, day-block bootstrap:\n\n"
+        f"{ev.markdown(differences)}\n",
+        "references.md",
+    )
     run.log_text(ev.markdown(report.periods), "test_by_period.md")
     run.log_table(report.periods.reset_index(), "test_by_period.parquet")
     run.log_figure(ev.by_period_figure(report.periods), "test_by_period.png")

@@ -14,18 +14,22 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from optuna.trial import FrozenTrial
 
+from tfi.core import bootstrap
 from tfi.core import evaluate as ev
+from tfi.core.bootstrap import Interval
 from tfi.core.classes import NAMES, PROBABILITY_COLUMNS, lightgbm_classes
 from tfi.core.config import ExperimentConfig
-from tfi.core.cv import default_params
+from tfi.core.cv import lightgbm_params
 from tfi.core.data import MarketData
-from tfi.core.decision import Decision, prior_decision
+from tfi.core.decision import prior_decision
 from tfi.core.errors import StageError, TfiError
-from tfi.core.fit import fit_booster
+from tfi.core.fit import champion_rounds, fit_booster
 from tfi.core.labelled import LabelledData
 from tfi.core.labels import trailing_imbalance
 from tfi.core.metrics import classification_metrics
+from tfi.search import candidates
 from tfi.search.objective import fold_scores
 from tfi.stages.champion import Champion, TrainTest
 from tfi.stages.context import Session, available_cores
@@ -41,15 +45,36 @@ TUNED = "tfi (tuned)"
 
 
 @dataclass(frozen=True)
+class Reference:
+    """A reference model on the test period: what it is called, its metrics and its classes."""
+
+    label: str
+    metrics: dict[str, float]
+    predicted: np.ndarray  # class indices 0/1/2
+
+
+@dataclass(frozen=True)
 class Report:
     """The champion against the references: on CV (the gate) and on the test period."""
 
     cv_f1: float
     baselines: dict[str, float]
-    references: dict[str, tuple[str, dict[str, float]]]
+    references: dict[str, Reference]
+    # tfi minus each reference on the test rows (macro-F1), with a day-block bootstrap interval.
+    differences: dict[str, Interval]
     table: pd.DataFrame
     periods: pd.DataFrame
     blocked: str | None
+
+    def differences_table(self) -> pd.DataFrame:
+        table = pd.DataFrame(
+            {
+                self.references[key].label: interval.as_dict()
+                for key, interval in self.differences.items()
+            }
+        ).T
+        table.index.name = f"{TUNED} minus"
+        return table
 
 
 def build_report(
@@ -63,18 +88,26 @@ def build_report(
 ) -> Report:
     """The references on the test period, the per-period table, and the CV gate's verdict."""
     carried = _persistence(data, labelled, split, cfg)
-    references = _references(split, carried, champion.proba, champion.decision, cfg)
-    table = ev.reference_table({TUNED: champion.evaluation.metrics, **dict(references.values())})
+    references = _references(split, carried, tuned, champion, cfg)
+    table = ev.reference_table(
+        {TUNED: champion.evaluation.metrics, **{r.label: r.metrics for r in references.values()}}
+    )
+    stamps = labelled.timestamps[split.test_rows]
+    blocks = bootstrap.day_blocks(stamps)
+    differences = {
+        key: bootstrap.paired_difference(
+            [bootstrap.Scored(split.y_test, champion.predicted, reference.predicted, blocks)]
+        )
+        for key, reference in references.items()
+    }
     periods = ev.by_period(
-        labelled.timestamps[split.test_rows],
-        split.y_test,
-        {"tfi": champion.predicted, "persistence": carried[0]},
+        stamps, split.y_test, {"tfi": champion.predicted, "persistence": carried[0]}
     )
     cv_f1 = float(np.mean([s.f1_macro for s in fold_scores(tuned.best)]))
     blocked = _cv_gate(cv_f1, baselines)
     if blocked:
         log.warning("train: %s", blocked)
-    return Report(cv_f1, baselines, references, table, periods, blocked)
+    return Report(cv_f1, baselines, references, differences, table, periods, blocked)
 
 
 def _cv_gate(cv_f1: float, baselines: dict[str, float]) -> str | None:
@@ -111,38 +144,57 @@ def _persistence(
 def _references(
     split: TrainTest,
     carried: tuple[np.ndarray, np.ndarray],
-    proba: np.ndarray,
-    decision: Decision,
+    tuned: Tuned,
+    champion: Champion,
     cfg: ExperimentConfig,
-) -> dict[str, tuple[str, dict[str, float]]]:
-    """The references' test metrics by metric key: (name for what it is, metrics)."""
-    threads = available_cores()
-    defaults = fit_booster(
-        split.X_train, split.y_train, default_params(threads, cfg.tuning.seed), 100, 255, threads
-    )
-    defaults_proba = defaults.predict(split.X_test)
-    # LightGBM's defaults get the parameter-free version of the tuned model's decision.
-    defaults_decision = decision if decision.rule == "argmax" else prior_decision(split.y_train)
+) -> dict[str, Reference]:
+    """The references on the test period, by metric key."""
     y_test = split.y_test
+    if candidates.is_defaults(tuned.best):
+        defaults_proba, rounds = champion.proba, champion.rounds  # the champion is the defaults
+    else:
+        defaults_proba, rounds = _defaults_on_test(cfg, split, tuned.defaults)
+    # LightGBM's defaults get the parameter-free version of the tuned model's decision.
+    decision = champion.decision
+    defaults_decision = decision if decision.rule == "argmax" else prior_decision(split.y_train)
+    majority = ev.majority_proba(split.y_train, len(y_test))
     references = {
-        "lightgbm_defaults": (
-            f"lightgbm defaults (100 rounds, 255 bins, {defaults_decision.rule})",
-            classification_metrics(
-                y_test, defaults_proba, predicted=defaults_decision.classes(defaults_proba)
-            ),
+        "lightgbm_defaults": _reference(
+            f"lightgbm defaults ({rounds} rounds, {defaults_decision.rule})",
+            y_test,
+            defaults_proba,
+            defaults_decision.classes(defaults_proba),
         ),
-        "persistence": (
-            "persistence",
-            classification_metrics(y_test, carried[1], predicted=carried[0]),
-        ),
-        "majority_class": (
-            "majority class",
-            classification_metrics(y_test, ev.majority_proba(split.y_train, len(y_test))),
-        ),
+        "persistence": _reference("persistence", y_test, carried[1], carried[0]),
+        "majority_class": _reference("majority class", y_test, majority, majority.argmax(axis=1)),
     }
     if decision.rule != "argmax":  # what the fitted decision adds to the same probabilities
-        references["tuned_argmax"] = (f"{TUNED}, argmax", classification_metrics(y_test, proba))
+        proba = champion.proba
+        references["tuned_argmax"] = _reference(
+            f"{TUNED}, argmax", y_test, proba, proba.argmax(axis=1)
+        )
     return references
+
+
+def _reference(label: str, y: np.ndarray, proba: np.ndarray, predicted: np.ndarray) -> Reference:
+    return Reference(label, classification_metrics(y, proba, predicted=predicted), predicted)
+
+
+def _defaults_on_test(
+    cfg: ExperimentConfig, split: TrainTest, defaults: FrozenTrial | None
+) -> tuple[np.ndarray, int]:
+    """LightGBM's defaults as CV scored them (:func:`tfi.core.cv.reference_cv`), trained on
+    every training row: trees from their folds' best iterations, the tuning's bins."""
+    threads = available_cores()
+    params, max_rounds = lightgbm_params({}, threads, cfg.tuning.seed)
+    folds = fold_scores(defaults) if defaults is not None else []
+    rounds = (
+        champion_rounds(folds, len(split.train_rows), cfg.training.round_scaling, max_rounds)
+        if folds
+        else 100  # LightGBM's own default, when the study holds no CV of the defaults
+    )
+    booster = fit_booster(split.X_train, split.y_train, params, rounds, cfg.tuning.max_bin, threads)
+    return booster.predict(split.X_test), rounds
 
 
 def compare_with_champion(

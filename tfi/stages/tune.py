@@ -19,8 +19,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tfi.core import interrupts
 from tfi.core.config import ExperimentConfig, TuningConfig
+from tfi.core.cv import reference_cv
 from tfi.core.errors import StageError, TfiError
-from tfi.search import patience, trials, workers
+from tfi.search import candidates, patience, trials, workers
 from tfi.search import study as studies
 from tfi.search.lock import study_lock
 from tfi.search.objective import fold_scores
@@ -48,13 +49,20 @@ def run(
     cfg = session.config.tuning
     shared = studies.open_study(session.storage(), session.study_name, cfg, session.study_inputs)
     setup = cv_setup(session, prepared, selected)
+    # LightGBM's defaults on the folds, before the lock (these fits take a while on large data)
+    # and recorded before a round opens: every trial of every worker is pruned against them.
+    defaults = None
+    if not candidates.defaults_fold_values(shared.study, cfg.metric):
+        defaults = reference_cv(setup.objective.folds, cfg, session.threads, setup.defaults_oof)
     with study_lock(shared):
         parent, created = tune_parent.open_parent(
             session, shared, prepared, selected, parent_id, run_id
         )
+        if defaults is not None and not candidates.defaults_fold_values(shared.study, cfg.metric):
+            candidates.record_defaults(shared.study, defaults)
         trials.reap(shared, cfg.heartbeat_grace)
         budget = studies.open_budget(shared, cfg.n_trials)
-    if created:  # outside the lock: these fits take a while on large data
+    if created:
         tune_parent.record_references(session, shared, parent, setup)
     if budget.joined:
         log.info("tune: study %s has unfinished trials: joining them", shared.name)
@@ -83,8 +91,18 @@ def run(
     if run_id and run_id != parent:
         session.tracker.tag(run_id, {tracking.TUNE_RUN: parent})
     kept = setup.objective.best_out_of_fold
-    out_of_fold = kept[2] if kept is not None and kept[0] == best.number else None
-    return Tuned(parent, shared.name, best, setup.baselines, out_of_fold)
+    if candidates.is_defaults(best):
+        out_of_fold = setup.defaults_oof or None
+    else:
+        out_of_fold = kept[2] if kept is not None and kept[0] == best.number else None
+    return Tuned(
+        parent,
+        shared.name,
+        best,
+        setup.baselines,
+        out_of_fold,
+        candidates.defaults_trial(shared.study, cfg.metric),
+    )
 
 
 def finished(session: Session) -> Tuned | None:
@@ -99,11 +117,14 @@ def finished(session: Session) -> Tuned | None:
             f"study {shared.name} still has {len(unfinished)} waiting or running trials: "
             "wait for its workers to finish before training the champion"
         )
-    best = studies.best_trial(shared.study)
+    cfg = session.config.tuning
+    best, _ = candidates.best_candidate(shared.study, cfg)
     parent = shared.study.user_attrs.get(tune_parent.PARENT_ATTR)
     if best is None or parent is None:
         return None
-    return Tuned(parent, shared.name, best)
+    return Tuned(
+        parent, shared.name, best, defaults=candidates.defaults_trial(shared.study, cfg.metric)
+    )
 
 
 class _ProgressHooks:
@@ -120,7 +141,7 @@ class _ProgressHooks:
 
     def finished(self, trial: FrozenTrial, error: str | None) -> None:
         metrics = self.runs.finished(trial, error)
-        best = studies.best_trial(self.study)
+        best = candidates.best_complete(self.study)
         if trial.state == TrialState.COMPLETE and best is not None:
             # The parent's metric history is the optimisation history in the run's charts.
             self.parent.log_metrics(

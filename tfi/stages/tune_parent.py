@@ -14,13 +14,13 @@ from collections.abc import Iterator
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
-from tfi.core.cv import lightgbm_params, reference_cv
+from tfi.core.cv import lightgbm_params
 from tfi.core.errors import StageError
 from tfi.core.uris import mask_uri
+from tfi.search import candidates
 from tfi.search import study as studies
 from tfi.search.objective import fold_scores
 from tfi.search.patience import round_stop_reason
-from tfi.search.pruning import REFERENCE_ATTR
 from tfi.search.study import SharedStudy
 from tfi.search.trials import ERROR_ATTR, was_skipped
 from tfi.stages.context import Session
@@ -95,24 +95,14 @@ def _setup_params(session: Session, shared: SharedStudy, selected: Selected) -> 
 
 
 def record_references(session: Session, shared: SharedStudy, parent: str, setup: CVSetup) -> None:
-    """The tune data, fold thresholds and the references' CV scores, before the first trial.
-
-    The paired pruner compares every trial's folds with LightGBM's defaults' (kept in the
-    study), from the first trial on.
-    """
-    cfg = session.config.tuning
+    """The tune data, fold thresholds and the references' CV scores (the defaults' are the
+    study's, :mod:`tfi.search.candidates`)."""
     run = session.tracker.stage_run(parent)
     run.log_dataset(setup.data, context="tune")
     run.log_dict(setup.fold_thresholds, "fold_thresholds.json")
-    reference = reference_cv(setup.objective.folds, cfg, session.threads)
-    shared.study.set_user_attr(REFERENCE_ATTR, [getattr(fold, cfg.metric) for fold in reference])
+    defaults = candidates.defaults_fold_values(shared.study, "f1_macro")
     run.log_metrics(
-        {
-            **setup.baselines,
-            "reference_lightgbm_defaults_cv_f1_macro": float(
-                np.mean([fold.f1_macro for fold in reference])
-            ),
-        }
+        {**setup.baselines, "reference_lightgbm_defaults_cv_f1_macro": float(np.mean(defaults))}
     )
 
 
@@ -120,17 +110,16 @@ def summarise(session: Session, shared: SharedStudy, parent: str, round_: int) -
     """Summarise the study on its parent run once no trial is unfinished; return the best."""
     tracker = session.tracker
     study = shared.study
+    best, why = candidates.best_candidate(study, session.config.tuning)
     if shared.unfinished():
-        best = studies.best_trial(study)
         if best is None:
-            raise StageError(f"study {shared.name} has no complete trial yet")
+            raise StageError(f"study {shared.name} has no candidate yet: {why}")
         return best  # other workers are still at it; the last one summarises
     close_orphan_trial_runs(tracker, study, parent, fold_scores)
     trials = study.get_trials(deepcopy=False)
     ran = [t for t in trials if not was_skipped(t)]
     counts = {state: sum(t.state == state for t in ran) for state in TrialState}
     skipped = len(trials) - len(ran)
-    best = studies.best_trial(study)
     tags = tracker.tags_of(parent)
     if best is not None and tags.get(SUMMARISED_TAG) == str(len(trials)):
         return best  # another command of this round summarised it already
@@ -153,49 +142,67 @@ def summarise(session: Session, shared: SharedStudy, parent: str, round_: int) -
     if best is None:
         tracker.end(parent, "FAILED")
         errors = {
-            t.number: t.user_attrs.get(ERROR_ATTR) for t in trials if t.state == TrialState.FAIL
+            t.number: t.user_attrs[ERROR_ATTR]
+            for t in trials
+            if t.state == TrialState.FAIL and ERROR_ATTR in t.user_attrs
         }
+        listed = f"; trial errors: {errors}" if errors else ""
         raise StageError(
-            f"no trial of study {shared.name} completed ({counts[TrialState.FAIL]} failed, "
-            f"{counts[TrialState.PRUNED]} pruned); see the trial runs' tfi.error tags {errors}"
+            f"no candidate in study {shared.name} ({counts[TrialState.FAIL]} trials failed, "
+            f"{counts[TrialState.PRUNED]} pruned): {why}{listed}"
         )
-    _log_best(session, run, shared, best, round_)
+    _log_best(session, run, shared, best, round_, why)
     run.set_tags({SUMMARISED_TAG: len(trials)})
     tracker.end(parent, "FINISHED")
     log.info(
-        "tune: best cv_%s=%.4f (trial %d) after %d trials (%d pruned, %d failed, %d skipped)",
+        "tune: champion candidate %s, cv_%s=%.4f, after %d trials (%d pruned, %d failed, "
+        "%d skipped): %s",
+        candidates.describe(best),
         session.config.tuning.metric,
         best.value,
-        best.number,
         len(ran),
         counts[TrialState.PRUNED],
         counts[TrialState.FAIL],
         skipped,
+        why,
     )
     return best
 
 
 def _log_best(
-    session: Session, run: tracking.StageRun, shared: SharedStudy, best: FrozenTrial, round_: int
+    session: Session,
+    run: tracking.StageRun,
+    shared: SharedStudy,
+    best: FrozenTrial,
+    round_: int,
+    why: str,
 ) -> None:
-    """The best trial: metrics, tags, ``best_params.json`` and the study's plots."""
+    """The champion's candidate: metrics, tags, ``best_params.json`` and the study's plots."""
     cfg = session.config.tuning
     scores = fold_scores(best)
+    defaults = candidates.is_defaults(best)
     run.log_metrics(
         {f"best_cv_{cfg.metric}": best.value, "best_trial_number": best.number}, step=round_
     )
     run.set_tags(
-        {"tfi.best_trial": best.number, **{f"best.{k}": v for k, v in best.params.items()}}
+        {
+            "tfi.best_trial": candidates.DEFAULTS if defaults else best.number,
+            "tfi.candidate_reason": why,
+            **{f"best.{k}": v for k, v in best.params.items()},
+        }
     )
-    full, rounds = lightgbm_params({**cfg.fixed_params, **best.params}, session.threads, cfg.seed)
+    full, rounds = lightgbm_params(
+        candidates.candidate_params(cfg, best), session.threads, cfg.seed
+    )
     run.log_dict(
         {
             "study": shared.name,
-            "trial": best.number,
+            "trial": candidates.DEFAULTS if defaults else best.number,
+            "candidate_reason": why,
             "metric": cfg.metric,
             "value": best.value,
             "params": best.params,
-            "fixed_params": cfg.fixed_params,
+            "fixed_params": {} if defaults else cfg.fixed_params,
             "lightgbm_params": {k: v for k, v in full.items() if k != "num_threads"},
             "max_rounds": rounds,
             "fold_best_iterations": [s.best_iteration for s in scores],

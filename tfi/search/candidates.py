@@ -1,0 +1,103 @@
+"""The champion's candidates: the study's best complete trial, and LightGBM's defaults.
+
+LightGBM's default parameters are cross-validated on the same binned folds before the first
+trial (early-stopped like every trial, the same decision) and kept in the study
+(:data:`DEFAULTS_ATTR`: each fold's scores). The paired pruner compares trials with them, and
+:func:`best_candidate` chooses what the champion trains from: the best complete trial only when
+its CV score beats the defaults' by more than ``tuning.min_gain_over_defaults``, otherwise the
+defaults. The best of many noisy trials is optimistic, so a tie goes to the defaults. Tuning can
+then add to the defaults but not take away from them on CV, and a round in which every trial was
+pruned (thin months, where the pruner stops each trial on a fold where it trails the defaults)
+still ends with a model.
+
+The defaults candidate is an Optuna ``FrozenTrial`` that is not in the study (number -1, no
+parameters, :data:`CANDIDATE_ATTR` set): samplers never see it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tfi.core.config import TuningConfig
+from tfi.core.cv import FoldScore
+from tfi.search.objective import FOLDS_ATTR
+
+DEFAULTS_ATTR = "tfi.defaults_folds"
+CANDIDATE_ATTR = "tfi.candidate"
+DEFAULTS = "lightgbm_defaults"
+
+
+def record_defaults(study: optuna.Study, scores: Sequence[FoldScore]) -> None:
+    study.set_user_attr(DEFAULTS_ATTR, [asdict(score) for score in scores])
+
+
+def defaults_fold_values(study: optuna.Study, metric: str) -> list[float]:
+    """The defaults' ``metric`` per fold, smallest fold first; empty if not recorded."""
+    return [float(fold[metric]) for fold in study.user_attrs.get(DEFAULTS_ATTR, [])]
+
+
+def defaults_trial(study: optuna.Study, metric: str) -> FrozenTrial | None:
+    """LightGBM's defaults as a complete candidate (not a trial of the study), if recorded."""
+    folds = study.user_attrs.get(DEFAULTS_ATTR)
+    if not folds:
+        return None
+    return optuna.trial.create_trial(
+        state=TrialState.COMPLETE,
+        value=float(np.mean([fold[metric] for fold in folds])),
+        params={},
+        distributions={},
+        user_attrs={FOLDS_ATTR: folds, CANDIDATE_ATTR: DEFAULTS},
+    )
+
+
+def is_defaults(trial: FrozenTrial) -> bool:
+    return trial.user_attrs.get(CANDIDATE_ATTR) == DEFAULTS
+
+
+def describe(trial: FrozenTrial) -> str:
+    return "LightGBM's defaults" if is_defaults(trial) else f"trial {trial.number}"
+
+
+def candidate_params(config: TuningConfig, trial: FrozenTrial) -> dict[str, Any]:
+    """The LightGBM parameters (sklearn names) a candidate trains with: none for the defaults."""
+    if is_defaults(trial):
+        return {}
+    return {**config.fixed_params, **trial.params}
+
+
+def best_complete(study: optuna.Study) -> FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:  # no complete trial yet
+        return None
+
+
+def best_candidate(study: optuna.Study, config: TuningConfig) -> tuple[FrozenTrial | None, str]:
+    """What the champion trains from, and why; (None, why) when there is no candidate at all."""
+    best = best_complete(study)
+    defaults = defaults_trial(study, config.metric)
+    if defaults is None:
+        if best is None:
+            return None, "no trial completed and LightGBM's defaults were not cross-validated"
+        return best, f"trial {best.number}: the best complete trial"
+    sign = 1.0 if config.direction == "maximize" else -1.0
+    margin = config.min_gain_over_defaults
+    if best is None:
+        return defaults, "LightGBM's defaults: no trial completed"
+    gain = sign * (best.value - defaults.value)
+    if gain > margin:
+        return best, (
+            f"trial {best.number}: beats LightGBM's defaults' cv_{config.metric} "
+            f"{defaults.value:.4f} by {gain:.4f} (> {margin:g})"
+        )
+    return defaults, (
+        f"LightGBM's defaults: the best trial ({best.number}, cv_{config.metric} "
+        f"{best.value:.4f}) beats their {defaults.value:.4f} by {gain:.4f}, not more than "
+        f"tuning.min_gain_over_defaults={margin:g}"
+    )
