@@ -21,7 +21,7 @@ from tfi.core.uris import mask_text
 
 log = logging.getLogger("tfi")
 
-STAGES = ("prepare", "select", "tune", "train", "main")
+STAGES = ("prepare", "select", "tune", "train", "main", "backtest")
 SCORE_OUTPUT = "predictions.parquet"
 SCORE_BATCH_ROWS = 100_000
 
@@ -34,6 +34,17 @@ def _optional_int(value: str) -> int | None:
     """A count where 0 (what `mlflow run` passes for a default) means the default."""
     number = _number(value)
     if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (the default) or more, got {value}")
+    return number or None
+
+
+def _optional_float(value: str) -> float | None:
+    """A positive length where 0 (what `mlflow run` passes for a default) means the default."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not number >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 (the default) or more, got {value}")
     return number or None
 
@@ -84,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     tuning_options(main)
     registry_options(main)
 
+    walk = stage("backtest", "walk-forward backtest over the last windows, with intervals")
+    tuning_options(walk)
+    walk.add_argument("--windows", type=_optional_int, help="test windows (0 = config's)")
+    walk.add_argument("--window-days", type=_optional_float, help="days per window (0 = config's)")
+
     scoring = stage("score", "score data with a registered model")
     registry_options(scoring)
     scoring.add_argument("--model-uri", type=_optional_str, help="default models:/NAME@champion")
@@ -106,6 +122,8 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
         "tuning.study": getattr(args, "study", None),
         "tuning.workers": getattr(args, "workers", None),
         "registry.model_name": getattr(args, "model_name", None),
+        "backtest.windows": getattr(args, "windows", None),
+        "backtest.window_days": getattr(args, "window_days", None),
     }
     return load_config(args.config, **overrides)
 
@@ -173,6 +191,7 @@ def _dispatch(args: argparse.Namespace, config: ExperimentConfig, run_id: str | 
             "tune": pipeline.run_tune,
             "train": pipeline.run_train,
             "main": pipeline.run_main,
+            "backtest": pipeline.run_backtest,
         }[args.command]
         run(session, adopted)
     if run_id and adopted is None:

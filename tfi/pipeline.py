@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from tfi.core import data as data_io
-from tfi.stages import prepare, select, train, tune
+from tfi.stages import backtest, prepare, select, train, tune
 from tfi.stages.context import Session
 from tfi.stages.outputs import Prepared, Selected, Trained, Tuned
 from tfi.tracking import runs as tracking
@@ -53,6 +53,12 @@ def run_train(session: Session, run_id: str | None) -> Trained:
     prepared, selected = upstream(session)
     tuned = tune.finished(session) or tune.run(session, prepared, selected)
     return train.run(session, prepared, selected, tuned, run_id=run_id)
+
+
+def run_backtest(session: Session, run_id: str | None) -> backtest.BacktestResult:
+    if session.config.backtest.retune == "never":
+        session.storage()
+    return backtest.run(session, run_id)
 
 
 def run_main(session: Session, run_id: str | None) -> Trained:

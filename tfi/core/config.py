@@ -209,6 +209,25 @@ class RegistryConfig(StrictModel):
     challenger_alias: str = "challenger"
 
 
+class BacktestConfig(StrictModel):
+    """Walk-forward evaluation: the last ``windows`` windows, each trained on what precedes it."""
+
+    windows: int = Field(4, ge=1, description="how many test windows, the last ones of the data")
+    window_days: float = Field(7.0, gt=0, description="length of each test window")
+    train_days: float | None = Field(
+        None, gt=0, description="train on only the last train_days before a window (null: all)"
+    )
+    retune: Literal["every", "first", "never"] = Field(
+        "first",
+        description="'every': a study per window; 'first': tune on the first window, then "
+        "train its candidate's parameters on every window; 'never': take the candidate of the "
+        "study named by tuning.study (or this config's default study) in the Optuna storage",
+    )
+    block: str = Field("1D", description="bootstrap block length (a pandas offset: whole days)")
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    replicates: int = Field(2000, ge=100, description="bootstrap replicates")
+
+
 class ExperimentConfig(StrictModel):
     """A whole experiment: data, labels, split, folds, selection, tuning, training, registry."""
 
@@ -223,6 +242,7 @@ class ExperimentConfig(StrictModel):
     tuning: TuningConfig
     training: TrainingConfig = TrainingConfig()
     registry: RegistryConfig = RegistryConfig()
+    backtest: BacktestConfig = BacktestConfig()
 
     def digest(self, *sections: str) -> str:
         """Stable hash of the named sections: the identity of a stage's inputs."""

@@ -52,6 +52,18 @@ class MarketData:
             raise DataError(f"{self.source}: missing feature columns {missing}")
         return np.ascontiguousarray(self.features[:, [index[name] for name in names]])
 
+    def subset(self, names: Sequence[str]) -> MarketData:
+        """The same bars with only the feature columns ``names`` (a copy of those columns)."""
+        return MarketData(
+            self.timestamps,
+            self.columns(names),
+            tuple(names),
+            self.flow,
+            self.source,
+            self.digest,
+            {k: v for k, v in self.nan_counts.items() if k in names},
+        )
+
 
 def choose(
     name: str,

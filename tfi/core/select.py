@@ -152,20 +152,24 @@ def select_nested(
     for problem, first in zip(problems, first_columns, strict=True):
         problem.write_columns(targets[:, first : first + problem.width])
     train_stops = sorted({fold.train_stop for problem in problems for fold in problem.folds})
-    blocks = _without_extremes(
-        block_moments(X, targets, boundaries, rows, train_stops), feature_names
-    )
+    moments = block_moments(X, targets, boundaries, rows, train_stops)
     at = {b: i for i, b in enumerate(boundaries)}
 
-    def span(start: int, stop: int) -> Moments:
-        parts = blocks[at[start] : at[stop]]
-        total = parts[0]
-        for part in parts[1:]:
-            total = total + part
-        return total
+    def spans(problem: SelectionProblem) -> Callable[[int, int], Moments]:
+        # Extreme columns judged on this problem's own rows: a later block is its future.
+        blocks = _without_extremes(moments[: at[len(problem.target)]], feature_names)
+
+        def span(start: int, stop: int) -> Moments:
+            parts = blocks[at[start] : at[stop]]
+            total = parts[0]
+            for part in parts[1:]:
+                total = total + part
+            return total
+
+        return span
 
     return [
-        _select(span, problem, first, feature_names, config)
+        _select(spans(problem), problem, first, feature_names, config)
         for problem, first in zip(problems, first_columns, strict=True)
     ]
 

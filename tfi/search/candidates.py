@@ -61,7 +61,9 @@ def is_defaults(trial: FrozenTrial) -> bool:
 
 
 def describe(trial: FrozenTrial) -> str:
-    return "LightGBM's defaults" if is_defaults(trial) else f"trial {trial.number}"
+    if is_defaults(trial):
+        return "LightGBM's defaults"
+    return str(trial.user_attrs.get(CANDIDATE_ATTR, f"trial {trial.number}"))
 
 
 def candidate_params(config: TuningConfig, trial: FrozenTrial) -> dict[str, Any]:

@@ -99,16 +99,7 @@ class Session:
         if self._subset is not None and self._subset.feature_names == tuple(features):
             return self._subset
         if self._full is not None:
-            full = self._full
-            self._subset = MarketData(
-                full.timestamps,
-                full.columns(features),
-                tuple(features),
-                full.flow,
-                full.source,
-                full.digest,
-                {k: v for k, v in full.nan_counts.items() if k in features},
-            )
+            self._subset = self._full.subset(features)
         else:
             self._subset = data_io.load(self.config.data, features=features, digest=self.digest)
         return self._subset

@@ -6,6 +6,7 @@ same folds when it needs the best trial's out-of-fold predictions again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,9 +14,10 @@ import numpy as np
 
 from tfi.core import evaluate as ev
 from tfi.core.classes import lightgbm_classes
+from tfi.core.config import ExperimentConfig
 from tfi.core.cv import OutOfFold, build_folds
 from tfi.core.data import MarketData
-from tfi.core.labelled import fold_labels, training_folds
+from tfi.core.labelled import LabelledData, fold_labels, training_folds
 from tfi.core.labels import trailing_imbalance
 from tfi.core.split import TRAIN
 from tfi.search.objective import CVObjective
@@ -36,27 +38,36 @@ class CVSetup:
 
 
 def cv_setup(session: Session, prepared: Prepared, selected: Selected) -> CVSetup:
-    """Fold Datasets over the selected features, binned once for every trial of this process.
+    """Fold Datasets over the selected features, binned once for every trial of this process."""
+    data = session.data(selected.tuning_features)
+    check_alignment(data, prepared.labelled)
+    return build_cv(
+        data, prepared.labelled, selected.fold_features, session.config, session.threads
+    )
+
+
+def build_cv(
+    data: MarketData,
+    labelled: LabelledData,
+    fold_features: Sequence[Sequence[str]],
+    config: ExperimentConfig,
+    threads: int,
+) -> CVSetup:
+    """Fold Datasets over each fold's own features of ``data``, binned once.
 
     Also each fold's class thresholds (fitted on its own training rows, or rolling) and the
     rule baselines' CV scores on the same folds and labels.
     """
-    labelled = prepared.labelled
-    data = session.data(selected.tuning_features)
-    check_alignment(data, labelled)
     rows = labelled.rows(TRAIN)
     X = data.features[rows]
-    folds = training_folds(labelled, session.config.cv)
+    folds = training_folds(labelled, config.cv)
     labels = fold_labels(labelled, folds)
     fold_y = [lightgbm_classes(own.target) for own in labels]
     position = {name: j for j, name in enumerate(data.feature_names)}
-    columns = [np.array([position[name] for name in own]) for own in selected.fold_features]
-    built = build_folds(X, fold_y, folds, session.config.tuning.max_bin, session.threads, columns)
+    columns = [np.array([position[name] for name in own]) for own in fold_features]
+    built = build_folds(X, fold_y, folds, config.tuning.max_bin, threads, columns)
     trailing = trailing_imbalance(
-        data.flow["buy_qty"],
-        data.flow["sell_qty"],
-        data.flow["volume"],
-        session.config.labels.horizon,
+        data.flow["buy_qty"], data.flow["sell_qty"], data.flow["volume"], config.labels.horizon
     )[rows]
     baselines = ev.cv_baselines(
         trailing,
@@ -65,7 +76,7 @@ def cv_setup(session: Session, prepared: Prepared, selected: Selected) -> CVSetu
         [(own.target, own.thresholds) for own in labels],
     )
     return CVSetup(
-        CVObjective(built, session.config.tuning, session.threads),
+        CVObjective(built, config.tuning, threads),
         data,
         [own.record(i) for i, own in enumerate(labels)],
         baselines,

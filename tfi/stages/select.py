@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from tfi.core.config import SelectionConfig
+from tfi.core.config import CVConfig, SelectionConfig
 from tfi.core.data import MarketData
 from tfi.core.labelled import LabelledData, fold_labels, training_folds
 from tfi.core.select import (
@@ -43,10 +43,9 @@ def run(
     check_alignment(data, labelled)
     started = time.perf_counter()
     folds = training_folds(labelled, cfg.cv)
-    nested = [training_folds(labelled, cfg.cv, fold.train_stop) for fold in folds]
     selection, *per_fold = select_nested(
         data.features,
-        [_problem(labelled, own, cfg.selection) for own in (folds, *nested)],
+        selection_problems(labelled, cfg.cv, cfg.selection),
         data.feature_names,
         cfg.selection,
         labelled.rows(TRAIN),
@@ -128,16 +127,39 @@ def _log(
     return run.id
 
 
-def _problem(
-    labelled: LabelledData, folds: list[Fold], config: SelectionConfig
+def selection_problems(
+    labelled: LabelledData, cv: CVConfig, config: SelectionConfig
+) -> list[SelectionProblem]:
+    """The champion's selection (every training row), then each CV fold's (its training rows).
+
+    Fold ``i``'s selection sees only fold ``i``'s training rows, with folds of its own inside
+    them, and classes from thresholds fitted on those rows (with fixed thresholds, the
+    training period's would know fold ``i``'s validation block and every later row).
+    """
+    folds = training_folds(labelled, cv)
+    rows = labelled.rows(TRAIN)
+    if config.target == "imbalance":  # needs no thresholds
+        imbalance = labelled.future_imbalance[rows]
+        return [
+            SelectionProblem(imbalance[: own[-1].valid_stop], own)
+            for own in (folds, *(training_folds(labelled, cv, f.train_stop) for f in folds))
+        ]
+    problems = [_class_problem(labelled, folds, labelled.target[rows])]
+    for fold, own in zip(folds, fold_labels(labelled, folds), strict=True):
+        nested = training_folds(labelled, cv, fold.train_stop)
+        problems.append(_class_problem(labelled, nested, own.target[: fold.train_stop]))
+    return problems
+
+
+def _class_problem(
+    labelled: LabelledData, folds: list[Fold], target: np.ndarray
 ) -> SelectionProblem:
-    """The LASSO problem on the training rows up to the last fold's validation stop."""
-    rows = labelled.rows(TRAIN)[: folds[-1].valid_stop]
-    if config.target == "class":
-        return SelectionProblem(
-            labelled.target[rows], folds, [own.target for own in fold_labels(labelled, folds)]
-        )
-    return SelectionProblem(labelled.future_imbalance[rows], folds)  # needs no thresholds
+    """The class target over the rows up to the last fold's validation stop; each fold its
+    own classes (thresholds from its own training rows)."""
+    stop = folds[-1].valid_stop
+    return SelectionProblem(
+        target[:stop], folds, [own.target for own in fold_labels(labelled, folds)]
+    )
 
 
 def reuse(session: Session) -> Selected | None:

@@ -105,15 +105,7 @@ def _log_run(
                 f"reference_{key}_test_f1_macro": reference.metrics["f1_macro"]
                 for key, reference in report.references.items()
             },
-            **{
-                f"test_f1_macro_minus_{key}{suffix}": value
-                for key, interval in report.differences.items()
-                for suffix, value in (
-                    ("", interval.difference),
-                    ("_low", interval.low),
-                    ("_high", interval.high),
-                )
-            },
+            **report.difference_metrics(),
         }
     )
     run.log_dict(champion.decision.as_dict(), "decision.json")

@@ -66,6 +66,18 @@ class Report:
     periods: pd.DataFrame
     blocked: str | None
 
+    def difference_metrics(self) -> dict[str, float]:
+        """``test_f1_macro_minus_<reference>`` with ``_low`` and ``_high``, for MLflow."""
+        return {
+            f"test_f1_macro_minus_{key}{suffix}": value
+            for key, interval in self.differences.items()
+            for suffix, value in (
+                ("", interval.difference),
+                ("_low", interval.low),
+                ("_high", interval.high),
+            )
+        }
+
     def differences_table(self) -> pd.DataFrame:
         table = pd.DataFrame(
             {

@@ -1,0 +1,178 @@
+"""Walk-forward windows and their aggregate: the pure part of the backtest.
+
+The backtest scores the last ``backtest.windows`` windows of ``backtest.window_days`` each. For
+window ``[start, stop)`` everything the model learns (labels' thresholds, selection, folds,
+tuning, the fit) comes from rows before ``start`` whose label windows end before it (purged by the
+label horizon, as the train/test split does), optionally only the last ``train_days``; the
+window's own rows are only scored, and rows from ``stop`` on are not used at all.
+
+The aggregate pools the windows: each model's macro-F1 and accuracy per window, and tfi's paired
+difference to every reference, the mean over windows with a block-bootstrap interval (blocks of
+whole days drawn within each window, :mod:`tfi.core.bootstrap`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from tfi.core import bootstrap
+from tfi.core.config import BacktestConfig
+from tfi.core.errors import SplitError
+from tfi.core.labelled import LabelledData
+from tfi.core.split import TEST, TRAIN, UNLABELLED
+
+log = logging.getLogger(__name__)
+
+TFI = "tfi"
+REFERENCES = ("lightgbm_defaults", "persistence", "majority_class")
+
+
+@dataclass(frozen=True)
+class Window:
+    index: int
+    start: pd.Timestamp
+    stop: pd.Timestamp
+
+    def label(self) -> str:
+        return f"{self.start:%Y-%m-%d %H:%M} .. {self.stop:%Y-%m-%d %H:%M}"
+
+
+def walk_forward_windows(timestamps: pd.DatetimeIndex, config: BacktestConfig) -> list[Window]:
+    """The last ``config.windows`` windows of the data, oldest first; the last ends after the
+    last bar."""
+    length = pd.Timedelta(days=config.window_days)
+    end = timestamps[-1] + pd.Timedelta(minutes=1)
+    starts = [(end - length * (config.windows - i)).floor("min") for i in range(config.windows)]
+    if starts[0] <= timestamps[0]:
+        raise SplitError(
+            f"{config.windows} windows of {config.window_days:g} days reach back to {starts[0]}, "
+            f"before the data's first bar ({timestamps[0]}): no rows are left to train on; "
+            "use fewer or shorter windows (backtest.windows, backtest.window_days)"
+        )
+    stops = [*starts[1:], end]
+    return [
+        Window(i, start, stop) for i, (start, stop) in enumerate(zip(starts, stops, strict=True))
+    ]
+
+
+def restrict(labelled: LabelledData, window: Window, train_days: float | None) -> LabelledData:
+    """The window's labels: test rows only inside it, training rows only before it (and only
+    the last ``train_days``); everything else unlabelled."""
+    stamps = labelled.timestamps
+    period = labelled.period.copy()
+    period[(period == TEST) & (stamps >= window.stop)] = UNLABELLED
+    if train_days is not None:
+        first = window.start - pd.Timedelta(days=train_days)
+        period[(period == TRAIN) & (stamps < first)] = UNLABELLED
+    for name, where in ((TRAIN, "training"), (TEST, "test")):
+        if not np.any(period == name):
+            raise SplitError(f"backtest window {window.label()} has no {where} row with a label")
+    return dataclasses.replace(labelled, period=period)
+
+
+@dataclass(frozen=True)
+class WindowScores:
+    """One window's test rows: true classes and each model's classes (indices 0/1/2)."""
+
+    window: Window
+    timestamps: pd.DatetimeIndex
+    y: np.ndarray
+    predicted: Mapping[str, np.ndarray]  # TFI and each of REFERENCES
+
+
+def window_table(scores: Sequence[WindowScores]) -> pd.DataFrame:
+    """Macro-F1 and accuracy of every model in every window."""
+    rows = []
+    for part in scores:
+        row: dict[str, object] = {"window": part.window.label(), "rows": len(part.y)}
+        for model, predicted in part.predicted.items():
+            stats = bootstrap.block_statistics(
+                part.y, predicted, np.zeros(len(part.y), dtype=np.intp), "f1_macro", None
+            )[0]
+            row[f"{model} f1_macro"] = float(bootstrap.metric_from(stats, "f1_macro"))
+            row[f"{model} accuracy"] = float(bootstrap.metric_from(stats, "accuracy"))
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("window")
+
+
+def pooled_differences(
+    scores: Sequence[WindowScores], config: BacktestConfig, metric: str = "f1_macro"
+) -> dict[str, bootstrap.Interval]:
+    """tfi minus each reference, the mean over windows, with its interval (blocks in windows)."""
+    out = {}
+    few = [part.window.label() for part in scores if len(np.unique(day_of(part, config))) < 5]
+    if few:
+        log.warning(
+            "backtest: windows %s hold fewer than 5 blocks of %s: their intervals are too "
+            "narrow to mean much (backtest.block)",
+            few,
+            config.block,
+        )
+    for reference in REFERENCES:
+        strata = [
+            bootstrap.Scored(
+                part.y,
+                part.predicted[TFI],
+                part.predicted[reference],
+                day_of(part, config),
+            )
+            for part in scores
+        ]
+        out[reference] = bootstrap.paired_difference(
+            strata, metric, config.confidence, config.replicates
+        )
+    return out
+
+
+def day_of(part: WindowScores, config: BacktestConfig) -> np.ndarray:
+    return bootstrap.day_blocks(part.timestamps, config.block)
+
+
+def window_differences(
+    part: WindowScores, config: BacktestConfig, reference: str = "persistence"
+) -> bootstrap.Interval:
+    """tfi minus ``reference`` in one window, with its interval."""
+    return bootstrap.paired_difference(
+        [
+            bootstrap.Scored(
+                part.y,
+                part.predicted[TFI],
+                part.predicted[reference],
+                day_of(part, config),
+            )
+        ],
+        "f1_macro",
+        config.confidence,
+        config.replicates,
+    )
+
+
+def difference_figure(
+    labels: Sequence[str], intervals: Sequence[bootstrap.Interval], pooled: bootstrap.Interval
+) -> Figure:
+    """tfi minus persistence per window with its interval, and the pooled difference."""
+    figure = Figure(figsize=(9, 4.5))
+    axis = figure.subplots()
+    positions = np.arange(len(intervals) + 1)
+    every = [*intervals, pooled]
+    centre = np.array([i.difference for i in every])
+    below = centre - np.array([i.low for i in every])
+    above = np.array([i.high for i in every]) - centre
+    colors = ["tab:blue"] * len(intervals) + ["tab:green"]
+    for x, y, low, high, color in zip(positions, centre, below, above, colors, strict=True):
+        axis.errorbar(x, y, yerr=[[low], [high]], fmt="o", capsize=4, color=color)
+    axis.axhline(0.0, color="grey", lw=1)
+    axis.set_xticks(positions, [*labels, "pooled"], rotation=30, ha="right", fontsize=8)
+    axis.set_ylabel("macro-F1, tfi minus persistence")
+    level = f"{pooled.confidence:.0%}"
+    axis.set_title(f"Walk-forward backtest: tfi minus persistence per window ({level} intervals)")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,294 @@
+"""The backtest stage: walk-forward evaluation over the last windows of one dataset.
+
+For each window (:mod:`tfi.core.backtest`) the whole pipeline runs again on the rows before it:
+labels and thresholds, per-fold LASSO selection, the CV set-up, LightGBM's defaults on the folds,
+tuning (an in-memory Optuna study per window, one on the first window, or none:
+``backtest.retune``), the champion's fit and decision, and the references on the window
+(:func:`tfi.stages.train_report.build_report`, the train stage's own report). Nothing is
+registered: a backtest measures, it does not promote.
+
+MLflow: one ``backtest`` run; one nested ``backtest-window`` run per window with its metrics,
+references and decision; the parent holds the per-window table (``backtest_windows.md`` /
+``.parquet``), ``backtest_differences.png`` (tfi minus persistence per window, with intervals)
+and the pooled differences (``backtest_summary.json``, metrics ``pooled_f1_macro_minus_*``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial
+
+from tfi.core import evaluate as ev
+from tfi.core.backtest import (
+    REFERENCES,
+    TFI,
+    Window,
+    WindowScores,
+    difference_figure,
+    pooled_differences,
+    restrict,
+    walk_forward_windows,
+    window_differences,
+    window_table,
+)
+from tfi.core.bootstrap import Interval
+from tfi.core.config import ExperimentConfig
+from tfi.core.cv import FoldData, OutOfFold, cross_validate, lightgbm_params, reference_cv
+from tfi.core.data import MarketData
+from tfi.core.errors import StageError
+from tfi.core.labelled import prepare_labels
+from tfi.core.select import select_nested
+from tfi.core.split import TRAIN
+from tfi.search import candidates
+from tfi.search import study as studies
+from tfi.search.objective import FOLDS_ATTR
+from tfi.stages.champion import Champion, TrainTest, fit_champion
+from tfi.stages.context import Session
+from tfi.stages.cv_setup import CVSetup, build_cv
+from tfi.stages.outputs import Tuned
+from tfi.stages.select import selection_problems
+from tfi.stages.train_report import Report, build_report
+from tfi.tracking import runs as tracking
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    scores: WindowScores
+    candidate: FrozenTrial
+    champion: Champion
+    report: Report
+    n_features: int
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    run_id: str
+    windows: list[WindowResult]
+    pooled: dict[str, Interval]
+
+
+def run(session: Session, run_id: str | None = None) -> BacktestResult:
+    """Every window of the backtest as a nested run of one ``backtest`` run."""
+    cfg = session.config
+    data = session.data()
+    windows = walk_forward_windows(data.timestamps, cfg.backtest)
+    fixed = _study_candidate(session) if cfg.backtest.retune == "never" else None
+    with session.tracker.run(
+        "backtest", run_id=run_id, tags={tracking.DATA_DIGEST: session.digest}
+    ) as parent:
+        parent.log_params(
+            {
+                "config": cfg.name,
+                **{f"backtest.{k}": v for k, v in cfg.backtest.model_dump().items()},
+                "n_trials": cfg.tuning.n_trials,
+                "metric": cfg.tuning.metric,
+            }
+        )
+        results = []
+        for window in windows:
+            tags = {tracking.DATA_DIGEST: session.digest, "tfi.window": str(window.index)}
+            with session.tracker.run("backtest-window", parent_id=parent.id, tags=tags) as child:
+                result = evaluate_window(cfg, data, window, fixed, session.threads)
+                _log_window(child, window, result)
+            log.info(
+                "backtest: window %s: tfi %.4f, defaults %.4f, persistence %.4f (%s)",
+                window.label(),
+                result.champion.evaluation.metrics["f1_macro"],
+                result.report.references["lightgbm_defaults"].metrics["f1_macro"],
+                result.report.references["persistence"].metrics["f1_macro"],
+                candidates.describe(result.candidate),
+            )
+            if cfg.backtest.retune == "first" and fixed is None:
+                fixed = result.candidate
+            results.append(result)
+        pooled = _log_aggregate(parent, cfg, results)
+    return BacktestResult(parent.id, results, pooled)
+
+
+def evaluate_window(
+    cfg: ExperimentConfig,
+    data: MarketData,
+    window: Window,
+    fixed: FrozenTrial | None,
+    threads: int,
+) -> WindowResult:
+    """Train on the rows before ``window`` (tuning unless ``fixed`` is given), score it."""
+    window_cfg = cfg.with_overrides(**{"split.test_start": window.start.to_pydatetime()})
+    labelled = restrict(prepare_labels(data, window_cfg), window, cfg.backtest.train_days)
+    selection, *per_fold = select_nested(
+        data.features,
+        selection_problems(labelled, cfg.cv, cfg.selection),
+        data.feature_names,
+        cfg.selection,
+        labelled.rows(TRAIN),
+    )
+    fold_features = [own.selected for own in per_fold]
+    tuning_features = list(dict.fromkeys(name for own in fold_features for name in own))
+    setup = build_cv(data.subset(tuning_features), labelled, fold_features, cfg, threads)
+    study = optuna.create_study(direction=cfg.tuning.direction)
+    candidates.record_defaults(
+        study, reference_cv(setup.objective.folds, cfg.tuning, threads, setup.defaults_oof)
+    )
+    defaults = candidates.defaults_trial(study, cfg.tuning.metric)
+    if fixed is None:
+        best, out_of_fold = _tune(cfg, setup, study)
+    elif candidates.is_defaults(fixed):
+        best, out_of_fold = defaults, setup.defaults_oof
+    else:
+        best, out_of_fold = _refit_folds(cfg, setup.objective.folds, fixed, threads)
+    tuned = Tuned("", "backtest", best, setup.baselines, out_of_fold, defaults)
+    champion_data = data.subset(selection.selected)
+    split = TrainTest.of(champion_data, labelled)
+    champion = fit_champion(window_cfg, tuned, split, out_of_fold)
+    report = build_report(
+        window_cfg, champion_data, labelled, split, tuned, champion, setup.baselines
+    )
+    scores = WindowScores(
+        window,
+        labelled.timestamps[split.test_rows],
+        split.y_test,
+        {TFI: champion.predicted, **{k: report.references[k].predicted for k in REFERENCES}},
+    )
+    return WindowResult(scores, best, champion, report, len(selection.selected))
+
+
+def _tune(
+    cfg: ExperimentConfig, setup: CVSetup, study: optuna.Study
+) -> tuple[FrozenTrial, OutOfFold]:
+    """An in-memory study of ``tuning.n_trials`` on the window's folds; its candidate."""
+    study.sampler, study.pruner = studies.sampler_and_pruner(cfg.tuning, 0)
+    study.optimize(setup.objective, n_trials=cfg.tuning.n_trials)
+    best, why = candidates.best_candidate(study, cfg.tuning)
+    if best is None:
+        raise StageError(f"backtest: no candidate: {why}")
+    log.info("backtest: %s", why)
+    if candidates.is_defaults(best):
+        return best, setup.defaults_oof
+    kept = setup.objective.best_out_of_fold
+    return best, kept[2] if kept is not None and kept[0] == best.number else []
+
+
+def _refit_folds(
+    cfg: ExperimentConfig, folds: list[FoldData], fixed: FrozenTrial, threads: int
+) -> tuple[FrozenTrial, OutOfFold]:
+    """A given candidate's parameters on this window's folds: its trees and its decision."""
+    params, rounds = lightgbm_params(
+        candidates.candidate_params(cfg.tuning, fixed), threads, cfg.tuning.seed
+    )
+    out_of_fold: OutOfFold = []
+    scores = list(cross_validate(params, rounds, folds, cfg.tuning, out_of_fold))
+    trial = optuna.trial.create_trial(
+        value=float(np.mean([getattr(s, cfg.tuning.metric) for s in scores])),
+        params=fixed.params,
+        distributions=fixed.distributions,
+        user_attrs={
+            FOLDS_ATTR: [asdict(s) for s in scores],
+            candidates.CANDIDATE_ATTR: f"{candidates.describe(fixed)} of the first window",
+        },
+    )
+    return trial, out_of_fold
+
+
+def _study_candidate(session: Session) -> FrozenTrial:
+    """``retune: never``: the candidate of the configured (or default) study."""
+    shared = studies.load_study(session.storage(), session.study_name)
+    if shared is None:
+        raise StageError(
+            f"backtest.retune is 'never' but the Optuna storage holds no study "
+            f"{session.study_name}: run `tune` first or name one with --study"
+        )
+    best, why = candidates.best_candidate(shared.study, session.config.tuning)
+    if best is None:
+        raise StageError(f"study {session.study_name} has no candidate: {why}")
+    log.info("backtest: parameters of study %s, %s", session.study_name, why)
+    return best
+
+
+def _log_window(run: tracking.StageRun, window: Window, result: WindowResult) -> None:
+    champion, report = result.champion, result.report
+    run.describe(f"window {window.index}: {window.label()}", ev.markdown(report.table))
+    run.log_params(
+        {
+            "window_start": str(window.start),
+            "window_stop": str(window.stop),
+            "candidate": candidates.describe(result.candidate),
+            **{f"best.{k}": v for k, v in result.candidate.params.items()},
+            "num_boost_round": champion.rounds,
+            "decision": champion.decision.rule,
+            "n_features": result.n_features,
+            "n_test": len(result.scores.y),
+        }
+    )
+    run.log_metrics(
+        {
+            **{f"test_{k}": v for k, v in champion.evaluation.metrics.items()},
+            "cv_f1_macro": report.cv_f1,
+            **report.baselines,
+            **{
+                f"reference_{key}_test_f1_macro": reference.metrics["f1_macro"]
+                for key, reference in report.references.items()
+            },
+            **report.difference_metrics(),
+        }
+    )
+    run.log_dict(champion.decision.as_dict(), "decision.json")
+    run.log_text(
+        f"{ev.markdown(report.table)}\n\n{ev.markdown(report.differences_table())}\n",
+        "references.md",
+    )
+
+
+def _log_aggregate(
+    run: tracking.StageRun, cfg: ExperimentConfig, results: list[WindowResult]
+) -> dict[str, Interval]:
+    scores = [result.scores for result in results]
+    table = window_table(scores)
+    pooled = pooled_differences(scores, cfg.backtest)
+    per_window = [window_differences(part, cfg.backtest) for part in scores]
+    summary = {
+        "windows": len(results),
+        "tfi_wins_over_persistence": int(sum(i.difference > 0 for i in per_window)),
+        "pooled_f1_macro_minus": {key: interval.as_dict() for key, interval in pooled.items()},
+        "per_window_minus_persistence": [i.as_dict() for i in per_window],
+    }
+    run.log_dict(summary, "backtest_summary.json")
+    run.log_table(table.reset_index(), "backtest_windows.parquet")
+    lines = [f"| tfi minus {key} | {interval.text()} |" for key, interval in pooled.items()]
+    pooled_md = "| pooled over windows | macro-F1 difference |\n|---|---|\n" + "\n".join(lines)
+    run.log_text(f"{ev.markdown(table)}\n\n{pooled_md}\n", "backtest_windows.md")
+    run.log_figure(
+        difference_figure(list(table.index), per_window, pooled["persistence"]),
+        "backtest_differences.png",
+    )
+    run.log_metrics(
+        {
+            **{
+                f"{column.replace(' ', '_')}_mean": float(table[column].mean())
+                for column in table
+                if " " in column
+            },
+            **{
+                f"pooled_f1_macro_minus_{key}{suffix}": value
+                for key, interval in pooled.items()
+                for suffix, value in (
+                    ("", interval.difference),
+                    ("_low", interval.low),
+                    ("_high", interval.high),
+                )
+            },
+            "windows_won_over_persistence": summary["tfi_wins_over_persistence"],
+        }
+    )
+    run.describe(
+        f"backtest {cfg.name}: {len(results)} windows",
+        f"{ev.markdown(table)}\n\n{pooled_md}",
+    )
+    for key, interval in pooled.items():
+        log.info("backtest: pooled tfi minus %s: %s", key, interval.text())
+    return pooled
