@@ -5,8 +5,11 @@ at ``t``), so it is known when bar ``t`` closes, before any minute of its label 
 spans of time, not counts of rows: after a gap in the data a window holds only the bars that are
 really inside it.
 
-- order flow: imbalance ``sum(buy - sell) / sum(volume)`` over 1 to 240 minutes, and the 5-minute
-  imbalance in units of its own spread over the last day (comparable across activity regimes);
+- order flow: imbalance ``sum(buy - sell) / sum(volume)`` over 1 to 240 minutes, the 5-minute
+  imbalance in units of its own spread over the last day, and the 1-, 5- and 15-minute imbalance's
+  *position* between its own trailing week's 30% and 70% quantiles (0 at the 30% one, 1 at the
+  70% one): the persistence rule's input in regime-free units (the label classes are the same
+  quantiles of the future imbalance, rolling_days 7), comparable across symbols and months;
 - price (where the bars have OHLC): log returns over 1 to 240 minutes, realised volatility, the
   bar's high-low range, the close against the hour's volume-weighted price;
 - activity: the last 5 minutes' volume and trade count against their own trailing hour and day,
@@ -23,8 +26,11 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-FEATURES_VERSION = 1  # part of a kline source's digest: raise it when a feature changes
+FEATURES_VERSION = 2  # part of a kline source's digest: raise it when a feature changes
 FLOW_WINDOWS = (5, 15, 60, 240)
+POSITION_WINDOWS = (1, 5, 15)  # imbalances placed between their trailing week's quantiles
+POSITION_QUANTILES = (0.3, 0.7)
+WEEK = "7D"
 RETURN_WINDOWS = (5, 15, 60, 240)
 VOLATILITY_WINDOWS = (15, 60, 240)
 DAY = "1440min"
@@ -33,6 +39,7 @@ FLOW_FEATURES = (
     "imbalance_1",
     *(f"imbalance_{minutes}" for minutes in FLOW_WINDOWS),
     "imbalance_5_z",
+    *(f"imbalance_{minutes}_position" for minutes in POSITION_WINDOWS),
     "volume_vs_60min",
     "volume_vs_1440min",
     "time_of_day_sin",
@@ -69,6 +76,12 @@ def _flow_features(frame: pd.DataFrame) -> dict[str, pd.Series]:
         out[f"imbalance_{minutes}"] = delta.rolling(window).sum() / volume.rolling(window).sum()
     spread = out["imbalance_5"].rolling(DAY, min_periods=60).std()
     out["imbalance_5_z"] = out["imbalance_5"] / spread
+    low_q, high_q = POSITION_QUANTILES
+    for minutes in POSITION_WINDOWS:
+        imbalance = out[f"imbalance_{minutes}"]
+        week = imbalance.rolling(WEEK, min_periods=1440)
+        low, high = week.quantile(low_q), week.quantile(high_q)
+        out[f"imbalance_{minutes}_position"] = (imbalance - low) / (high - low)
     recent = np.log1p(volume.rolling("5min").mean())
     for window in ("60min", DAY):
         out[f"volume_vs_{window}"] = recent - np.log1p(volume.rolling(window).mean())

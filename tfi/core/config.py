@@ -172,6 +172,11 @@ class SelectionConfig(StrictModel):
     )
     max_features: int | None = Field(100, ge=1)
     min_features: int = Field(1, ge=1)
+    always_keep: tuple[str, ...] = Field(
+        ("imbalance_1_position", "imbalance_5_position", "imbalance_15_position"),
+        description="features kept whatever LASSO says, where the data has them (the "
+        "persistence rule's input in regime-free units, tfi.core.bars)",
+    )
     on_empty: Literal["path", "error"] = Field(
         "path",
         description="when LASSO keeps fewer than min_features: take the first features to "

@@ -289,7 +289,10 @@ def _apply_rules(
     else:
         chosen = list(np.flatnonzero(coef))
         rule = "lasso support"
-    return tuple(names[i] for i in chosen), rule
+    kept = [i for i, name in enumerate(names) if name in config.always_keep and i not in chosen]
+    if kept:
+        rule += f"; kept {[names[i] for i in kept]} (selection.always_keep)"
+    return tuple(names[i] for i in sorted([*chosen, *kept])), rule
 
 
 def path_figure(selection: LassoSelection, top: int = 15) -> Figure:

@@ -59,7 +59,7 @@ def run(
         selection.rule,
         seconds,
     )
-    if selection.rule != "lasso support":
+    if not selection.rule.startswith("lasso support"):
         log.warning("select: %s", selection.rule)
     run_id = _log(session, prepared, data, folds, selection, per_fold, seconds, parent_id, run_id)
     log.info(

@@ -1,0 +1,234 @@
+"""The real-data panel: every case of a folder of Binance kline files, one table with intervals.
+
+    python scripts/panel.py --data DIR [--config experiments/binance.yaml] [--n-trials 10]
+                            [--set tuning.decision=prior ...] [--jobs 2] [--output panel-out]
+                            [--compare OTHER_OUTPUT]
+
+Cases (the protocol of the panel's README): the files ``SYMBOL-1m-YYYY-MM.csv.gz`` of one symbol
+in consecutive months form one case whose last month is the test period; every other month is a
+case of its own whose last 7 days (from the 22nd) are the test period. Each case runs the
+backtest's window evaluation (:func:`tfi.stages.backtest.evaluate_window`: labels, selection,
+tuning, the champion and the references, trained on the rows before the test period only), with
+the test period as its one window. Nothing is written to MLflow.
+
+Writes ``panel.md`` (case x model macro-F1, tfi's differences with 95% intervals, cases won, the
+pooled differences: the mean over cases of each case's difference, days drawn within cases) and
+``panel.json``, and each case's test predictions (``cases/*.parquet``), so that ``--compare`` can
+put a variant's tfi against another run's on the same rows, with the same pooled interval.
+Nothing here reads a fixed path: the folder is an argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tfi.core import bootstrap
+from tfi.core import data as data_io
+from tfi.core.backtest import REFERENCES, TFI, Window
+from tfi.core.config import ExperimentConfig, load_config
+from tfi.stages.backtest import evaluate_window
+from tfi.stages.context import available_cores, configure_logging
+
+log = logging.getLogger("panel")
+
+FILE = re.compile(r"^(?P<symbol>[A-Z0-9]+)-1m-(?P<year>\d{4})-(?P<month>\d{2})\.csv(\.gz)?$")
+MODELS = (TFI, *REFERENCES)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    files: tuple[Path, ...]
+    test_start: pd.Timestamp
+
+
+def find_cases(folder: Path) -> list[Case]:
+    """The panel's cases: runs of consecutive months per symbol."""
+    months: dict[str, list[tuple[pd.Period, Path]]] = {}
+    for path in sorted(folder.iterdir()):
+        match = FILE.match(path.name)
+        if match:
+            period = pd.Period(f"{match['year']}-{match['month']}", freq="M")
+            months.setdefault(match["symbol"], []).append((period, path))
+    cases = []
+    for symbol, entries in sorted(months.items()):
+        run: list[tuple[pd.Period, Path]] = []
+        for period, path in [*sorted(entries), (None, None)]:
+            if run and (period is None or period != run[-1][0] + 1):
+                last = run[-1][0]
+                if len(run) > 1:
+                    start = last.start_time
+                    name = f"{symbol} {run[0][0]}..{last}"
+                else:
+                    start = last.start_time + pd.Timedelta(days=21)
+                    name = f"{symbol} {last}"
+                cases.append(Case(name, tuple(p for _, p in run), start))
+                run = []
+            if period is not None:
+                run.append((period, path))
+    return cases
+
+
+def run_case(case: Case, config: ExperimentConfig, output: Path) -> dict[str, object]:
+    """One case: train before its test period, score it; the row of the panel table."""
+    configure_logging()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in case.files:
+            (Path(tmp) / path.name).symlink_to(path.resolve())
+        case_config = config.with_overrides(**{"data.source": tmp})
+        data = data_io.load(case_config.data)
+        window = Window(0, case.test_start, data.timestamps[-1] + pd.Timedelta(minutes=1))
+        threads = config.tuning.num_threads or available_cores()
+        result = evaluate_window(case_config, data, window, None, threads)
+    scores = result.scores
+    frame = pd.DataFrame(
+        {"timestamp": scores.timestamps, "y": scores.y, **dict(scores.predicted.items())}
+    )
+    frame.to_parquet(output / "cases" / f"{_slug(case.name)}.parquet")
+    row: dict[str, object] = {
+        "case": case.name,
+        "test_rows": len(scores.y),
+        "candidate": result.candidate.user_attrs.get("tfi.candidate")
+        or f"trial {result.candidate.number}",
+        "decision": result.champion.decision.rule,
+        "n_features": result.n_features,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    for model in MODELS:
+        row[model] = float(bootstrap.metric_from(_stats(frame, model).sum(axis=0), "f1_macro"))
+    log.info("panel: %s done in %.0fs: tfi %.4f, persistence %.4f", case.name, row["seconds"],
+             row[TFI], row["persistence"])  # fmt: skip
+    return row
+
+
+def _stats(frame: pd.DataFrame, model: str) -> np.ndarray:
+    blocks = np.zeros(len(frame), dtype=np.intp)
+    return bootstrap.block_statistics(frame["y"], frame[model], blocks, "f1_macro", None)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", name)
+
+
+def _strata(frames: Sequence[pd.DataFrame], a: str, b: str, other: Sequence[pd.DataFrame] = ()):
+    parts = []
+    for i, frame in enumerate(frames):
+        b_values = other[i][TFI] if other else frame[b]
+        parts.append(
+            bootstrap.Scored(
+                frame["y"].to_numpy(),
+                frame[a].to_numpy(),
+                np.asarray(b_values),
+                bootstrap.day_blocks(frame["timestamp"]),
+            )
+        )
+    return parts
+
+
+def summarise(rows: list[dict[str, object]], output: Path, compare: Path | None) -> str:
+    table = pd.DataFrame(rows).set_index("case")
+    frames = [pd.read_parquet(output / "cases" / f"{_slug(name)}.parquet") for name in table.index]
+    lines = ["| case | test rows | " + " | ".join(MODELS) + " | tfi − persistence (95%) | "
+             "tfi − defaults (95%) | candidate |", "|---" * (len(MODELS) + 5) + "|"]  # fmt: skip
+    per_case = {}
+    for name, frame in zip(table.index, frames, strict=True):
+        versus = {
+            ref: bootstrap.paired_difference(_strata([frame], TFI, ref))
+            for ref in ("persistence", "lightgbm_defaults")
+        }
+        per_case[name] = versus
+        cells = [f"{table.loc[name, model]:.4f}" for model in MODELS]
+        lines.append(
+            f"| {name} | {table.loc[name, 'test_rows']} | " + " | ".join(cells)
+            + f" | {versus['persistence'].text()} | {versus['lightgbm_defaults'].text()} | "
+            + f"{table.loc[name, 'candidate']} |"
+        )  # fmt: skip
+    pooled = {ref: bootstrap.paired_difference(_strata(frames, TFI, ref)) for ref in REFERENCES}
+    won = {
+        ref: sum(per_case[name][ref].difference > 0 for name in table.index)
+        for ref in ("persistence", "lightgbm_defaults")
+    }
+    means = " | ".join(f"{table[model].mean():.4f}" for model in MODELS)
+    lines.append(f"| **mean of {len(table)} cases** | | {means} | | | |")
+    lines += ["", "| pooled over cases (mean of case differences) | macro-F1 (95% interval) |",
+              "|---|---|"]  # fmt: skip
+    lines += [f"| tfi − {ref} | {interval.text()} |" for ref, interval in pooled.items()]
+    lines += ["", f"Cases won (point estimate above zero): over persistence {won['persistence']} "
+              f"of {len(table)}, over LightGBM's defaults {won['lightgbm_defaults']} of "
+              f"{len(table)}."]  # fmt: skip
+    summary = {
+        "cases": len(table),
+        "won_over": won,
+        "pooled": {ref: interval.as_dict() for ref, interval in pooled.items()},
+        "rows": rows,
+    }
+    if compare is not None:
+        others = [pd.read_parquet(compare / "cases" / f"{_slug(n)}.parquet") for n in table.index]
+        for frame, other in zip(frames, others, strict=True):
+            if not frame["timestamp"].equals(other["timestamp"]):
+                raise SystemExit(f"{compare}: other test rows than this run's")
+        versus = bootstrap.paired_difference(_strata(frames, TFI, TFI, others))
+        better = sum(
+            bootstrap.paired_difference(_strata([f], TFI, TFI, [o])).difference > 0
+            for f, o in zip(frames, others, strict=True)
+        )
+        lines += ["", f"tfi here minus tfi in {compare}: {versus.text()}; better in {better} of "
+                  f"{len(table)} cases."]  # fmt: skip
+        summary["versus_other"] = {"other": str(compare), **versus.as_dict(), "better": better}
+    text = "\n".join(lines) + "\n"
+    (output / "panel.md").write_text(text)
+    (output / "panel.json").write_text(json.dumps(summary, indent=2, default=str))
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="folder of kline files")
+    parser.add_argument("--config", default="experiments/binance.yaml")
+    parser.add_argument("--n-trials", type=int, default=10)
+    parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
+    parser.add_argument("--jobs", type=int, default=1, help="cases at once (threads split)")
+    parser.add_argument("--output", type=Path, default=Path("panel-out"))
+    parser.add_argument("--compare", type=Path, help="another run's --output to compare with")
+    parser.add_argument("--cases", help="only cases whose name contains this text")
+    args = parser.parse_args(argv)
+    configure_logging()
+    overrides: dict[str, object] = {"tuning.n_trials": args.n_trials}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value) if value[:1] in "[{0123456789-tfn" else value
+    if args.jobs > 1:
+        overrides["tuning.num_threads"] = max(1, available_cores() // args.jobs)
+    config = load_config(args.config, **overrides)
+    cases = [c for c in find_cases(args.data) if not args.cases or args.cases in c.name]
+    (args.output / "cases").mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    log.info("panel: %d cases, %d at once", len(cases), args.jobs)
+    with ProcessPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(run_case, cases, [config] * len(cases), [args.output] * len(cases)))
+    text = summarise(rows, args.output, args.compare)
+    seconds = time.perf_counter() - started
+    (args.output / "panel.md").write_text(
+        text + f"\n{len(cases)} cases in {seconds / 60:.1f} min, {args.jobs} at once; "
+        f"config {args.config}, overrides {overrides}.\n"
+    )
+    print(text)  # noqa: T201 - a script's report
+    print(f"{len(cases)} cases in {seconds / 60:.1f} min")  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""The walk-forward backtest: windows, no look-ahead, and what it leaves in MLflow."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from tfi import pipeline
+from tfi.core import data as data_io
+from tfi.core.backtest import walk_forward_windows
+from tfi.core.errors import SplitError
+from tfi.stages.backtest import evaluate_window
+from tfi.stages.context import Session
+
+TWO_WINDOWS = {
+    "backtest.windows": 2,
+    "backtest.window_days": 0.3,
+    "backtest.block": "1h",
+    "backtest.replicates": 200,
+}
+
+
+def test_windows_are_the_last_ones_and_tile_the_end(smoke_config):
+    stamps = pd.date_range("2024-01-01", periods=10 * 1440, freq="min")
+    config = smoke_config.backtest.model_copy(update={"windows": 3, "window_days": 2.0})
+    windows = walk_forward_windows(stamps, config)
+    assert [w.index for w in windows] == [0, 1, 2]
+    assert windows[-1].stop == stamps[-1] + pd.Timedelta(minutes=1)
+    assert all(a.stop == b.start for a, b in zip(windows, windows[1:], strict=False))
+    assert windows[0].start == pd.Timestamp("2024-01-05")
+    with pytest.raises(SplitError, match="before the data's first bar"):
+        walk_forward_windows(stamps, config.model_copy(update={"windows": 5}))
+
+
+@pytest.mark.parametrize("thresholds", ["fixed", "rolling"])
+def test_nothing_from_the_window_on_reaches_its_training(smoke_config, thresholds):
+    """Change every row from the window's start on: the trained model is the same."""
+    config = smoke_config.with_overrides(
+        **TWO_WINDOWS,
+        **{
+            "labels.thresholds": thresholds,
+            "labels.rolling_days": 0.5,
+            "labels.rolling_min_labels": 200,
+        },
+    )
+    data = data_io.load(config.data)
+    window = walk_forward_windows(data.timestamps, config.backtest)[0]
+    later = data.timestamps >= window.start
+    rng = np.random.default_rng(0)
+    features = data.features.copy()
+    features[later] = rng.standard_normal((int(later.sum()), features.shape[1]))
+    volume = data.flow["volume"].copy()
+    volume[later] *= rng.uniform(0.1, 10.0, int(later.sum())).astype(np.float32)
+    share = rng.uniform(0.0, 1.0, int(later.sum())).astype(np.float32)
+    flow = {
+        "volume": volume,
+        "buy_qty": np.where(later, volume, 0).astype(np.float32),
+        "sell_qty": np.zeros_like(volume),
+    }
+    flow["buy_qty"][later] = volume[later] * share
+    flow["sell_qty"][later] = volume[later] * (1 - share)
+    flow["buy_qty"][~later] = data.flow["buy_qty"][~later]
+    flow["sell_qty"][~later] = data.flow["sell_qty"][~later]
+    changed = dataclasses.replace(data, features=features, flow=flow)
+
+    original = evaluate_window(config, data, window, None, 1)
+    altered = evaluate_window(config, changed, window, None, 1)
+    assert original.candidate.params == altered.candidate.params
+    assert original.champion.decision == altered.champion.decision
+    assert original.champion.booster.model_to_string() == (
+        altered.champion.booster.model_to_string()
+    )
+    # The test rows themselves did change: the check is not vacuous.
+    assert not np.array_equal(original.champion.proba, altered.champion.proba)
+
+
+def test_a_backtest_logs_a_parent_and_a_run_per_window(store, smoke_config):
+    config = smoke_config.with_overrides(**TWO_WINDOWS)
+    result = pipeline.run_backtest(Session.open(config), None)
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tfi-smoke")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`tfi.stage` = 'backtest'")
+    children = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`tfi.stage` = 'backtest-window' and tags.`mlflow.parentRunId` = "
+        f"'{parent.info.run_id}'",
+    )
+    assert len(children) == 2
+    assert {child.info.status for child in children} == {"FINISHED"}
+    for child in children:
+        assert {"test_f1_macro", "reference_persistence_test_f1_macro"} <= set(child.data.metrics)
+        assert child.data.params["candidate"]
+    artifacts = {item.path for item in client.list_artifacts(parent.info.run_id)}
+    assert {
+        "backtest_windows.md",
+        "backtest_windows.parquet",
+        "backtest_differences.png",
+        "backtest_summary.json",
+    } <= artifacts
+    summary = mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/backtest_summary.json")
+    pooled = summary["pooled_f1_macro_minus"]["persistence"]
+    assert pooled["low"] <= pooled["difference"] <= pooled["high"]
+    assert parent.data.metrics["pooled_f1_macro_minus_persistence"] == pytest.approx(
+        result.pooled["persistence"].difference
+    )
+    # The pooled difference is the mean of the windows' own differences.
+    per_window = [child.data.metrics["test_f1_macro_minus_persistence"] for child in children]
+    assert result.pooled["persistence"].difference == pytest.approx(np.mean(per_window))
+    # A backtest measures; it registers nothing.
+    assert client.search_registered_models() == []
