@@ -129,3 +129,56 @@ def test_no_tuning_fold_trains_on_features_chosen_with_its_validation_rows(store
         other_features, other = fold_inputs(changed, f"changed-{i}", i, fold)
         assert other_features == original_features
         np.testing.assert_array_equal(other, original)
+
+
+# --- the decision itself (pure) -------------------------------------------------------------
+
+
+def _comparison(difference: float, low: float):
+    from tfi.core.bootstrap import Interval
+    from tfi.tracking.registry import Comparison
+
+    interval = Interval(difference, low, difference + (difference - low), 0.8, 20)
+    return Comparison(0.40 + difference, 0.40, 5000, "f1_macro", True, interval)
+
+
+def test_noise_leaves_the_alias_and_a_clear_gain_takes_it(smoke_config):
+    from tfi.tracking.registry import decide_promotion
+
+    registry = smoke_config.registry
+    noise = decide_promotion(registry, "3", "2", _comparison(0.002, -0.003), None)
+    assert noise.alias == "challenger"
+    assert "does not beat" in noise.reason and "lower bound -0.0030" in noise.reason
+    clear = decide_promotion(registry, "3", "2", _comparison(0.02, 0.008), None)
+    assert clear.alias == "champion" and clear.champion_version == "2"
+    blocked = decide_promotion(registry, "3", "2", _comparison(0.02, 0.008), "loses on CV")
+    assert blocked.alias == "challenger" and blocked.reason.startswith("loses on CV")
+
+
+def test_the_first_version_is_champion_unless_blocked(smoke_config):
+    from tfi.tracking.registry import decide_promotion
+
+    registry = smoke_config.registry
+    assert decide_promotion(registry, "1", None, None, None).alias == "champion"
+    floor = decide_promotion(registry, "1", None, None, "no evidence it beats persistence")
+    assert floor.alias == "challenger" and "persistence" in floor.reason
+
+
+def test_an_incomparable_champion_keeps_the_alias(smoke_config):
+    from tfi.tracking.registry import decide_promotion
+
+    kept = decide_promotion(
+        smoke_config.registry, "2", "1", "champion v1 was trained on other label settings", None
+    )
+    assert kept.alias == "challenger" and "other label settings" in kept.reason
+
+
+def test_a_version_on_other_label_settings_is_challenger_with_that_reason(store, smoke_config):
+    first = _main(smoke_config)
+    assert first.promotion.alias == "champion"
+    other = _main(smoke_config, **{"labels.horizon": 10, "tuning.n_trials": 2})
+    assert other.promotion.alias == "challenger"
+    assert "other label settings" in other.promotion.reason
+    assert '"horizon": 5' in other.promotion.reason and '"horizon": 10' in other.promotion.reason
+    champion = MlflowClient().get_model_version_by_alias(SMOKE_NAME, "champion")
+    assert champion.version == str(first.promotion.version)

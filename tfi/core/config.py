@@ -212,6 +212,18 @@ class RegistryConfig(StrictModel):
     model_name: str = Field("tfi-classifier", min_length=1)
     champion_alias: str = "champion"
     challenger_alias: str = "challenger"
+    confidence: float = Field(
+        0.9,
+        gt=0.5,
+        lt=1,
+        description="promotion needs the one-sided lower bound of the paired test difference "
+        "(to the champion, and to persistence) at this confidence above zero",
+    )
+    block: str = Field("1D", description="bootstrap block of those differences (pandas offset)")
+
+    def two_sided(self) -> float:
+        """The two-sided level whose lower end is the one-sided bound at ``confidence``."""
+        return 2 * self.confidence - 1
 
 
 class BacktestConfig(StrictModel):

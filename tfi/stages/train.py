@@ -22,7 +22,13 @@ from tfi.core.data import MarketData
 from tfi.stages.champion import Champion, TrainTest, cv_evidence, fit_champion
 from tfi.stages.context import Session
 from tfi.stages.outputs import Prepared, Selected, Trained, Tuned, check_alignment
-from tfi.stages.train_report import Report, build_report, compare_with_champion, version_description
+from tfi.stages.train_report import (
+    Report,
+    build_report,
+    compare_with_champion,
+    label_settings,
+    version_description,
+)
 from tfi.tracking import registry
 from tfi.tracking import runs as tracking
 
@@ -197,6 +203,7 @@ def _register(
             "tfi.run_id": run.id,
             "tfi.study": tuned.study_name,
             tracking.DATA_DIGEST: session.digest,
+            tracking.LABELS: label_settings(cfg),
             "tfi.test_start": cfg.split.test_start.isoformat(),
         },
         description=version_description(run, champion, report),

@@ -9,6 +9,7 @@ rows neither model trained on, with the configured metric.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -51,6 +52,7 @@ class Reference:
     label: str
     metrics: dict[str, float]
     predicted: np.ndarray  # class indices 0/1/2
+    proba: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,9 @@ def build_report(
         stamps, split.y_test, {"tfi": champion.predicted, "persistence": carried[0]}
     )
     cv_f1 = float(np.mean([s.f1_macro for s in fold_scores(tuned.best)]))
-    blocked = _cv_gate(cv_f1, baselines)
+    blocked = _cv_gate(cv_f1, baselines) or _persistence_floor(
+        cfg, stamps, split.y_test, champion, references["persistence"]
+    )
     if blocked:
         log.warning("train: %s", blocked)
     return Report(cv_f1, baselines, references, differences, table, periods, blocked)
@@ -135,6 +139,40 @@ def _cv_gate(cv_f1: float, baselines: dict[str, float]) -> str | None:
                 "folds: a one-line rule does as well, so this model is not served as champion"
             )
     return None
+
+
+def _persistence_floor(
+    cfg: ExperimentConfig,
+    stamps: pd.DatetimeIndex,
+    y_test: np.ndarray,
+    champion: Champion,
+    persistence: Reference,
+) -> str | None:
+    """Why the candidate may not become champion on the test period's evidence, or None: the
+    one-sided lower bound of its paired difference to persistence is not above zero."""
+    metric = cfg.tuning.metric
+    better, worse = (champion, persistence) if metric != "log_loss" else (persistence, champion)
+    interval = bootstrap.paired_difference(
+        [
+            bootstrap.Scored(
+                y_test,
+                better.predicted,
+                worse.predicted,
+                bootstrap.day_blocks(stamps, cfg.registry.block),
+                better.proba,
+                worse.proba,
+            )
+        ],
+        metric,
+        cfg.registry.two_sided(),
+    )
+    if interval.low > 0:
+        return None
+    return (
+        f"test {metric}: its gain over persistence {interval.difference:+.4f} has a "
+        f"{cfg.registry.confidence:.0%} lower bound of {interval.low:+.4f}, not above zero: "
+        "no evidence that it beats the one-line rule"
+    )
 
 
 def _persistence(
@@ -189,7 +227,7 @@ def _references(
 
 
 def _reference(label: str, y: np.ndarray, proba: np.ndarray, predicted: np.ndarray) -> Reference:
-    return Reference(label, classification_metrics(y, proba, predicted=predicted), predicted)
+    return Reference(label, classification_metrics(y, proba, predicted=predicted), predicted, proba)
 
 
 def _defaults_on_test(
@@ -222,6 +260,13 @@ def compare_with_champion(
     tags = champion.tags
     if tags.get(tracking.DATA_DIGEST) != session.digest:
         raise StageError(f"champion v{champion.version} was trained on other data")
+    labels = label_settings(session.config)
+    if tags.get(tracking.LABELS) != labels:
+        raise StageError(
+            f"champion v{champion.version} was trained on other label settings "
+            f"({tags.get(tracking.LABELS, 'not recorded')}; this version: {labels}): "
+            "its classes are another target"
+        )
     if "tfi.test_start" not in tags:
         raise StageError(f"champion v{champion.version} does not record its test period")
     champion_start = np.datetime64(pd.Timestamp(tags["tfi.test_start"]), "ns")
@@ -246,10 +291,41 @@ def compare_with_champion(
         answer[list(PROBABILITY_COLUMNS)].to_numpy(),
         predicted=lightgbm_classes(answer["prediction"].to_numpy()),
     )
+    their_proba = answer[list(PROBABILITY_COLUMNS)].to_numpy()
+    their_classes = lightgbm_classes(answer["prediction"].to_numpy())
     ours = classification_metrics(
         y_true, candidate.proba[unseen], predicted=candidate.predicted[unseen]
     )
-    return Comparison(ours[metric], theirs[metric], int(unseen.sum()), metric, higher_is_better)
+    # The candidate's improvement: its metric minus the champion's (the reverse for a loss).
+    pair = [
+        (candidate.predicted[unseen], candidate.proba[unseen]),
+        (their_classes, their_proba),
+    ]
+    (a, a_proba), (b, b_proba) = pair if higher_is_better else pair[::-1]
+    registry_cfg = session.config.registry
+    improvement = bootstrap.paired_difference(
+        [
+            bootstrap.Scored(
+                y_true,
+                a,
+                b,
+                bootstrap.day_blocks(labelled.timestamps[rows], registry_cfg.block),
+                a_proba,
+                b_proba,
+            )
+        ],
+        metric,
+        registry_cfg.two_sided(),
+    )
+    return Comparison(
+        ours[metric], theirs[metric], int(unseen.sum()), metric, higher_is_better, improvement
+    )
+
+
+def label_settings(cfg: ExperimentConfig) -> str:
+    """The label configuration a version's classes were made with (compared before scores)."""
+    settings = {**cfg.labels.model_dump(mode="json"), "bar_minutes": cfg.data.bar_minutes}
+    return json.dumps(settings, sort_keys=True)
 
 
 def version_description(run: tracking.StageRun, champion: Champion, report: Report) -> str:

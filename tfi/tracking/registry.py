@@ -4,10 +4,11 @@ The model is logged complete (booster, feature list, signature, input example, c
 and classification reports, and the class decision's weights) before a version is registered. The
 version gets its test metrics and the promotion decision as tags and description, and only then
 an alias. ``champion`` goes to a candidate that passed its CV check against the rule baselines
-and beats the current champion's test macro-F1 on the test rows neither model trained on (same
-data, same labels); otherwise ``challenger``, with the reason. If any registry step fails, the
-new version is deleted again, so the registry is left as it was and an alias never points at an
-incomplete version.
+and the persistence floor, and whose improvement over the current champion on the test rows
+neither model trained on (same data, same label settings, the configured metric) has a lower
+bound above zero (:func:`decide_promotion`); otherwise ``challenger``, with the reason. If any
+registry step fails, the new version is deleted again, so the registry is left as it was and an
+alias never points at an incomplete version.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
+from tfi.core.bootstrap import Interval
 from tfi.core.classes import PROBABILITY_COLUMNS
 from tfi.core.config import RegistryConfig
 from tfi.core.errors import StageError
@@ -121,19 +123,21 @@ class ChampionVersion:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Candidate and champion on the same test rows, unseen by both: ``metric`` of each."""
+    """Candidate and champion on the same test rows, unseen by both: ``metric`` of each, and
+    the candidate's improvement (its metric minus the champion's, the reverse for a loss) with
+    its block-bootstrap interval."""
 
     score: float
     champion_score: float
     rows: int
-    metric: str = "f1_macro"
-    higher_is_better: bool = True
+    metric: str
+    higher_is_better: bool
+    improvement: Interval
 
     @property
     def better(self) -> bool:
-        if self.higher_is_better:
-            return self.score > self.champion_score
-        return self.score < self.champion_score
+        """Evidence, not a point estimate: the improvement's lower bound is above zero."""
+        return self.improvement.low > 0
 
 
 @critical_section
@@ -184,36 +188,60 @@ def _decide(
         current = client.get_model_version_by_alias(config.model_name, config.champion_alias)
     except MlflowException:
         current = None
-    challenger = config.challenger_alias
     if current is None:
+        return decide_promotion(config, version, None, None, blocked)
+    try:
+        compared: Comparison | str = compare(
+            ChampionVersion(current.name, current.version, dict(current.tags or {}))
+        )
+    except StageError as exc:
+        compared = str(exc)
+    return decide_promotion(config, version, current.version, compared, blocked)
+
+
+def decide_promotion(
+    config: RegistryConfig,
+    version: str,
+    champion_version: str | None,
+    compared: Comparison | str | None,
+    blocked: str | None,
+) -> Promotion:
+    """Which alias a new version gets, and why (pure).
+
+    ``champion_version`` is the current champion (None: there is none); ``compared`` the
+    comparison with it, or why there is none (other data, labels, too few unseen rows);
+    ``blocked`` why the version may not be champion at all (the CV gate, the persistence floor).
+    Champion only when nothing blocks it and, with a champion in place, the lower bound of its
+    improvement on the rows neither model trained on is above zero.
+    """
+    champion, challenger = config.champion_alias, config.challenger_alias
+    if champion_version is None:
         if blocked:
             return Promotion(version, challenger, None, None, None, f"{blocked}: {challenger}")
-        return Promotion(
-            version, config.champion_alias, None, None, None, "first version: champion"
-        )
-    try:
-        compared = compare(ChampionVersion(current.name, current.version, dict(current.tags or {})))
-    except StageError as exc:
+        return Promotion(version, champion, None, None, None, "first version: champion")
+    if not isinstance(compared, Comparison):
         reason = (
-            f"champion v{current.version} cannot be compared on unseen rows ({exc}); "
+            f"champion v{champion_version} cannot be compared on unseen rows ({compared}); "
             f"kept it as champion, this version is {challenger}"
         )
         if blocked:
             reason = f"{blocked}; {reason}"
-        return Promotion(version, challenger, None, current.version, None, reason)
-    better = compared.better
-    verdict = "beats" if better else "does not beat"
+        return Promotion(version, challenger, None, champion_version, None, reason)
+    verdict = "beats" if compared.better else "does not beat"
+    level = f"{config.confidence:.0%}"
     versus = (
-        f"test {compared.metric} {compared.score:.4f} {verdict} champion v{current.version}'s "
-        f"{compared.champion_score:.4f} on {compared.rows} test rows neither trained on"
+        f"test {compared.metric} {compared.score:.4f} {verdict} champion v{champion_version}'s "
+        f"{compared.champion_score:.4f} on {compared.rows} test rows neither trained on "
+        f"(improvement {compared.improvement.difference:+.4f}, {level} lower bound "
+        f"{compared.improvement.low:+.4f})"
     )
-    alias = config.champion_alias if better and not blocked else challenger
+    alias = champion if compared.better and not blocked else challenger
     reason = f"{blocked}; {versus}: {alias}" if blocked else f"{versus}: {alias}"
     return Promotion(
         version,
         alias,
         compared.score,
-        current.version,
+        champion_version,
         compared.champion_score,
         reason,
         compared.metric,

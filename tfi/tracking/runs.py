@@ -43,6 +43,7 @@ INPUTS = "tfi.inputs"
 DATA_DIGEST = "tfi.data_digest"
 STUDY = "tfi.study"
 TUNE_RUN = "tfi.tune_run_id"
+LABELS = "tfi.labels"  # a version's label settings: only versions with equal ones compare
 _PARAM_LIMIT = 6000
 
 
