@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import mlflow
 import numpy as np
@@ -31,7 +32,7 @@ def test_windows_are_the_last_ones_and_tile_the_end(smoke_config):
     windows = walk_forward_windows(stamps, config)
     assert [w.index for w in windows] == [0, 1, 2]
     assert windows[-1].stop == stamps[-1] + pd.Timedelta(minutes=1)
-    assert all(a.stop == b.start for a, b in zip(windows, windows[1:], strict=False))
+    assert all(a.stop == b.start for a, b in itertools.pairwise(windows))
     assert windows[0].start == pd.Timestamp("2024-01-05")
     with pytest.raises(SplitError, match="before the data's first bar"):
         walk_forward_windows(stamps, config.model_copy(update={"windows": 5}))

@@ -55,6 +55,13 @@ def test_earlier_rounds_set_the_bar_but_do_not_count():
     assert patience.stale_trials([*history, skipped], 2, maximize=True, min_improvement=0) == 1
 
 
+def test_the_samplers_random_start_up_trials_are_not_counted_as_stale():
+    history = [_trial(0, 0.5), _trial(1, 0.4), _trial(2, None), _trial(3, 0.45), _trial(4, 0.3)]
+    assert patience.stale_trials(history, 1, maximize=True, min_improvement=0) == 4
+    assert patience.stale_trials(history, 1, True, 0, startup=3) == 2
+    assert patience.stale_trials(history, 1, True, 0, startup=10) == 0
+
+
 class _Hooks:
     def started(self, trial) -> None:
         pass
@@ -71,7 +78,7 @@ def shared(tmp_path) -> SharedStudy:
 
 
 def test_a_stale_round_skips_its_queue_and_the_next_round_runs_again(shared, smoke_config):
-    tuning = smoke_config.tuning.model_copy(update={"patience": 3})
+    tuning = smoke_config.tuning.model_copy(update={"patience": 3, "startup_trials": 0})
     stop = functools.partial(patience.stop_reason, shared.study, tuning)
     ran: list[int] = []
 
@@ -86,7 +93,7 @@ def test_a_stale_round_skips_its_queue_and_the_next_round_runs_again(shared, smo
     study = shared.study
     skipped = [t for t in study.trials if trials.SKIPPED_ATTR in t.user_attrs]
     assert [t.number for t in skipped] == list(range(4, 10))
-    assert {t.state for t in skipped} == {TrialState.PRUNED}
+    assert {t.state for t in skipped} == {TrialState.FAIL}  # samplers learn nothing from them
     assert all(not t.params and not t.intermediate_values for t in skipped)
     reason = patience.round_stop_reason(study.trials, 1)
     assert reason is not None and "3 trials in a row" in reason
@@ -103,7 +110,12 @@ def test_a_stale_round_skips_its_queue_and_the_next_round_runs_again(shared, smo
 def test_tune_ends_the_round_and_the_runs_say_so(store, smoke_config):
     # min_improvement 1.0: no macro-F1 gain can reach it, so the round ends after 2 more.
     config = smoke_config.with_overrides(
-        **{"tuning.n_trials": 6, "tuning.patience": 2, "tuning.min_improvement": 1.0}
+        **{
+            "tuning.n_trials": 6,
+            "tuning.patience": 2,
+            "tuning.min_improvement": 1.0,
+            "tuning.startup_trials": 0,
+        }
     )
     session = Session.open(config)
     tuned = pipeline.run_tune(session, None)

@@ -132,6 +132,12 @@ class TuningConfig(StrictModel):
         "LightGBM's defaults' (cross-validated on the same folds) by more than this; otherwise "
         "from the defaults (tfi.search.candidates)",
     )
+    startup_trials: int = Field(
+        5,
+        ge=0,
+        description="TPE's random start-up trials; tuning.patience counts only the trials "
+        "after them (a round of random draws says nothing about whether TPE has converged)",
+    )
     seed: int = 42
     study: str | None = None
     storage: str | None = None

@@ -28,13 +28,18 @@ from tfi.search.trials import SKIPPED_ATTR, was_skipped
 
 
 def stale_trials(
-    trials: Sequence[FrozenTrial], round_: int, maximize: bool, min_improvement: float
+    trials: Sequence[FrozenTrial],
+    round_: int,
+    maximize: bool,
+    min_improvement: float,
+    startup: int = 0,
 ) -> int:
     """How many of round ``round_``'s last finished trials in a row did not improve the best.
 
-    Trials are taken in the order of their numbers; earlier rounds' trials set the bar but do
-    not count. A trial improves when it completes above the bar by more than
-    ``min_improvement`` (below it, for a minimised metric); the bar is then its score.
+    Trials are taken in the order of their numbers; earlier rounds' trials and the sampler's
+    ``startup`` random trials (numbers below it) set the bar but do not count. A trial improves
+    when it completes above the bar by more than ``min_improvement`` (below it, for a minimised
+    metric); the bar is then its score.
     """
     sign = 1.0 if maximize else -1.0
     bar = -float("inf")
@@ -46,7 +51,7 @@ def stale_trials(
         if improved:
             bar = sign * trial.value
             stale = 0
-        elif trial.user_attrs.get(ROUND_ATTR) == round_:
+        elif trial.user_attrs.get(ROUND_ATTR) == round_ and trial.number >= startup:
             stale += 1
     return stale
 
@@ -57,7 +62,13 @@ def stop_reason(study: optuna.Study, config: TuningConfig) -> str | None:
         return None
     round_ = study.user_attrs.get(ROUNDS_ATTR)
     trials = study.get_trials(deepcopy=False)
-    stale = stale_trials(trials, round_, config.direction == "maximize", config.min_improvement)
+    stale = stale_trials(
+        trials,
+        round_,
+        config.direction == "maximize",
+        config.min_improvement,
+        config.startup_trials,
+    )
     if stale < config.patience:
         return None
     return (

@@ -125,7 +125,10 @@ def sampler_and_pruner(
 ) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
     # Each worker gets its own seed: identical seeds would sample identical startup trials.
     sampler = optuna.samplers.TPESampler(
-        seed=config.seed + worker_index, multivariate=True, constant_liar=True
+        n_startup_trials=config.startup_trials,
+        seed=config.seed + worker_index,
+        multivariate=True,
+        constant_liar=True,
     )
     pruner: optuna.pruners.BasePruner
     if config.pruner == "paired":

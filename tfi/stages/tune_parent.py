@@ -115,7 +115,7 @@ def summarise(session: Session, shared: SharedStudy, parent: str, round_: int) -
         if best is None:
             raise StageError(f"study {shared.name} has no candidate yet: {why}")
         return best  # other workers are still at it; the last one summarises
-    close_orphan_trial_runs(tracker, study, parent, fold_scores)
+    close_orphan_trial_runs(tracker, study, parent, fold_scores, was_skipped)
     trials = study.get_trials(deepcopy=False)
     ran = [t for t in trials if not was_skipped(t)]
     counts = {state: sum(t.state == state for t in ran) for state in TrialState}

@@ -149,7 +149,11 @@ def trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> 
 
 @critical_section
 def close_orphan_trial_runs(
-    tracker: Tracker, study: optuna.Study, parent_run_id: str, folds_of: FoldsOf
+    tracker: Tracker,
+    study: optuna.Study,
+    parent_run_id: str,
+    folds_of: FoldsOf,
+    never_ran: Callable[[FrozenTrial], bool],
 ) -> int:
     """Give every failed trial of a dead worker a FAILED child run, exactly one.
 
@@ -160,6 +164,8 @@ def close_orphan_trial_runs(
     runs = trial_runs(tracker.client, experiment_id, parent_run_id)
     closed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if never_ran(trial):  # taken off the queue by the patience rule
+            continue
         run = runs.get(trial.number)
         if run is not None and run.info.status != "RUNNING":
             continue
