@@ -110,7 +110,7 @@ def test_bad_klines_get_one_clear_error(tmp_path):
         load(DataConfig(source=str(_write(frame, tmp_path / "a.csv"))))
     frame = _klines(50).astype({"count": object})
     frame.loc[3, "count"] = "many"
-    with pytest.raises(DataError, match="column 'count' has 1 non-numeric values"):
+    with pytest.raises(DataError, match=r"b.csv, line 5: column 'count' is 'many'"):
         load(DataConfig(source=str(_write(frame, tmp_path / "b.csv"))))
     with pytest.raises(DataError, match="no kline files"):
         load(DataConfig(source=str(tmp_path / "nothing-*.csv")))
@@ -125,3 +125,70 @@ def test_the_shipped_months_load_with_their_gap():
     assert data.timestamps[0] == pd.Timestamp("2023-04-01")
     assert data.timestamps[-1] == pd.Timestamp("2023-10-31 23:59")
     assert not np.isinf(data.features).any()
+
+
+def test_a_header_is_read_by_name_in_any_order(tmp_path):
+    """Issue 30: columns were read by position whatever the header said."""
+    frame = _klines(2000)
+    reordered = frame[
+        ["count", "quote_volume", *[c for c in COLUMNS if c not in ("count", "quote_volume")]]
+    ]
+    by_name = load(DataConfig(source=str(_write(reordered, tmp_path / "a.csv"))))
+    expected = load(DataConfig(source=str(_write(frame, tmp_path / "b.csv"))))
+    np.testing.assert_array_equal(by_name.features, expected.features)
+    without = frame.drop(columns=["count"])
+    with pytest.raises(DataError, match=r"its header lacks the kline columns \['count'\]"):
+        load(DataConfig(source=str(_write(without, tmp_path / "c.csv"))))
+
+
+def test_each_file_gets_its_own_open_time_unit(tmp_path):
+    """Issue 30: a folder mixing ms and µs files put the ms file in 1970."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    august = _klines(100, "2024-12-31 22:00")
+    september = _klines(100, "2025-01-01 00:00")
+    september["open_time"] = september["open_time"] * 1000  # microseconds
+    _write(august, folder / "NEARUSDT-1m-2024-12.csv")
+    _write(september, folder / "NEARUSDT-1m-2025-01.csv")
+    data = load(DataConfig(source=str(folder)))
+    assert data.timestamps[0] == pd.Timestamp("2024-12-31 22:00")
+    assert data.timestamps[-1] == pd.Timestamp("2025-01-01 01:39")
+    seconds = _klines(100)
+    seconds["open_time"] = seconds["open_time"] // 1000
+    stamps = load(DataConfig(source=str(_write(seconds, tmp_path / "s.csv")))).timestamps
+    assert stamps[0] == pd.Timestamp("2023-04-01")
+
+
+def test_two_symbols_in_one_folder_are_refused(tmp_path):
+    folder = tmp_path / "two"
+    folder.mkdir()
+    _write(_klines(100, "2023-08-01"), folder / "BTCUSDT-1m-2023-08.csv")
+    _write(_klines(100, "2023-09-01"), folder / "NEARUSDT-1m-2023-09.csv.gz")
+    with pytest.raises(
+        DataError, match=r"mixes kline files of 2 symbols \['BTCUSDT', 'NEARUSDT'\]"
+    ):
+        load(DataConfig(source=str(folder)))
+
+
+def test_broken_lines_and_files_are_named(tmp_path):
+    frame = _klines(50)
+    path = _write(frame, tmp_path / "t.csv")
+    text = path.read_text().rstrip("\n").rsplit(",", 6)[0] + "\n"  # a truncated last line
+    path.write_text(text)
+    with pytest.raises(DataError, match=r"t.csv, line 51: column 'quote_volume' is empty"):
+        load(DataConfig(source=str(path)))
+    wide = _write(frame, tmp_path / "w.csv")
+    lines = wide.read_text().splitlines()
+    lines[10] += ",1,2,3"  # a 15-field garbage line
+    wide.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"w.csv is not a readable kline CSV: .*line 11"):
+        load(DataConfig(source=str(wide)))
+    bom = tmp_path / "bom.CSV"
+    bom.write_text("\ufeff" + _write(frame, tmp_path / "plain.csv").read_text())
+    assert load(DataConfig(source=str(bom))).n_rows == 50
+    folder = tmp_path / "overlap"
+    folder.mkdir()
+    _write(_klines(100, "2023-04-01 00:00"), folder / "NEARUSDT-1m-2023-04-01.csv")
+    _write(_klines(100, "2023-04-01 01:00"), folder / "NEARUSDT-1m-2023-04-02.csv")
+    with pytest.raises(DataError, match=r"NEARUSDT-1m-2023-04-02.csv starts at 2023-04-01 01:00"):
+        load(DataConfig(source=str(folder)))

@@ -100,7 +100,7 @@ def _load_klines(
     config: DataConfig, files: list[Path], wanted: Sequence[str] | None, digest: str
 ) -> MarketData:
     name = config.source
-    stamps, columns = klines.read(files)
+    stamps, columns = klines.read(files, config.epoch_unit)
     check_timestamps(stamps, name)  # the rolling features need time order
     flow = klines.flow(columns, name)
     features = bars.bar_features(stamps, {**columns, **flow})
