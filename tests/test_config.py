@@ -120,3 +120,26 @@ def test_split_date_with_an_offset_is_read_as_utc(smoke_config):
 def test_settings_that_cannot_work_are_refused(smoke_config, override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         smoke_config.with_overrides(**override)
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text(SMOKE.read_text() + "\ntuning: {n_trials: 3}\n")
+    with pytest.raises(ConfigError, match="the key 'tuning' is given twice"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"registry.champion_alias": "latest"}, "reserved by MLflow"),
+        ({"registry.champion_alias": "v2"}, "reserved by MLflow"),
+        ({"registry.champion_alias": "best model"}, "only letters, digits"),
+        ({"registry.challenger_alias": "champion"}, "both 'champion'"),
+        ({"registry.model_name": "team/tfi"}, "not a registered model name"),
+        ({"mlflow_experiment": ""}, "mlflow_experiment"),
+    ],
+)
+def test_names_mlflow_would_refuse_are_refused_before_any_compute(smoke_config, override, message):
+    with pytest.raises(ConfigError, match=message):
+        smoke_config.with_overrides(**override)

@@ -192,3 +192,10 @@ def test_broken_lines_and_files_are_named(tmp_path):
     _write(_klines(100, "2023-04-01 01:00"), folder / "NEARUSDT-1m-2023-04-02.csv")
     with pytest.raises(DataError, match=r"NEARUSDT-1m-2023-04-02.csv starts at 2023-04-01 01:00"):
         load(DataConfig(source=str(folder)))
+
+
+def test_a_zero_price_is_named_with_its_line(tmp_path):
+    frame = _klines(50)
+    frame.loc[9, "close"] = 0.0
+    with pytest.raises(DataError, match=r"z.csv, line 11: column 'close' is 0.0; prices must"):
+        load(DataConfig(source=str(_write(frame, tmp_path / "z.csv"))))

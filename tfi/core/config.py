@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -221,6 +222,34 @@ class RegistryConfig(StrictModel):
     )
     block: str = Field("1D", description="bootstrap block of those differences (pandas offset)")
 
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, name: str) -> str:
+        # MLflow's own rule, checked before any compute rather than after the whole pipeline.
+        if not name.strip() or "/" in name or ":" in name:
+            raise ValueError(f"{name!r} is not a registered model name (no '/' or ':', not blank)")
+        return name
+
+    @field_validator("champion_alias", "challenger_alias")
+    @classmethod
+    def _alias(cls, alias: str) -> str:
+        # MLflow's rules: letters, digits, '_' and '-'; 'latest' and 'v<number>' are reserved
+        # ('latest' resolves to the newest version: a version would be compared with itself).
+        if not re.fullmatch(r"[\w-]{1,255}", alias):
+            raise ValueError(f"alias {alias!r} may hold only letters, digits, '_' and '-'")
+        if alias.lower() == "latest" or re.fullmatch(r"v\d+", alias):
+            raise ValueError(f"alias {alias!r} is reserved by MLflow ('latest', 'v<number>')")
+        return alias
+
+    @model_validator(mode="after")
+    def _distinct_aliases(self) -> RegistryConfig:
+        if self.champion_alias == self.challenger_alias:
+            raise ValueError(
+                f"champion_alias and challenger_alias are both {self.champion_alias!r}: a "
+                "challenger would take the champion's alias"
+            )
+        return self
+
     def two_sided(self) -> float:
         """The two-sided level whose lower end is the one-sided bound at ``confidence``."""
         return 2 * self.confidence - 1
@@ -249,7 +278,7 @@ class ExperimentConfig(StrictModel):
     """A whole experiment: data, labels, split, folds, selection, tuning, training, registry."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    mlflow_experiment: str = "tfi"
+    mlflow_experiment: str = Field("tfi", min_length=1, pattern=r"\S")
     output_dir: str = Field(".", description="where tfi writes local files (storage, outputs)")
     data: DataConfig = DataConfig()
     labels: LabelConfig = LabelConfig()
@@ -288,7 +317,7 @@ def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
     """Read, validate and override an experiment file. Raises ConfigError with every problem."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except IsADirectoryError:
@@ -301,6 +330,21 @@ def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
         raise ConfigError(f"config file {path} must hold a mapping of sections")
     config = _validate(raw, origin=str(path))
     return config.with_overrides(**overrides) if overrides else config
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (the last would win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _validate(raw: dict[str, Any], origin: str) -> ExperimentConfig:

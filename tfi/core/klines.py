@@ -159,6 +159,14 @@ def _read_one(path: Path) -> pd.DataFrame:
                 f"{int(bad.sum())} such values in the file"
             )
         frame[col] = values
+    for col in ("high", "low", "close"):
+        bad = frame[col].to_numpy() <= 0
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{path}, line {row + first_line}: column '{col}' is {frame[col].iloc[row]!r}; "
+                f"prices must be positive ({int(bad.sum())} such values in the file)"
+            )
     return frame
 
 

@@ -92,6 +92,13 @@ class LabelledData:
         """``thresholds.json``: the method and the training period's quantiles."""
         return {"method": "rolling" if self.rolling else "fixed", **self.thresholds.as_dict()}
 
+    def missing_test_classes(self) -> list[str]:
+        """The classes no test row has (empty when all three occur)."""
+        present = set(
+            np.unique(self.target[self.period == TEST][~np.isnan(self.target[self.period == TEST])])
+        )
+        return [NAME_OF[value] for value in LABELS if value not in present]
+
     def summary(self) -> dict[str, float]:
         """Row counts per period and class shares per labelled period (flat, for metrics)."""
         out: dict[str, float] = {"rows_total": float(len(self.period))}

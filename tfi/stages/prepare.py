@@ -21,6 +21,13 @@ def run(session: Session, parent_id: str | None = None, run_id: str | None = Non
     data = session.data()
     labelled = prepare_labels(data, session.config)
     cfg = session.config
+    missing = labelled.missing_test_classes()
+    if missing:
+        log.warning(
+            "prepare: the test period holds no %s row: its macro-F1 cannot reach 1 (with one "
+            "class, 1/3); compare models on it with care, or move the split date",
+            " or ".join(missing),
+        )
     with session.tracker.run(
         "prepare",
         session.prepare_key,

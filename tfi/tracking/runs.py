@@ -66,22 +66,31 @@ class Tracker:
             self.experiment_id = os.environ["MLFLOW_EXPERIMENT_ID"]
         else:
             name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name
-            found = self.client.get_experiment_by_name(name)
-            self.experiment_id = (
-                found.experiment_id
-                if found
-                else self.client.create_experiment(
-                    name,
-                    tags={
-                        EXPERIMENT_KIND: MODEL_TRAINING,
-                        MLFLOW_RUN_NOTE: f"tfi experiment `{name}`: trade flow imbalance "
-                        "classifiers. Each `main` run holds its prepare, select, tune and train "
-                        "runs; each tune run holds one run per Optuna trial.",
-                    },
-                )
-            )
+            self.experiment_id = self._get_or_create(name)
         if EXPERIMENT_KIND not in self.client.get_experiment(self.experiment_id).tags:
             self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+
+    def _get_or_create(self, name: str) -> str:
+        """The experiment's id, created if missing; another command creating it at the same
+        moment (two commands on a fresh store) is not an error."""
+        found = self.client.get_experiment_by_name(name)
+        if found:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(
+                name,
+                tags={
+                    EXPERIMENT_KIND: MODEL_TRAINING,
+                    MLFLOW_RUN_NOTE: f"tfi experiment `{name}`: trade flow imbalance "
+                    "classifiers. Each `main` run holds its prepare, select, tune and train "
+                    "runs; each tune run holds one run per Optuna trial.",
+                },
+            )
+        except MlflowException:
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
 
     def find_finished(self, stage: str, inputs: str) -> Run | None:
         runs = self.client.search_runs(
