@@ -163,8 +163,9 @@ def _read_one(path: Path) -> pd.DataFrame:
         bad = frame[col].to_numpy() <= 0
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
+            value = float(frame[col].iloc[row])
             raise DataError(
-                f"{path}, line {row + first_line}: column '{col}' is {frame[col].iloc[row]!r}; "
+                f"{path}, line {row + first_line}: column '{col}' is {value}; "
                 f"prices must be positive ({int(bad.sum())} such values in the file)"
             )
     return frame
