@@ -5,6 +5,7 @@ Real subprocesses (`python -m tfi`), a real SQLite MLflow store and a real Optun
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -23,7 +24,7 @@ from tfi.search.trials import WORKER_ATTR
 from tfi.stages.context import Session, available_cores
 from tfi.stages.tune_parent import PARENT_ATTR
 
-from .helpers import PYTHON, SMOKE, subprocess_env
+from .helpers import PYTHON, ROOT, SMOKE, subprocess_env
 
 STUDY = "faults"
 
@@ -269,3 +270,37 @@ def test_sigint_and_sigterm_together_are_one_request_held_by_a_critical_section(
         interrupts._state.requested.clear()
         interrupts._state.held = False
     assert finished
+
+
+def test_no_run_stays_running_after_a_killed_mlflow_run_is_resumed(store):
+    """Issue 28: `mlflow run`'s own run in "Default" stayed RUNNING after kill -9 for good."""
+    _prepare_upstream(store)
+    command = [
+        PYTHON, "-m", "mlflow", "run", str(ROOT), "-e", "tune", "--env-manager", "local",
+        "-P", f"config={SMOKE}", "-P", "n_trials=40", "-P", f"study={STUDY}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command, cwd=store, env=subprocess_env(store), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while _finished(store) < 2:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    client = MlflowClient()
+    running = client.search_runs(["0"], "attributes.status = 'RUNNING'")
+    assert len(running) == 1  # the killed command's: nobody lived to end it
+
+    again = subprocess.run(
+        _tune_command(2), cwd=store, env=subprocess_env(store), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    (closed,) = client.search_runs(["0"], f"attributes.run_id = '{running[0].info.run_id}'")
+    assert closed.info.status == "KILLED"
+    assert "died" in closed.data.tags["tfi.error"]
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert client.search_runs(experiments, "attributes.status = 'RUNNING'") == []

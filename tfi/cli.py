@@ -172,9 +172,11 @@ def _dispatch(args: argparse.Namespace, config: ExperimentConfig, run_id: str | 
     adopted = None
     if run_id:  # `mlflow run`'s run: the stage's own, unless it sits in "Default"
         store.check_tracking()
+        store.mark_launcher(run_id)
         adopted = store.adoptable(run_id)
         if adopted is None:  # mlflow run also points its child at "Default"
             os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    store.close_dead_launchers(config.mlflow_experiment)  # a killed command's `mlflow run` run
     if args.command == "score":
         score.run(
             config,

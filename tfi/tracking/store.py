@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import mlflow
 import requests
@@ -68,6 +69,50 @@ def adoptable(run_id: str | None) -> str | None:
         return None
     experiment = MlflowClient().get_run(run_id).info.experiment_id
     return None if experiment == DEFAULT_EXPERIMENT_ID else run_id
+
+
+LAUNCHER = "tfi.launcher"  # host:pid of the tfi command that an `mlflow run` run launched
+
+
+def mark_launcher(run_id: str) -> None:
+    """Record which process works for ``mlflow run``'s run, so that a later command can tell
+    it died (``kill -9`` leaves the run RUNNING: neither mlflow nor tfi lived to end it)."""
+    MlflowClient().set_tag(run_id, LAUNCHER, f"{socket.gethostname()}:{os.getpid()}")
+
+
+def close_dead_launchers(experiment_name: str) -> list[str]:
+    """End (KILLED) the RUNNING `mlflow run` runs whose tfi process on this host is gone."""
+    client = MlflowClient()
+    experiments = [DEFAULT_EXPERIMENT_ID]
+    found = client.get_experiment_by_name(experiment_name)
+    if found is not None and found.experiment_id != DEFAULT_EXPERIMENT_ID:
+        experiments.append(found.experiment_id)
+    host = socket.gethostname()
+    runs = client.search_runs(
+        experiments,
+        f"attributes.status = 'RUNNING' and tags.`{LAUNCHER}` LIKE '{host}:%'",
+    )
+    closed = []
+    for run in runs:
+        pid = int(run.data.tags[LAUNCHER].rpartition(":")[2])
+        if pid == os.getpid() or _alive(pid):
+            continue
+        client.set_tag(run.info.run_id, ERROR, f"its tfi process ({host}:{pid}) died")
+        client.set_terminated(run.info.run_id, "KILLED")
+        closed.append(run.info.run_id)
+    if closed:
+        log.info("closed %d mlflow run(s) whose tfi process died: %s", len(closed), closed)
+    return closed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def note_elsewhere(launcher_run_id: str, experiment_name: str) -> None:
