@@ -181,4 +181,22 @@ def test_a_version_on_other_label_settings_is_challenger_with_that_reason(store,
     assert "other label settings" in other.promotion.reason
     assert '"horizon": 5' in other.promotion.reason and '"horizon": 10' in other.promotion.reason
     champion = MlflowClient().get_model_version_by_alias(SMOKE_NAME, "champion")
-    assert champion.version == str(first.promotion.version)
+    assert str(champion.version) == str(first.promotion.version)
+
+
+def test_the_cv_gate_follows_the_tuning_metric(smoke_config):
+    """Issue 28: the gate compared macro-F1 whatever tuning.metric said."""
+    from tfi.stages.train_report import _cv_gate
+
+    baselines = {
+        "reference_persistence_cv_f1_macro": 0.40,
+        "reference_majority_class_cv_f1_macro": 0.20,
+        "reference_persistence_cv_log_loss": 1.05,
+        "reference_majority_class_cv_log_loss": 1.09,
+    }
+    by_loss = smoke_config.with_overrides(**{"tuning.metric": "log_loss"})
+    assert _cv_gate(by_loss, 1.02, baselines) is None  # a lower loss beats the rules
+    blocked = _cv_gate(by_loss, 1.07, baselines)
+    assert blocked is not None and "CV log_loss 1.0700 does not beat persistence's" in blocked
+    assert _cv_gate(smoke_config, 0.41, baselines) is None
+    assert "CV f1_macro" in _cv_gate(smoke_config, 0.39, baselines)

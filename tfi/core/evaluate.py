@@ -161,25 +161,34 @@ def cv_baselines(
     folds: Sequence[Fold],
     fold_targets: Sequence[tuple[np.ndarray, Thresholds | None]],
 ) -> dict[str, float]:
-    """Mean CV macro-F1 of persistence and the majority class on the tuning folds.
+    """Mean CV metrics of persistence and the majority class on the tuning folds.
 
     Arrays are indexed in training rows. ``fold_targets[i]`` is fold ``i``'s classes (-1/0/1,
     rows up to its validation stop) and its own fixed thresholds (None: the rows' rolling
-    ones), so persistence is scored with the thresholds that fold's labels use.
+    ones), so persistence is scored with the thresholds that fold's labels use. Each rule's
+    probabilities (for log-loss) are its fold's training frequencies, as on the test period.
+    Keys: ``reference_{persistence,majority_class}_cv_{metric}`` for every metric.
     """
-    persistence_f1, majority_f1 = [], []
+    scores: dict[str, list[dict[str, float]]] = {"persistence": [], "majority_class": []}
     for fold, (target, own) in zip(folds, fold_targets, strict=True):
-        valid = slice(fold.valid_start, fold.valid_stop)
+        train, valid = slice(0, fold.train_stop), slice(fold.valid_start, fold.valid_stop)
+        y_train = (target[train] + 1).astype(int)
         y_valid = (target[valid] + 1).astype(int)
-        thresholds = own if own is not None else row_thresholds[valid]
-        carried = carried_class(trailing[valid], thresholds)
-        persistence_f1.append(macro_f1(y_valid, carried))
-        y_train = (target[: fold.train_stop] + 1).astype(int)
-        majority = np.full(len(y_valid), np.bincount(y_train, minlength=len(LABELS)).argmax())
-        majority_f1.append(macro_f1(y_valid, majority))
+        known = ~np.isnan(target[train])
+        carried, proba = persistence(
+            trailing[valid],
+            own if own is not None else row_thresholds[valid],
+            y_train[known],
+            trailing[train][known],
+            own if own is not None else row_thresholds[train][known],
+        )
+        scores["persistence"].append(classification_metrics(y_valid, proba, predicted=carried))
+        majority = majority_proba(y_train[known], len(y_valid))
+        scores["majority_class"].append(classification_metrics(y_valid, majority))
     return {
-        "reference_persistence_cv_f1_macro": float(np.mean(persistence_f1)),
-        "reference_majority_class_cv_f1_macro": float(np.mean(majority_f1)),
+        f"reference_{rule}_cv_{metric}": float(np.mean([fold[metric] for fold in folds_scores]))
+        for rule, folds_scores in scores.items()
+        for metric in folds_scores[0]
     }
 
 

@@ -117,8 +117,10 @@ def build_report(
     periods = ev.by_period(
         stamps, split.y_test, {"tfi": champion.predicted, "persistence": carried[0]}
     )
-    cv_f1 = float(np.mean([s.f1_macro for s in fold_scores(tuned.best)]))
-    blocked = _cv_gate(cv_f1, baselines) or _persistence_floor(
+    folds = fold_scores(tuned.best)
+    cv_f1 = float(np.mean([s.f1_macro for s in folds]))
+    cv_score = float(np.mean([getattr(s, cfg.tuning.metric) for s in folds]))
+    blocked = _cv_gate(cfg, cv_score, baselines) or _persistence_floor(
         cfg, stamps, split.y_test, champion, references["persistence"]
     )
     if blocked:
@@ -126,16 +128,18 @@ def build_report(
     return Report(cv_f1, baselines, references, differences, table, periods, blocked)
 
 
-def _cv_gate(cv_f1: float, baselines: dict[str, float]) -> str | None:
-    """Why the candidate may not become champion on CV evidence, or None."""
+def _cv_gate(cfg: ExperimentConfig, cv_score: float, baselines: dict[str, float]) -> str | None:
+    """Why the candidate may not become champion on CV evidence (``tuning.metric``), or None."""
+    metric = cfg.tuning.metric
+    sign = 1.0 if cfg.tuning.direction == "maximize" else -1.0
     rules = {
-        "persistence": baselines["reference_persistence_cv_f1_macro"],
-        "the majority class": baselines["reference_majority_class_cv_f1_macro"],
+        "persistence": baselines[f"reference_persistence_cv_{metric}"],
+        "the majority class": baselines[f"reference_majority_class_cv_{metric}"],
     }
     for name, value in rules.items():
-        if not cv_f1 > value:
+        if not sign * cv_score > sign * value:
             return (
-                f"CV macro-F1 {cv_f1:.4f} does not beat {name}'s {value:.4f} on the same "
+                f"CV {metric} {cv_score:.4f} does not beat {name}'s {value:.4f} on the same "
                 "folds: a one-line rule does as well, so this model is not served as champion"
             )
     return None
