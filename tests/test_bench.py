@@ -44,25 +44,20 @@ def test_bench_reports_tfi_beside_the_seed_approach(store):
     after = tfi_trials["pruned_after_folds"]
     assert sum(after.values()) == tfi_trials["pruned"]
     assert all(1 <= int(folds) < 3 for folds in after)  # smoke.yaml: 3 folds; never after the last
+    assert seed_trials["seconds_per_complete_trial"] > 0
+    del seed_trials["seconds_per_complete_trial"]
     assert seed_trials == {
         "complete": 6,
         "pruned": 0,
-        "seconds_per_complete_trial": pytest.approx(seed_trials["seconds_per_complete_trial"]),
         "seconds_per_pruned_trial": None,
         "pruned_after_folds": {},
         "skipped": 0,
     }
-    assert report["speedup"] == pytest.approx(
-        report["reference"]["total_seconds"] / report["tfi"]["total_seconds"]
-    )
     for side in ("tfi", "reference"):  # reached within the run, after selection
         result = report[side]
         seconds = result["seconds"]
         before_tune = seconds["load"] + seconds["label"] + seconds["select"]
         assert before_tune < result["seconds_to_quality"] <= before_tune + seconds["tune"] + 1
-    assert report["speedup_to_quality"] == pytest.approx(
-        report["reference"]["seconds_to_quality"] / report["tfi"]["seconds_to_quality"]
-    )
 
     client = MlflowClient()
     experiment = client.get_experiment_by_name("tfi-bench")
@@ -139,17 +134,17 @@ def test_a_stopped_bench_leaves_no_child_running(store, stop):
     scratch = store / "scratch"
     scratch.mkdir()
     bench = subprocess.Popen(
-        _bench("--rows", "2000000", "--features", "60", "--output", str(store / "b.json")),
+        _bench("--rows", "300000", "--features", "60", "--output", str(store / "b.json")),
         cwd=store, env={**subprocess_env(store), "TMPDIR": str(scratch)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 60
     children: list[int] = []
-    while not children:
+    # At work: a child runs and has begun writing its data into the scratch folder.
+    while not children or not any(scratch.iterdir()):
         assert bench.poll() is None and time.monotonic() < deadline
         children = [pid for pid in _children(bench.pid) if _running(pid)]
-        time.sleep(0.1)
-    time.sleep(1)  # the child is at work
+        time.sleep(0.05)
     bench.send_signal(stop)
     assert bench.wait(timeout=30) == (130 if stop == signal.SIGTERM else -signal.SIGKILL)
     deadline = time.monotonic() + 15
