@@ -304,3 +304,26 @@ def test_no_run_stays_running_after_a_killed_mlflow_run_is_resumed(store):
     assert "died" in closed.data.tags["tfi.error"]
     experiments = [e.experiment_id for e in client.search_experiments()]
     assert client.search_runs(experiments, "attributes.status = 'RUNNING'") == []
+
+
+def test_two_main_commands_at_once_on_a_fresh_store_leave_one_champion(store):
+    """Issue 30: the second command died creating the experiment, and two trains both promoted."""
+    command = [PYTHON, "-m", "tfi", "main", "--config", str(SMOKE)]
+    env = subprocess_env(store)
+    start = {"cwd": store, "env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
+    procs = [subprocess.Popen(command, text=True, **start) for _ in range(2)]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+    client = MlflowClient()
+    versions = client.search_model_versions("name = 'tfi-classifier'")
+    assert len(versions) == 2
+    champion = client.get_model_version_by_alias("tfi-classifier", "champion")
+    for version in versions:
+        tag = version.tags["tfi.promotion"]
+        assert (tag == "champion") == (version.version == champion.version), (version, tag)
+    other = next(v for v in versions if v.version != champion.version)
+    # The later one was compared with the earlier champion, not promoted beside it.
+    assert f"champion v{champion.version}" in other.tags["tfi.promotion_reason"] or (
+        other.tags["tfi.promotion"] == f"replaced by v{champion.version}"
+    )

@@ -169,9 +169,9 @@ def _dispatch(args: argparse.Namespace, config: ExperimentConfig, run_id: str | 
     from tfi.stages.context import Session
     from tfi.tracking import store
 
+    store.check_tracking()  # first: creates a fresh store's schema, one command at a time
     adopted = None
     if run_id:  # `mlflow run`'s run: the stage's own, unless it sits in "Default"
-        store.check_tracking()
         store.mark_launcher(run_id)
         adopted = store.adoptable(run_id)
         if adopted is None:  # mlflow run also points its child at "Default"

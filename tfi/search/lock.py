@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from optuna.exceptions import DuplicatedStudyError
 from optuna.storages import BaseStorage
@@ -33,8 +33,19 @@ _STAMP = "acquired_at"
 @contextmanager
 def study_lock(shared: SharedStudy, timeout: float = 300.0) -> Iterator[None]:
     """Hold the study's lock; a TrackingError if it stays taken for ``timeout`` seconds."""
-    storage = shared.storage
-    lock_name = f"{shared.name}::lock"
+    with named_lock(shared.storage, f"{shared.name}::lock", f"study '{shared.name}'", timeout):
+        yield
+
+
+@contextmanager
+def named_lock(
+    storage: BaseStorage, lock_name: str, what: str, timeout: float = 300.0
+) -> Iterator[None]:
+    """Hold the lock ``lock_name`` in ``storage``; ``what`` names the locked thing in errors.
+
+    Also what serialises promotion in the model registry (:func:`registry_lock`): MLflow's
+    registry has no compare-and-set on an alias.
+    """
     deadline = time.monotonic() + timeout
     unstamped_since: dict[int, float] = {}
     while True:
@@ -46,15 +57,19 @@ def study_lock(shared: SharedStudy, timeout: float = 300.0) -> Iterator[None]:
         except DuplicatedStudyError:
             _break_if_stale(storage, lock_name, unstamped_since)
             if time.monotonic() > deadline:
-                raise TrackingError(
-                    f"study '{shared.name}' stayed locked for {timeout:.0f}s"
-                ) from None
+                raise TrackingError(f"{what} stayed locked for {timeout:.0f}s") from None
             time.sleep(0.2)
     try:
         yield
     finally:
         with critical():
             storage.delete_study(lock_id)
+
+
+def registry_lock(storage: BaseStorage, model_name: str) -> AbstractContextManager[None]:
+    """Serialise reading the champion, comparing with it and moving its alias, across every
+    command that shares this storage (two `train` commands at once both promoted before)."""
+    return named_lock(storage, f"tfi-registry::{model_name}::lock", f"model {model_name!r}")
 
 
 def _break_if_stale(

@@ -19,6 +19,8 @@ from tfi.core import evaluate as ev
 from tfi.core.classes import PROBABILITY_COLUMNS, labels_of
 from tfi.core.config import ExperimentConfig
 from tfi.core.data import MarketData
+from tfi.core.interrupts import critical
+from tfi.search.lock import registry_lock
 from tfi.stages.champion import Champion, TrainTest, cv_evidence, fit_champion
 from tfi.stages.context import Session
 from tfi.stages.outputs import Prepared, Selected, Trained, Tuned, check_alignment
@@ -183,7 +185,35 @@ def _register(
     """Register the model; champion only if it passed the CV gate and beats the champion."""
     cfg = session.config
     metric = cfg.tuning.metric
-    promotion = registry.register_and_promote(
+    # One unit: a stop request waits until the version, its alias and the run's tags agree.
+    with critical(), registry_lock(session.storage(), cfg.registry.model_name):
+        promotion = _promote(session, run, model_uri, prepared, split, tuned, champion, report)
+        run.set_tags(
+            {
+                "tfi.model_name": cfg.registry.model_name,
+                "tfi.model_version": promotion.version,
+                "tfi.promotion": promotion.alias,
+                "tfi.promotion_reason": promotion.reason,
+            }
+        )
+    if promotion.champion_score is not None:
+        run.log_metrics({f"champion_test_{metric}": promotion.champion_score})
+    return promotion
+
+
+def _promote(
+    session: Session,
+    run: tracking.StageRun,
+    model_uri: str,
+    prepared: Prepared,
+    split: TrainTest,
+    tuned: Tuned,
+    champion: Champion,
+    report: Report,
+) -> registry.Promotion:
+    cfg = session.config
+    metric = cfg.tuning.metric
+    return registry.register_and_promote(
         model_uri,
         cfg.registry,
         lambda current: compare_with_champion(
@@ -209,14 +239,3 @@ def _register(
         description=version_description(run, champion, report),
         blocked=report.blocked,
     )
-    run.set_tags(
-        {
-            "tfi.model_name": cfg.registry.model_name,
-            "tfi.model_version": promotion.version,
-            "tfi.promotion": promotion.alias,
-            "tfi.promotion_reason": promotion.reason,
-        }
-    )
-    if promotion.champion_score is not None:
-        run.log_metrics({f"champion_test_{metric}": promotion.champion_score})
-    return promotion

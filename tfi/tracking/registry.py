@@ -170,6 +170,12 @@ def register_and_promote(
                 client.set_model_version_tag(config.model_name, created.version, key, str(value))
         # The alias moves last: before it, a failure leaves only a version we delete below.
         client.set_registered_model_alias(config.model_name, promotion.alias, created.version)
+        replaced = promotion.champion_version
+        if promotion.alias == config.champion_alias and replaced is not None:
+            # The tags agree with the aliases: the former champion says who replaced it.
+            client.set_model_version_tag(
+                config.model_name, replaced, "tfi.promotion", f"replaced by v{created.version}"
+            )
     except BaseException:
         log.error("registering %s failed: deleting version %s", model_uri, created.version)
         client.delete_model_version(config.model_name, created.version)

@@ -5,9 +5,13 @@ URIs are masked before they reach a message: a tracking URI may hold a password.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import mlflow
 import requests
@@ -43,7 +47,8 @@ def check_tracking() -> None:
             reply = requests.get(f"{uri.rstrip('/')}/health", timeout=10)
             reply.raise_for_status()
         else:
-            MlflowClient().search_experiments(max_results=1)
+            with _creating(sqlite_path(uri)):
+                MlflowClient().search_experiments(max_results=1)
     except Exception as exc:  # urllib, SQLAlchemy and MLflow raise many kinds
         raise TrackingError(
             f"MLflow tracking store {mask_uri(uri)} is unreachable: {mask_text(str(exc))}"
@@ -56,6 +61,23 @@ def check_tracking() -> None:
             f"MLflow tracking store {path} is read-only for this user (the file and its folder "
             "must be writable): use another MLFLOW_TRACKING_URI or fix the permissions"
         )
+
+
+@contextmanager
+def _creating(path: Path | None) -> Iterator[None]:
+    """Hold a file lock beside a SQLite store while MLflow creates (or migrates) its schema:
+    two commands starting on a fresh store both ran the migrations, and one died ("table
+    _alembic_tmp_model_versions already exists")."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def adoptable(run_id: str | None) -> str | None:
