@@ -232,7 +232,9 @@ def test_fresh_process_scores_like_the_runs_own_evaluation(smoke_run):
     )
     assert done.returncode == 0, done.stderr
     scored = pd.read_parquet(out)
-    assert list(scored.columns) == ["timestamp", "prediction", "p_sell", "p_neutral", "p_buy"]
+    assert list(scored.columns) == [
+        "timestamp", "prediction", "p_sell", "p_neutral", "p_buy", "warm_up",
+    ]  # fmt: skip
     (train,) = _runs("train")
     evaluated = pd.read_parquet(
         mlflow.artifacts.download_artifacts(f"runs:/{train.info.run_id}/test_predictions.parquet")

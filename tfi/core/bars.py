@@ -21,7 +21,8 @@ Pure: arrays in, float32 arrays out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,7 @@ WEEK = "7D"
 RETURN_WINDOWS = (5, 15, 60, 240)
 VOLATILITY_WINDOWS = (15, 60, 240)
 DAY = "1440min"
+_CLOCK = ("time_of_day_sin", "time_of_day_cos")
 # What bar_features gives from the flow columns alone (any data source, data.bar_features).
 FLOW_FEATURES = (
     "imbalance_1",
@@ -45,6 +47,27 @@ FLOW_FEATURES = (
     "time_of_day_sin",
     "time_of_day_cos",
 )
+
+
+def history_needed(feature_names: Sequence[str]) -> pd.Timedelta:
+    """How much history before a bar its features need to be what the model was trained on.
+
+    The longest trailing window among ``feature_names``: a week for the position features, a
+    day for the day-relative ones, up to 240 minutes for the rest; none for features that do
+    not come from here.
+    """
+    longest = pd.Timedelta(0)
+    for name in feature_names:
+        if name.endswith("_position"):
+            window = pd.Timedelta(WEEK)
+        elif name.endswith(("_1440min", "_day", "_5_z")):
+            window = pd.Timedelta(DAY)
+        elif (match := re.fullmatch(r"[a-z_]+_(\d+)(min)?", name)) and name not in _CLOCK:
+            window = pd.Timedelta(minutes=int(match.group(1)))
+        else:
+            continue
+        longest = max(longest, window)
+    return longest
 
 
 def bar_features(

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from tfi.core import bars
 from tfi.core import data as data_io
 from tfi.core.classes import NAME_OF, PROBABILITY_COLUMNS
 from tfi.core.config import ExperimentConfig
@@ -45,6 +46,28 @@ def predict(model: ServedModel, data: MarketData, batch_rows: int) -> pd.DataFra
     result.insert(0, "timestamp", data.timestamps)
     result["prediction"] = result["prediction"].astype(np.int8)
     return result
+
+
+def warm_up(timestamps: pd.DatetimeIndex, features: Sequence[str]) -> np.ndarray:
+    """Rows scored without the history their features need (``warm_up`` in the output).
+
+    Trailing-window features of the first rows of a file are computed from what the file
+    holds, not from the history the model trained with: their classes can differ (scoring one
+    day alone against the same day after the one before changed 29 minutes' classes).
+    """
+    needed = bars.history_needed(features)
+    short = np.asarray(timestamps < timestamps[0] + needed) if needed > pd.Timedelta(0) else None
+    if short is None or not short.any():
+        return np.zeros(len(timestamps), dtype=bool)
+    log.warning(
+        "score: the model's features look back %s; the first %d rows (until %s) are scored "
+        "without that much history and marked warm_up=True: prepend earlier bars to score them "
+        "as the model was trained",
+        needed,
+        int(short.sum()),
+        timestamps[int(short.sum()) - 1],
+    )
+    return short
 
 
 def check_output(output: str | Path, inputs: Sequence[Path]) -> Path:
@@ -89,11 +112,13 @@ def run(
     model = ServedModel(uri)
     data = data_io.load(config.data, features=model.features)
     result = predict(model, data, batch_rows)
+    result["warm_up"] = warm_up(data.timestamps, model.features)
     write(result, path)
     tracker = Tracker(config.mlflow_experiment, run_id)
     with tracker.run("score", run_id=run_id, tags={tracking.DATA_DIGEST: data.digest}) as run:
         run.log_dataset(data, context="score")
         run.log_params({"model_uri": uri, "output": str(path), "rows": data.n_rows})
+        run.log_metrics({"rows_warm_up": int(result["warm_up"].sum())})
         shares = result["prediction"].value_counts(normalize=True)
         run.log_metrics(
             {f"share_{name}": float(shares.get(label, 0.0)) for label, name in NAME_OF.items()}
