@@ -158,24 +158,3 @@ def test_the_paired_pruner_does_not_let_an_easy_fold_carry_a_poor_one():
     assert _fold_trial(percentile, [0.605, 0.20, 0.50]) == 3  # 0.605 "so far" beats 0.30
     assert _fold_trial(paired, [0.605, 0.20, 0.50]) == 2  # 0.20 against fold 1's 0.30
     assert _fold_trial(paired, [0.595, 0.295, 0.50]) == 3  # within the margin on every fold
-
-
-def test_the_served_model_refuses_negative_flow():
-    """Serving applies the data contract it can check: quantities are never negative."""
-    import pandas as pd
-
-    from tfi.tracking.serving_model import TradeFlowClassifier
-
-    model = TradeFlowClassifier()
-    model.features = ["buy_qty", "X1"]
-    model.weights = np.ones(3)
-    params, _ = lightgbm_params({"num_leaves": 4}, 1, 0)
-    model.booster = lgb.train(
-        params,
-        lgb.Dataset(np.random.default_rng(0).random((300, 2)), np.arange(300) % 3),
-        num_boost_round=2,
-    )
-    fine = model.predict(None, pd.DataFrame({"buy_qty": [1.0, 2.0], "X1": [0.5, -0.5]}))
-    assert len(fine) == 2
-    with pytest.raises(ValueError, match=r"flow columns \['buy_qty'\] hold negative quantities"):
-        model.predict(None, pd.DataFrame({"buy_qty": [1.0, -2.0], "X1": [0.5, -0.5]}))

@@ -354,6 +354,17 @@ def test_mlflow_models_serve_answers_with_predictions(smoke_run):
         local = model.predict(rows[features])
         np.testing.assert_array_equal(served["prediction"], local["prediction"])
         np.testing.assert_allclose(served["p_buy"], local["p_buy"], rtol=1e-6)
+        # Bad input: HTTP 400 with tfi's own message, not MLflow's generic one.
+        payload["dataframe_split"]["data"][0][0] = 1e300
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 400
+        assert "beyond float32's range" in json.loads(refused.value.read())["message"]
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -407,7 +418,10 @@ def test_the_served_model_answers_an_empty_request_and_refuses_text(smoke_run):
     assert len(empty) == 0 and list(empty.columns) == ["prediction", "p_sell", "p_neutral", "p_buy"]
     text = pd.DataFrame({name: [1.0] for name in features}).astype({features[0]: object})
     text.loc[0, features[0]] = "n/a"
-    with pytest.raises(ValueError, match=rf"feature columns \['{features[0]}'\] are not numeric"):
+    with pytest.raises(
+        mlflow.exceptions.MlflowException,
+        match=rf"feature columns \['{features[0]}'\] are not numeric",
+    ):
         python_model.predict(None, text)
 
 
