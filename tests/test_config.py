@@ -139,3 +139,10 @@ def test_a_key_given_twice_is_refused(tmp_path):
 def test_names_mlflow_would_refuse_are_refused_before_any_compute(smoke_config, override, message):
     with pytest.raises(ConfigError, match=message):
         smoke_config.with_overrides(**override)
+
+
+def test_a_rolling_window_too_short_for_its_labels_is_refused(smoke_config):
+    with pytest.raises(ConfigError, match=r"rolling_days 0.0001 holds at most 0 bars"):
+        smoke_config.with_overrides(
+            **{"labels.thresholds": "rolling", "labels.rolling_days": 0.0001}
+        )

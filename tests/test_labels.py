@@ -84,3 +84,14 @@ def test_trailing_imbalance_is_known_at_t():
     # t=1: minutes 0..1 -> delta (1-0)+(2-1)=2, volume 1+3=4
     assert trailing[1] == pytest.approx(2 / 4)
     assert trailing[9] == pytest.approx(((9 - 1) + (10 - 1)) / (10 + 11))
+
+
+def test_bar_minutes_that_do_not_match_the_data_are_named(smoke_config):
+    from tfi.core import data as data_io
+    from tfi.core.errors import SplitError
+    from tfi.core.labelled import prepare_labels
+
+    config = smoke_config.with_overrides(**{"data.bar_minutes": 5})
+    data = data_io.load(smoke_config.data)
+    with pytest.raises(SplitError, match=r"data\.bar_minutes is 5 but the bars are usually"):
+        prepare_labels(data, config)

@@ -290,6 +290,20 @@ class ExperimentConfig(StrictModel):
     registry: RegistryConfig = RegistryConfig()
     backtest: BacktestConfig = BacktestConfig()
 
+    @model_validator(mode="after")
+    def _rolling_window_holds_its_labels(self) -> ExperimentConfig:
+        labels = self.labels
+        if labels.thresholds != "rolling":
+            return self
+        bars = labels.rolling_days * 1440 / self.data.bar_minutes
+        if bars < labels.rolling_min_labels:
+            raise ValueError(
+                f"labels.rolling_days {labels.rolling_days:g} holds at most {bars:.0f} bars of "
+                f"{self.data.bar_minutes} minute(s), fewer than labels.rolling_min_labels "
+                f"({labels.rolling_min_labels}): no row would ever get a class threshold"
+            )
+        return self
+
     def digest(self, *sections: str) -> str:
         """Stable hash of the named sections: the identity of a stage's inputs."""
         payload = {name: self.model_dump(mode="json")[name] for name in sections}

@@ -116,6 +116,7 @@ class LabelledData:
 def prepare_labels(data: MarketData, config: ExperimentConfig) -> LabelledData:
     """Future imbalance, periods, training-only thresholds and classes for every row."""
     labels = config.labels
+    _require_bar_spacing(data, config.data.bar_minutes)
     imbalance = future_imbalance(
         data.timestamps,
         data.flow["buy_qty"],
@@ -168,6 +169,19 @@ def prepare_labels(data: MarketData, config: ExperimentConfig) -> LabelledData:
         rolling,
         imbalance.zero_volume,
     )
+
+
+def _require_bar_spacing(data: MarketData, bar_minutes: int) -> None:
+    """Label windows count bars ``data.bar_minutes`` apart: data spaced otherwise has none."""
+    steps = np.diff(data.timestamps.asi8)
+    if not len(steps):
+        return
+    usual = pd.Timedelta(int(np.median(steps)), unit="ns")
+    if usual != pd.Timedelta(minutes=bar_minutes):
+        raise SplitError(
+            f"{data.source}: data.bar_minutes is {bar_minutes} but the bars are usually "
+            f"{usual} apart: set data.bar_minutes to the data's spacing"
+        )
 
 
 def _require_period_rows(period: np.ndarray, stamps: pd.DatetimeIndex, min_labels: int) -> None:
