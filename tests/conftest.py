@@ -1,4 +1,10 @@
-"""Shared fixtures: tiny generated data, and a real MLflow + Optuna store in a temp dir."""
+"""Shared fixtures: tiny generated data, and a real MLflow + Optuna store in a temp dir.
+
+Every test gets one level marker, from what it uses: ``postgres`` (a throwaway PostgreSQL and
+tracking server), ``process`` (real `python -m tfi` / `mlflow` child processes), ``integration``
+(a real MLflow and Optuna store in a temp dir), otherwise ``unit``. `pytest -m unit` is the
+quick loop.
+"""
 
 from __future__ import annotations
 
@@ -38,3 +44,22 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     while mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
+
+
+PROCESS_MODULES = {"test_bench", "test_cli", "test_faults"}
+STORE_FIXTURES = {"store", "smoke_run", "services"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2]
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if module == "test_scale_out":
+            level = "postgres"
+        elif module in PROCESS_MODULES:
+            level = "process"
+        elif fixtures & STORE_FIXTURES:
+            level = "integration"
+        else:
+            level = "unit"
+        item.add_marker(getattr(pytest.mark, level))
