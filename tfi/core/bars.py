@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 FEATURES_VERSION = 2  # part of a kline source's digest: raise it when a feature changes
-FLOW_WINDOWS = (2, 3, 5, 10, 15, 30, 60, 120, 240)
-POSITION_WINDOWS = (1, 5, 15, 60)  # imbalances placed between their trailing week's quantiles
+FLOW_WINDOWS = (5, 15, 60, 240)
+POSITION_WINDOWS = (1, 5, 15)  # imbalances placed between their trailing week's quantiles
 POSITION_QUANTILES = (0.3, 0.7)
 WEEK = "7D"
 RETURN_WINDOWS = (5, 15, 60, 240)
@@ -120,8 +120,6 @@ def _price_features(frame: pd.DataFrame) -> dict[str, pd.Series]:
     squared = returns**2
     for minutes in VOLATILITY_WINDOWS:
         out[f"volatility_{minutes}"] = np.sqrt(squared.rolling(f"{minutes}min").sum())
-    for minutes in RETURN_WINDOWS:  # in units of the hour's volatility: regime-free
-        out[f"return_{minutes}_z"] = out[f"return_{minutes}"] / out["volatility_60"]
     out["range_1"] = np.log(frame["high"] / frame["low"])
     out["range_15"] = out["range_1"].rolling("15min").mean()
     if "quote_volume" in frame.columns:
