@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
@@ -176,3 +177,29 @@ def test_time_to_quality_is_the_first_trial_within_the_tolerance_of_the_best():
     assert time_to_quality(trials, started, before_tune=10.0) == pytest.approx(130.0)
     assert time_to_quality(trials, started, 10.0, tolerance=0.0) == pytest.approx(190.0)
     assert time_to_quality([], started, 10.0) is None
+
+
+def test_several_draws_report_the_spread_and_the_paired_difference(store):
+    output = store / "draws.json"
+    done = subprocess.run(
+        _bench("--rows", "4000", "--features", "60", "--n-trials", "2", "--reference", "true",
+               "--draws", "2", "--output", str(output)),
+        cwd=store, env=subprocess_env(store), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(output.read_text())
+    assert report["n_draws"] == 2
+    draws = report["draws"]
+    assert [draw["seed"] for draw in draws] == [draws[0]["seed"], draws[0]["seed"] + 1]
+    # Other data per draw: the sides' scores differ from draw to draw.
+    assert draws[0]["tfi"]["test_f1_macro"] != draws[1]["tfi"]["test_f1_macro"]
+    differences = [draw["test_f1_macro_difference"] for draw in draws]
+    interval = report["test_f1_macro_difference"]
+    assert interval["low"] <= np.mean(differences) <= interval["high"]
+    assert interval["mean"] == pytest.approx(np.mean(differences))
+    for side in ("tfi", "reference"):
+        scores = [draw[side]["test_f1_macro"] for draw in draws]
+        assert report[f"{side}_test_f1_macro_std"] == pytest.approx(np.std(scores, ddof=1))
+        # Wall time from the child's start: more than the stages it timed itself.
+        for draw in draws:
+            assert draw[side]["wall_seconds"] > draw[side]["total_seconds"]

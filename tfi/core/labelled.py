@@ -173,7 +173,7 @@ def prepare_labels(data: MarketData, config: ExperimentConfig) -> LabelledData:
 
 def _require_bar_spacing(data: MarketData, bar_minutes: int) -> None:
     """Label windows count bars ``data.bar_minutes`` apart: data spaced otherwise has none."""
-    steps = np.diff(data.timestamps.asi8)
+    steps = np.diff(data.timestamps.as_unit("ns").asi8)
     if not len(steps):
         return
     usual = pd.Timedelta(int(np.median(steps)), unit="ns")
