@@ -258,7 +258,11 @@ def markdown(table: pd.DataFrame, digits: int = 4) -> str:
     """A small pipe table (pandas' to_markdown needs the tabulate package)."""
     header = [table.index.name or "", *map(str, table.columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, row in table.iterrows():
-        cells = [f"{value:.{digits}f}" for value in row]
+    whole = [pd.api.types.is_integer_dtype(dtype) for dtype in table.dtypes]
+    for name, row in zip(table.index, table.itertuples(index=False), strict=True):
+        cells = [
+            str(value) if is_whole else f"{value:.{digits}f}"
+            for value, is_whole in zip(row, whole, strict=True)
+        ]
         lines.append("| " + " | ".join([str(name), *cells]) + " |")
     return "\n".join(lines)
