@@ -38,6 +38,7 @@ from tfi.core import bootstrap
 from tfi.core import data as data_io
 from tfi.core.backtest import REFERENCES, TFI, Window
 from tfi.core.config import ExperimentConfig, load_config
+from tfi.core.metrics import score
 from tfi.stages.backtest import evaluate_window
 from tfi.stages.context import available_cores, configure_logging
 
@@ -108,15 +109,10 @@ def run_case(case: Case, config: ExperimentConfig, output: Path) -> dict[str, ob
         "seconds": round(time.perf_counter() - started, 1),
     }
     for model in MODELS:
-        row[model] = float(bootstrap.metric_from(_stats(frame, model).sum(axis=0), "f1_macro"))
+        row[model] = score(frame["y"], frame[model])
     log.info("panel: %s done in %.0fs: tfi %.4f, persistence %.4f", case.name, row["seconds"],
              row[TFI], row["persistence"])  # fmt: skip
     return row
-
-
-def _stats(frame: pd.DataFrame, model: str) -> np.ndarray:
-    blocks = np.zeros(len(frame), dtype=np.intp)
-    return bootstrap.block_statistics(frame["y"], frame[model], blocks, "f1_macro", None)
 
 
 def _slug(name: str) -> str:

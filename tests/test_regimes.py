@@ -7,7 +7,7 @@ import pytest
 from tfi.core import synthetic
 from tfi.core.config import SyntheticSpec
 from tfi.core.decision import ARGMAX, Decision, decide, fit_weights, prior_decision
-from tfi.core.evaluate import by_period, carried_class, macro_f1
+from tfi.core.evaluate import by_period, carried_class
 from tfi.core.labels import (
     RowThresholds,
     classify,
@@ -15,6 +15,7 @@ from tfi.core.labels import (
     future_imbalance,
     rolling_thresholds,
 )
+from tfi.core.metrics import score as macro_f1
 
 DAY = 1440
 

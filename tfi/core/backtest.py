@@ -26,6 +26,7 @@ from tfi.core import bootstrap
 from tfi.core.config import BacktestConfig
 from tfi.core.errors import SplitError
 from tfi.core.labelled import LabelledData
+from tfi.core.metrics import score
 from tfi.core.split import TEST, TRAIN, UNLABELLED
 
 log = logging.getLogger(__name__)
@@ -93,11 +94,8 @@ def window_table(scores: Sequence[WindowScores]) -> pd.DataFrame:
     for part in scores:
         row: dict[str, object] = {"window": part.window.label(), "rows": len(part.y)}
         for model, predicted in part.predicted.items():
-            stats = bootstrap.block_statistics(
-                part.y, predicted, np.zeros(len(part.y), dtype=np.intp), "f1_macro", None
-            )[0]
-            row[f"{model} f1_macro"] = float(bootstrap.metric_from(stats, "f1_macro"))
-            row[f"{model} accuracy"] = float(bootstrap.metric_from(stats, "accuracy"))
+            row[f"{model} f1_macro"] = score(part.y, predicted, "f1_macro")
+            row[f"{model} accuracy"] = score(part.y, predicted, "accuracy")
         rows.append(row)
     return pd.DataFrame(rows).set_index("window")
 

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-N_CLASSES = 3
-METRICS = ("f1_macro", "accuracy", "precision_macro", "log_loss")
+from tfi.core.metrics import CONFUSION_METRICS, N_CLASSES, from_confusion
+
+METRICS = (*CONFUSION_METRICS, "log_loss")
 HIGHER_IS_BETTER = {"f1_macro": True, "accuracy": True, "precision_macro": True, "log_loss": False}
 
 
@@ -89,16 +90,7 @@ def metric_from(stats: np.ndarray, metric: str) -> np.ndarray:
     """The metric of summed statistics; ``stats`` is (..., statistics)."""
     if metric == "log_loss":
         return stats[..., 0] / np.maximum(stats[..., 1], 1.0)
-    confusion = stats.reshape(*stats.shape[:-1], N_CLASSES, N_CLASSES)
-    hits = np.diagonal(confusion, axis1=-2, axis2=-1)
-    said = confusion.sum(axis=-2)
-    true = confusion.sum(axis=-1)
-    if metric == "accuracy":
-        return hits.sum(axis=-1) / np.maximum(true.sum(axis=-1), 1.0)
-    if metric == "precision_macro":
-        return np.mean(np.divide(hits, said, out=np.zeros(hits.shape), where=said > 0), axis=-1)
-    total = said + true
-    return np.mean(np.divide(2 * hits, total, out=np.zeros(hits.shape), where=total > 0), axis=-1)
+    return from_confusion(stats, metric)
 
 
 @dataclass(frozen=True)

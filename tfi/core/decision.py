@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 
 from tfi.core.classes import INDICES
+from tfi.core.metrics import score
 
 DecisionRule = Literal["fitted", "prior", "argmax"]
 N_CLASSES = len(INDICES)
@@ -86,13 +87,13 @@ def fit_weights(y: np.ndarray, proba: np.ndarray, metric: str) -> tuple[float, f
     # (argmax over three columns is several times slower).
     sell_odds = log_proba[:, 0] - log_proba[:, 1]
     buy_odds = log_proba[:, 2] - log_proba[:, 1]
-    score = _precision_macro if metric == "precision_macro" else _f1_macro
+    measured = "precision_macro" if metric == "precision_macro" else "f1_macro"
 
     def value(log_sell: float, log_buy: float) -> float:
         sell, buy = sell_odds + log_sell, buy_odds + log_buy
         # argmax of (sell, 0, buy), ties to the first: sell, else neutral, else buy.
         predicted = np.where((sell >= 0) & (sell >= buy), 0, np.where(buy <= 0, 1, 2))
-        return score(y, predicted)
+        return score(y, predicted, measured)
 
     best = max(((s, b) for s in _COARSE for b in _COARSE), key=lambda point: value(*point))
     step = _COARSE[1] - _COARSE[0]
@@ -104,23 +105,3 @@ def fit_weights(y: np.ndarray, proba: np.ndarray, metric: str) -> tuple[float, f
 def _relative(weights: np.ndarray) -> tuple[float, float, float]:
     sell, neutral, buy = (float(w) / float(weights[1]) for w in weights)
     return (sell, neutral, buy)
-
-
-def _confusion(y: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    return np.bincount(N_CLASSES * y + predicted, minlength=N_CLASSES**2).reshape(
-        N_CLASSES, N_CLASSES
-    )
-
-
-def _f1_macro(y: np.ndarray, predicted: np.ndarray) -> float:
-    confusion = _confusion(y, predicted)
-    hits = np.diag(confusion).astype(float)
-    total = confusion.sum(axis=0) + confusion.sum(axis=1)
-    return float(np.mean(np.divide(2 * hits, total, out=np.zeros(N_CLASSES), where=total > 0)))
-
-
-def _precision_macro(y: np.ndarray, predicted: np.ndarray) -> float:
-    confusion = _confusion(y, predicted)
-    hits = np.diag(confusion).astype(float)
-    said = confusion.sum(axis=0)
-    return float(np.mean(np.divide(hits, said, out=np.zeros(N_CLASSES), where=said > 0)))

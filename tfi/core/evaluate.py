@@ -18,13 +18,12 @@ from sklearn.metrics import (
     ConfusionMatrixDisplay,
     classification_report,
     confusion_matrix,
-    f1_score,
 )
 
 from tfi.core.classes import COLORS, DISPLAY, NAMES
 from tfi.core.classes import INDICES as LABELS
 from tfi.core.labels import RowThresholds, Thresholds, classify
-from tfi.core.metrics import classification_metrics
+from tfi.core.metrics import classification_metrics, score
 from tfi.core.split import Fold
 
 
@@ -192,10 +191,6 @@ def cv_baselines(
     }
 
 
-def macro_f1(y_true: np.ndarray, predicted: np.ndarray) -> float:
-    return float(f1_score(y_true, predicted, labels=LABELS, average="macro", zero_division=0))
-
-
 def by_period(
     timestamps: pd.DatetimeIndex,
     y_true: np.ndarray,
@@ -216,7 +211,7 @@ def by_period(
         shares = np.bincount(y_true[mask], minlength=len(LABELS)) / mask.sum()
         row: dict[str, object] = {label: start.date().isoformat(), "rows": int(mask.sum())}
         for name, predicted in predictions.items():
-            row[f"{name} f1_macro"] = macro_f1(y_true[mask], predicted[mask])
+            row[f"{name} f1_macro"] = score(y_true[mask], predicted[mask])
         for index, cls in enumerate(NAMES):
             row[f"share {cls}"] = float(shares[index])
         rows.append(row)
