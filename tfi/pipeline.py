@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from tfi.core import data as data_io
+from tfi.core import keys
 from tfi.stages import backtest, prepare, select, train, tune
 from tfi.stages.context import Session
 from tfi.stages.outputs import Prepared, Selected, Trained, Tuned
@@ -84,9 +85,9 @@ def run_main(session: Session, run_id: str | None) -> Trained:
         }
         run.set_tags(
             {
-                **{f"tfi.{stage}_run_id": run_id for stage, run_id in stages.items()},
-                "tfi.model_version": trained.promotion.version,
-                "tfi.promotion": trained.promotion.alias,
+                **{keys.stage_run(stage): run_id for stage, run_id in stages.items()},
+                keys.MODEL_VERSION: trained.promotion.version,
+                keys.PROMOTION: trained.promotion.alias,
             }
         )
         run.log_metrics(

@@ -24,13 +24,14 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tfi.core import keys
 from tfi.core.config import TuningConfig
 from tfi.core.cv import FoldScore
 from tfi.search.objective import FOLDS_ATTR
 
-DEFAULTS_ATTR = "tfi.defaults_folds"
-CANDIDATE_ATTR = "tfi.candidate"
-DEFAULTS = "lightgbm_defaults"
+DEFAULTS_ATTR = keys.DEFAULTS_FOLDS
+CANDIDATE_ATTR = keys.CANDIDATE
+DEFAULTS = keys.DEFAULTS_CANDIDATE
 
 
 def record_defaults(study: optuna.Study, scores: Sequence[FoldScore]) -> None:

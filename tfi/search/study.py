@@ -27,15 +27,16 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from tfi.core import keys
 from tfi.core.config import TuningConfig
 from tfi.core.errors import TrackingError
 from tfi.core.interrupts import critical, critical_section
 from tfi.core.uris import mask_text, mask_uri
 from tfi.search.pruning import PairedFoldPruner
 
-ROUND_ATTR = "tfi.round"
-ROUNDS_ATTR = "tfi.rounds"
-INPUTS_ATTR = "tfi_inputs"
+ROUND_ATTR = keys.ROUND
+ROUNDS_ATTR = keys.ROUNDS
+INPUTS_ATTR = keys.STUDY_INPUTS
 UNFINISHED = (TrialState.WAITING, TrialState.RUNNING)
 
 
@@ -185,7 +186,8 @@ def load_study(storage: RDBStorage, name: str) -> SharedStudy | None:
 
 
 def require_inputs(study: optuna.Study, inputs: str) -> None:
-    recorded = study.user_attrs.get(INPUTS_ATTR)
+    attrs = study.user_attrs
+    recorded = attrs.get(INPUTS_ATTR, attrs.get(keys.LEGACY_STUDY_INPUTS))  # before stop 25
     if recorded is None:
         study.set_user_attr(INPUTS_ATTR, inputs)
     elif recorded != inputs:

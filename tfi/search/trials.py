@@ -24,16 +24,16 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
-from tfi.core import interrupts
+from tfi.core import interrupts, keys
 from tfi.core.interrupts import critical
 from tfi.core.uris import mask_text
 from tfi.search.study import SharedStudy, experimental_ok
 
 log = logging.getLogger(__name__)
 
-WORKER_ATTR = "tfi.worker"
-ERROR_ATTR = "tfi.error"
-SKIPPED_ATTR = "tfi.skipped"  # why a queued trial was taken off the queue without running
+WORKER_ATTR = keys.WORKER
+ERROR_ATTR = keys.ERROR
+SKIPPED_ATTR = keys.SKIPPED
 
 
 class TrialHooks(Protocol):

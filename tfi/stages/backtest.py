@@ -23,6 +23,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from tfi.core import evaluate as ev
+from tfi.core import keys
 from tfi.core.backtest import (
     REFERENCES,
     TFI,
@@ -92,7 +93,7 @@ def run(session: Session, run_id: str | None = None) -> BacktestResult:
         )
         results = []
         for window in windows:
-            tags = {tracking.DATA_DIGEST: session.digest, "tfi.window": str(window.index)}
+            tags = {tracking.DATA_DIGEST: session.digest, keys.WINDOW: str(window.index)}
             with session.tracker.run("backtest-window", parent_id=parent.id, tags=tags) as child:
                 result = evaluate_window(cfg, data, window, fixed, session.threads)
                 _log_window(child, window, result)

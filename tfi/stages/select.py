@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from tfi.core import keys
 from tfi.core.config import CVConfig, SelectionConfig
 from tfi.core.data import MarketData
 from tfi.core.labelled import LabelledData, fold_labels, training_folds
@@ -86,7 +87,7 @@ def _log(
         session.select_key,
         parent_id,
         run_id,
-        {tracking.DATA_DIGEST: session.digest, "tfi.prepare_run_id": prepared.run_id},
+        {tracking.DATA_DIGEST: session.digest, keys.PREPARE_RUN: prepared.run_id},
     ) as run:
         run.log_dataset(data, context="select")
         run.log_params(
@@ -113,7 +114,7 @@ def _log(
                 **{f"n_selected_fold_{i}": len(own.selected) for i, own in enumerate(per_fold)},
             }
         )
-        run.set_tags({"tfi.selection_rule": selection.rule})
+        run.set_tags({keys.SELECTION_RULE: selection.rule})
         run.log_dict(selection.report(), "selected_features.json")
         run.log_dict(
             [

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tfi.core import evaluate as ev
+from tfi.core import keys
 from tfi.core.classes import PROBABILITY_COLUMNS, labels_of
 from tfi.core.config import ExperimentConfig
 from tfi.core.data import MarketData
@@ -54,8 +55,8 @@ def run(
         tracking.DATA_DIGEST: session.digest,
         tracking.STUDY: tuned.study_name,
         tracking.TUNE_RUN: tuned.run_id,
-        "tfi.select_run_id": selected.run_id,
-        "tfi.prepare_run_id": prepared.run_id,
+        keys.SELECT_RUN: selected.run_id,
+        keys.PREPARE_RUN: prepared.run_id,
     }
     with session.tracker.run("train", parent_id=parent_id, run_id=run_id, tags=tags) as run:
         baselines, out_of_fold = cv_evidence(session, prepared, selected, tuned)
@@ -190,10 +191,10 @@ def _register(
         promotion = _promote(session, run, model_uri, prepared, split, tuned, champion, report)
         run.set_tags(
             {
-                "tfi.model_name": cfg.registry.model_name,
-                "tfi.model_version": promotion.version,
-                "tfi.promotion": promotion.alias,
-                "tfi.promotion_reason": promotion.reason,
+                keys.MODEL_NAME: cfg.registry.model_name,
+                keys.MODEL_VERSION: promotion.version,
+                keys.PROMOTION: promotion.alias,
+                keys.PROMOTION_REASON: promotion.reason,
             }
         )
     if promotion.champion_score is not None:
@@ -230,11 +231,11 @@ def _promote(
                 f"test_{k}": f"{champion.evaluation.metrics[k]:.6f}"
                 for k in ("f1_macro", "accuracy", "log_loss")
             },
-            "tfi.run_id": run.id,
-            "tfi.study": tuned.study_name,
+            keys.TRAIN_RUN: run.id,
+            keys.STUDY: tuned.study_name,
             tracking.DATA_DIGEST: session.digest,
             tracking.LABELS: label_settings(cfg),
-            "tfi.test_start": cfg.split.test_start.isoformat(),
+            keys.TEST_START: cfg.split.test_start.isoformat(),
         },
         description=version_description(run, champion, report),
         blocked=report.blocked,

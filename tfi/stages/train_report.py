@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from optuna.trial import FrozenTrial
 
-from tfi.core import bootstrap
+from tfi.core import bootstrap, keys
 from tfi.core import evaluate as ev
 from tfi.core.bootstrap import Interval
 from tfi.core.classes import NAMES, PROBABILITY_COLUMNS, lightgbm_classes
@@ -271,9 +271,9 @@ def compare_with_champion(
             f"({tags.get(tracking.LABELS, 'not recorded')}; this version: {labels}): "
             "its classes are another target"
         )
-    if "tfi.test_start" not in tags:
+    if keys.TEST_START not in tags:
         raise StageError(f"champion v{champion.version} does not record its test period")
-    champion_start = np.datetime64(pd.Timestamp(tags["tfi.test_start"]), "ns")
+    champion_start = np.datetime64(pd.Timestamp(tags[keys.TEST_START]), "ns")
     stamps = labelled.timestamps[split.test_rows].to_numpy()
     unseen = stamps >= champion_start
     if unseen.sum() < MIN_COMPARED_ROWS:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
+from tfi.core import keys
 from tfi.core.cv import lightgbm_params
 from tfi.core.errors import StageError
 from tfi.core.uris import mask_uri
@@ -32,8 +33,8 @@ from tfi.tracking.trials import close_orphan_trial_runs
 log = logging.getLogger(__name__)
 
 PARENT_ATTR = "mlflow_parent_run_id"
-SUMMARISED_TAG = "tfi.summarised_trials"
-ENDED_EARLY_TAG = "tfi.round_ended_early"  # why the latest round skipped its queue
+SUMMARISED_TAG = keys.SUMMARISED_TRIALS
+ENDED_EARLY_TAG = keys.ROUND_ENDED_EARLY  # why the latest round skipped its queue
 
 
 def open_parent(
@@ -56,8 +57,8 @@ def open_parent(
     tags = {
         tracking.STUDY: shared.name,
         tracking.DATA_DIGEST: session.digest,
-        "tfi.prepare_run_id": prepared.run_id,
-        "tfi.select_run_id": selected.run_id,
+        keys.PREPARE_RUN: prepared.run_id,
+        keys.SELECT_RUN: selected.run_id,
     }
     run = tracker.open("tune", parent_id=parent_id, run_id=run_id, tags=tags)
     run.log_params(_setup_params(session, shared, selected))
@@ -186,8 +187,8 @@ def _log_best(
     )
     run.set_tags(
         {
-            "tfi.best_trial": candidates.DEFAULTS if defaults else best.number,
-            "tfi.candidate_reason": why,
+            keys.BEST_TRIAL: candidates.DEFAULTS if defaults else best.number,
+            keys.CANDIDATE_REASON: why,
             **{f"best.{k}": v for k, v in best.params.items()},
         }
     )

@@ -28,6 +28,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
+from tfi.core import keys
 from tfi.core.bootstrap import Interval
 from tfi.core.classes import PROBABILITY_COLUMNS
 from tfi.core.config import RegistryConfig
@@ -162,9 +163,9 @@ def register_and_promote(
             config.model_name, created.version, description=f"{description}\n\n{promotion.reason}"
         )
         for key, value in {
-            "tfi.promotion": promotion.alias,
-            "tfi.promotion_reason": promotion.reason,
-            f"tfi.champion_test_{promotion.metric}": promotion.champion_score,
+            keys.PROMOTION: promotion.alias,
+            keys.PROMOTION_REASON: promotion.reason,
+            keys.champion_score(promotion.metric): promotion.champion_score,
         }.items():
             if value is not None:
                 client.set_model_version_tag(config.model_name, created.version, key, str(value))
@@ -174,7 +175,7 @@ def register_and_promote(
         if promotion.alias == config.champion_alias and replaced is not None:
             # The tags agree with the aliases: the former champion says who replaced it.
             client.set_model_version_tag(
-                config.model_name, replaced, "tfi.promotion", f"replaced by v{created.version}"
+                config.model_name, replaced, keys.PROMOTION, f"replaced by v{created.version}"
             )
     except BaseException:
         log.error("registering %s failed: deleting version %s", model_uri, created.version)

@@ -29,6 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
+from tfi.core import keys
 from tfi.core.data import MarketData
 from tfi.core.errors import TfiError
 from tfi.core.interrupts import critical, critical_section
@@ -38,12 +39,9 @@ from tfi.tracking.store import ERROR, EXPERIMENT_KIND, MODEL_TRAINING
 
 log = logging.getLogger(__name__)
 
-STAGE = "tfi.stage"
-INPUTS = "tfi.inputs"
-DATA_DIGEST = "tfi.data_digest"
-STUDY = "tfi.study"
-TUNE_RUN = "tfi.tune_run_id"
-LABELS = "tfi.labels"  # a version's label settings: only versions with equal ones compare
+# The keys stages tag their runs with (tfi.core.keys), importable from the tracking layer too.
+STAGE, INPUTS, DATA_DIGEST = keys.STAGE, keys.INPUTS, keys.DATA_DIGEST
+STUDY, TUNE_RUN, LABELS = keys.STUDY, keys.TUNE_RUN, keys.LABELS
 _PARAM_LIMIT = 6000
 
 

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
+from tfi.core import keys
 from tfi.core.errors import TrackingError
 from tfi.core.uris import has_password, mask_text, mask_uri, sqlite_path
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # MLflow 3's UI opens an experiment on its runs (not on GenAI traces) with this kind.
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
-ERROR = "tfi.error"
+ERROR = keys.ERROR
 
 
 def tracking_uri() -> str:
@@ -93,7 +94,7 @@ def adoptable(run_id: str | None) -> str | None:
     return None if experiment == DEFAULT_EXPERIMENT_ID else run_id
 
 
-LAUNCHER = "tfi.launcher"  # host:pid of the tfi command that an `mlflow run` run launched
+LAUNCHER = keys.LAUNCHER
 
 
 def mark_launcher(run_id: str) -> None:

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import FrozenTrial, TrialState
 
+from tfi.core import keys
 from tfi.core.cv import FoldScore
 from tfi.core.interrupts import critical_section
 from tfi.core.uris import mask_text
@@ -119,8 +120,8 @@ def create_trial_run(
             "optuna.study_name": study_name,
             "optuna.trial_number": str(number),
             "optuna.trial_state": "RUNNING",
-            "tfi.worker_host": socket.gethostname(),
-            "tfi.worker_pid": str(os.getpid()),
+            keys.WORKER_HOST: socket.gethostname(),
+            keys.WORKER_PID: str(os.getpid()),
         },
     )
     return run.info.run_id
