@@ -1,7 +1,8 @@
 """The package's layers, as the README draws them: imports only point down.
 
-core <- search <- stages -> tracking (tracking <- core only); pipeline and cli on top; bench
-beside cli. Read from the source (every ``import`` statement, lazy ones included), so a new
+runtime <- core <- search <- stages -> tracking (tracking <- core only); pipeline and cli on
+top; bench beside cli. runtime (signals, logging, store URIs) is the only place that touches
+process state. Read from the source (every ``import`` statement, lazy ones included), so a new
 module cannot slip past it.
 """
 
@@ -16,14 +17,19 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tfi"
 
 # What each part of tfi must not import: tfi parts (by prefix) and third-party libraries.
 FORBIDDEN = {
+    "tfi.runtime": ("tfi.core", "tfi.search", "tfi.tracking", "tfi.stages", "tfi.pipeline",
+                    "tfi.cli", "tfi.bench", "mlflow", "optuna"),
     "tfi.core": ("tfi.search", "tfi.tracking", "tfi.stages", "tfi.pipeline", "tfi.cli",
-                 "tfi.bench", "mlflow", "optuna"),
+                 "tfi.bench", "mlflow", "optuna", "signal", "threading", "multiprocessing",
+                 "logging.config"),
     "tfi.search": ("tfi.tracking", "tfi.stages", "tfi.pipeline", "tfi.cli", "tfi.bench", "mlflow"),
     "tfi.tracking": ("tfi.search", "tfi.stages", "tfi.pipeline", "tfi.cli", "tfi.bench"),
     "tfi.stages": ("tfi.pipeline", "tfi.cli", "tfi.bench"),
     "tfi.pipeline": ("tfi.cli", "tfi.bench"),
     "tfi.bench": ("tfi.cli",),
 }  # fmt: skip
+# Exceptions to the rules above: runtime raises core's error types.
+ALLOWED = {"tfi.runtime": ("tfi.core.errors",)}
 
 
 def _modules() -> dict[str, Path]:
@@ -62,8 +68,13 @@ MODULES = _modules()
 def test_imports_point_down_the_layers(module):
     rules = [banned for layer, banned in FORBIDDEN.items() if _matches(module, layer)]
     imported = _imports(MODULES[module], module)
+    allowed = [ok for layer, oks in ALLOWED.items() if _matches(module, layer) for ok in oks]
     broken = sorted(
-        name for name in imported for banned in rules for prefix in banned if _matches(name, prefix)
+        name
+        for name in imported
+        for banned in rules
+        for prefix in banned
+        if _matches(name, prefix) and not any(_matches(name, ok) for ok in allowed)
     )
     assert not broken, f"{module} imports {broken}"
 
@@ -107,4 +118,24 @@ def test_no_private_optuna_or_mlflow_names():
                 and not (isinstance(node.value, ast.Name) and node.value.id == "self")
             ):
                 offenders.append(f"{module}:{node.lineno}: .{node.attr}")
+    assert not offenders, offenders
+
+
+# What changes the process, not just computes: signal handlers, environment variables, the
+# working directory, the root logger's handlers.
+PROCESS_STATE = {"os.environ", "os.putenv", "os.chdir", "signal.signal", "logging.basicConfig"}
+
+
+def test_nothing_in_core_touches_process_state():
+    offenders = []
+    for module, path in MODULES.items():
+        if not _matches(module, "tfi.core"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and f"{node.value.id}.{node.attr}" in PROCESS_STATE
+            ):
+                offenders.append(f"{module}:{node.lineno}: {node.value.id}.{node.attr}")
     assert not offenders, offenders

@@ -254,7 +254,7 @@ def test_sigint_and_sigterm_together_are_one_request_held_by_a_critical_section(
     """`mlflow run` turns Ctrl-C into SIGINT plus SIGTERM: the write in progress still finishes."""
     import os
 
-    from tfi.core import interrupts
+    from tfi.runtime import interrupts
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     interrupts.install()

@@ -14,10 +14,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tfi.core import interrupts
 from tfi.core.config import DEFAULT_CONFIG, ExperimentConfig, load_config
 from tfi.core.errors import TfiError
-from tfi.core.uris import mask_text
+from tfi.runtime import interrupts
+from tfi.runtime.uris import mask_text
 
 log = logging.getLogger("tfi")
 

@@ -41,10 +41,10 @@ from typing import Any
 import numpy as np
 
 from tfi.bench.quality import time_to_quality, trial_summary
-from tfi.core import logs
 from tfi.core.config import ExperimentConfig, SyntheticSpec, load_config
 from tfi.core.errors import StageError
-from tfi.core.uris import mask_text
+from tfi.runtime import logs
+from tfi.runtime.uris import mask_text
 
 log = logging.getLogger(__name__)
 

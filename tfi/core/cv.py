@@ -19,9 +19,9 @@ import numpy as np
 from tfi.core.config import TuningConfig
 from tfi.core.decision import Decision, decide
 from tfi.core.errors import StageError
-from tfi.core.interrupts import interruptible
 from tfi.core.metrics import classification_metrics
 from tfi.core.split import Fold
+from tfi.runtime.interrupts import interruptible
 
 DEFAULT_MAX_ROUNDS = 1_000
 

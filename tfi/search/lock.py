@@ -20,7 +20,7 @@ from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 
 from tfi.core.errors import TrackingError
-from tfi.core.interrupts import critical
+from tfi.runtime.interrupts import critical
 from tfi.search.study import SharedStudy
 
 log = logging.getLogger(__name__)

@@ -30,8 +30,8 @@ from optuna.trial import FrozenTrial, TrialState
 from tfi.core import keys
 from tfi.core.config import TuningConfig
 from tfi.core.errors import TrackingError
-from tfi.core.interrupts import critical, critical_section
-from tfi.core.uris import mask_text, mask_uri
+from tfi.runtime.interrupts import critical, critical_section
+from tfi.runtime.uris import mask_text, mask_uri
 from tfi.search.pruning import PairedFoldPruner
 
 ROUND_ATTR = keys.ROUND

@@ -24,9 +24,10 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
-from tfi.core import interrupts, keys
-from tfi.core.interrupts import critical
-from tfi.core.uris import mask_text
+from tfi.core import keys
+from tfi.runtime import interrupts
+from tfi.runtime.interrupts import critical
+from tfi.runtime.uris import mask_text
 from tfi.search.study import SharedStudy, experimental_ok
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ from pathlib import Path
 from optuna.storages import RDBStorage
 
 from tfi.core import data as data_io
-from tfi.core import logs
 from tfi.core.config import ExperimentConfig
 from tfi.core.data import MarketData
-from tfi.core.uris import inside, sqlite_path
+from tfi.runtime import logs
+from tfi.runtime.uris import inside, sqlite_path
 from tfi.search import study as studies
 from tfi.tracking import store
 from tfi.tracking.runs import Tracker

@@ -20,7 +20,7 @@ from tfi.core import keys
 from tfi.core.classes import PROBABILITY_COLUMNS, labels_of
 from tfi.core.config import ExperimentConfig
 from tfi.core.data import MarketData
-from tfi.core.interrupts import critical
+from tfi.runtime.interrupts import critical
 from tfi.search.lock import registry_lock
 from tfi.stages.champion import Champion, TrainTest, cv_evidence, fit_champion
 from tfi.stages.context import Session

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tfi.core import interrupts
 from tfi.core.config import ExperimentConfig, TuningConfig
 from tfi.core.cv import reference_cv
 from tfi.core.errors import StageError, TfiError
+from tfi.runtime import interrupts
 from tfi.search import candidates, patience, trials, workers
 from tfi.search import study as studies
 from tfi.search.lock import study_lock

@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tfi.core import keys
 from tfi.core.cv import lightgbm_params
 from tfi.core.errors import StageError
-from tfi.core.uris import mask_uri
+from tfi.runtime.uris import mask_uri
 from tfi.search import candidates
 from tfi.search import study as studies
 from tfi.search.objective import fold_scores

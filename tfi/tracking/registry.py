@@ -33,7 +33,7 @@ from tfi.core.bootstrap import Interval
 from tfi.core.classes import PROBABILITY_COLUMNS
 from tfi.core.config import RegistryConfig
 from tfi.core.errors import StageError
-from tfi.core.interrupts import critical_section
+from tfi.runtime.interrupts import critical_section
 
 log = logging.getLogger(__name__)
 

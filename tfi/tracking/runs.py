@@ -32,8 +32,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from tfi.core import keys
 from tfi.core.data import MarketData
 from tfi.core.errors import TfiError
-from tfi.core.interrupts import critical, critical_section
-from tfi.core.uris import mask_text
+from tfi.runtime.interrupts import critical, critical_section
+from tfi.runtime.uris import mask_text
 from tfi.tracking.datasets import dataset_input
 from tfi.tracking.store import ERROR, EXPERIMENT_KIND, MODEL_TRAINING
 

@@ -21,7 +21,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from tfi.core import keys
 from tfi.core.errors import TrackingError
-from tfi.core.uris import has_password, mask_text, mask_uri, sqlite_path
+from tfi.runtime.uris import has_password, mask_text, mask_uri, sqlite_path
 
 log = logging.getLogger(__name__)
 

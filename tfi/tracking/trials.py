@@ -20,8 +20,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tfi.core import keys
 from tfi.core.cv import FoldScore
-from tfi.core.interrupts import critical_section
-from tfi.core.uris import mask_text
+from tfi.runtime.interrupts import critical_section
+from tfi.runtime.uris import mask_text
 from tfi.tracking.runs import STAGE, STUDY, Tracker, now_ms, param_value
 from tfi.tracking.store import ERROR
 

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from tfi.core.uris import mask_text
+from tfi.runtime.uris import mask_text
 
 _NOISY = ("optuna", "alembic", "urllib3", "matplotlib", "mlflow.store.db.utils")
 
