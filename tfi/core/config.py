@@ -101,7 +101,7 @@ class LabelConfig(StrictModel):
     low_quantile: float = Field(0.3, gt=0, lt=1)
     high_quantile: float = Field(0.7, gt=0, lt=1)
     thresholds: Literal["fixed", "rolling"] = Field(
-        "fixed",
+        "rolling",
         description="'fixed' = quantiles of the training period applied to every row (the "
         "seed's way, fitted without the test rows); 'rolling' = quantiles of the labels known "
         "before each minute over the last rolling_days, so classes keep their shares through "

@@ -143,7 +143,9 @@ class TuningConfig(StrictModel):
     storage: str | None = None
     workers: int = Field(1, ge=1)
     num_threads: int | None = Field(None, ge=1, description="LightGBM threads per worker")
-    max_bin: int = Field(255, ge=4)
+    max_bin: int = Field(
+        63, ge=4, description="histogram bins per feature (docs/performance.md: 63 against 255)"
+    )
     heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats")
     heartbeat_grace: int = Field(30, ge=2, description="seconds before a silent trial is stale")
     max_retry: int = Field(1, ge=0, description="retries of a trial whose worker died")
