@@ -200,3 +200,40 @@ def test_the_cv_gate_follows_the_tuning_metric(smoke_config):
     assert blocked is not None and "CV log_loss 1.0700 does not beat persistence's" in blocked
     assert _cv_gate(smoke_config, 0.41, baselines) is None
     assert "CV f1_macro" in _cv_gate(smoke_config, 0.39, baselines)
+
+
+def test_a_stop_during_registration_waits_until_version_alias_and_tags_agree(
+    store, smoke_config, monkeypatch
+):
+    """Issue 30: Ctrl-C after "Successfully registered" left @champion on a version whose train
+    run had no tfi.model_version tag."""
+    import os
+    import signal
+
+    from tfi.runtime import interrupts
+    from tfi.stages import train as train_stage
+
+    real = train_stage.registry.register_and_promote
+
+    def stopped_meanwhile(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the version is being registered
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_stage.registry, "register_and_promote", stopped_meanwhile)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    interrupts.install()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _main(smoke_config)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        interrupts._state.requested.clear()
+        interrupts._state.held = False
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias(SMOKE_NAME, "champion")
+    assert champion.status == "READY"
+    assert champion.tags["tfi.promotion"] == "champion"
+    train_run = client.get_run(champion.tags["tfi.run_id"])
+    assert train_run.data.tags["tfi.model_version"] == str(champion.version)
+    assert train_run.data.tags["tfi.promotion"] == "champion"
