@@ -42,8 +42,6 @@ from tfi.core.cv import FoldData, OutOfFold, cross_validate, lightgbm_params, re
 from tfi.core.data import MarketData
 from tfi.core.errors import StageError
 from tfi.core.labelled import prepare_labels
-from tfi.core.select import select_nested
-from tfi.core.split import TRAIN
 from tfi.search import candidates
 from tfi.search import study as studies
 from tfi.search.objective import FOLDS_ATTR
@@ -51,7 +49,7 @@ from tfi.stages.champion import Champion, TrainTest, fit_champion
 from tfi.stages.context import Session
 from tfi.stages.cv_setup import CVSetup, build_cv
 from tfi.stages.outputs import Tuned
-from tfi.stages.select import selection_problems
+from tfi.stages.select import select_every
 from tfi.stages.train_report import Report, build_report
 from tfi.tracking import runs as tracking
 
@@ -122,13 +120,7 @@ def evaluate_window(
     """Train on the rows before ``window`` (tuning unless ``fixed`` is given), score it."""
     window_cfg = cfg.with_overrides(**{"split.test_start": window.start.to_pydatetime()})
     labelled = restrict(prepare_labels(data, window_cfg), window, cfg.backtest.train_days)
-    selection, *per_fold = select_nested(
-        data.features,
-        selection_problems(labelled, cfg.cv, cfg.selection),
-        data.feature_names,
-        cfg.selection,
-        labelled.rows(TRAIN),
-    )
+    selection, per_fold = select_every(data, labelled, cfg)
     fold_features = [own.selected for own in per_fold]
     tuning_features = list(dict.fromkeys(name for own in fold_features for name in own))
     setup = build_cv(data.subset(tuning_features), labelled, fold_features, cfg, threads)

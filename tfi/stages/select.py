@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from tfi.core import keys
-from tfi.core.config import CVConfig, SelectionConfig
+from tfi.core.config import CVConfig, ExperimentConfig, SelectionConfig
 from tfi.core.data import MarketData
 from tfi.core.labelled import LabelledData, fold_labels, training_folds
 from tfi.core.select import (
@@ -44,13 +44,7 @@ def run(
     check_alignment(data, labelled)
     started = time.perf_counter()
     folds = training_folds(labelled, cfg.cv)
-    selection, *per_fold = select_nested(
-        data.features,
-        selection_problems(labelled, cfg.cv, cfg.selection),
-        data.feature_names,
-        cfg.selection,
-        labelled.rows(TRAIN),
-    )
+    selection, per_fold = select_every(data, labelled, cfg)
     seconds = time.perf_counter() - started
     log.info(
         "select: alpha=%.4g keeps %d of %d features (%s) in %.1fs",
@@ -126,6 +120,20 @@ def _log(
         run.log_figure(path_figure(selection), "lasso_path.png")
         run.log_figure(coefficient_figure(selection), "coefficients.png")
     return run.id
+
+
+def select_every(
+    data: MarketData, labelled: LabelledData, cfg: ExperimentConfig
+) -> tuple[LassoSelection, list[LassoSelection]]:
+    """The champion's selection and each CV fold's, from one pass over the training rows."""
+    selection, *per_fold = select_nested(
+        data.features,
+        selection_problems(labelled, cfg.cv, cfg.selection),
+        data.feature_names,
+        cfg.selection,
+        labelled.rows(TRAIN),
+    )
+    return selection, per_fold
 
 
 def selection_problems(

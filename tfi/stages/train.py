@@ -188,7 +188,32 @@ def _register(
     metric = cfg.tuning.metric
     # One unit: a stop request waits until the version, its alias and the run's tags agree.
     with critical(), registry_lock(session.storage(), cfg.registry.model_name):
-        promotion = _promote(session, run, model_uri, prepared, split, tuned, champion, report)
+        promotion = registry.register_and_promote(
+            model_uri,
+            cfg.registry,
+            lambda current: compare_with_champion(
+                session,
+                prepared.labelled,
+                split,
+                champion,
+                current,
+                metric,
+                cfg.tuning.direction == "maximize",
+            ),
+            tags={
+                **{
+                    f"test_{k}": f"{champion.evaluation.metrics[k]:.6f}"
+                    for k in ("f1_macro", "accuracy", "log_loss")
+                },
+                keys.TRAIN_RUN: run.id,
+                keys.STUDY: tuned.study_name,
+                tracking.DATA_DIGEST: session.digest,
+                tracking.LABELS: label_settings(cfg),
+                keys.TEST_START: cfg.split.test_start.isoformat(),
+            },
+            description=version_description(run, champion, report),
+            blocked=report.blocked,
+        )
         run.set_tags(
             {
                 keys.MODEL_NAME: cfg.registry.model_name,
@@ -200,43 +225,3 @@ def _register(
     if promotion.champion_score is not None:
         run.log_metrics({f"champion_test_{metric}": promotion.champion_score})
     return promotion
-
-
-def _promote(
-    session: Session,
-    run: tracking.StageRun,
-    model_uri: str,
-    prepared: Prepared,
-    split: TrainTest,
-    tuned: Tuned,
-    champion: Champion,
-    report: Report,
-) -> registry.Promotion:
-    cfg = session.config
-    metric = cfg.tuning.metric
-    return registry.register_and_promote(
-        model_uri,
-        cfg.registry,
-        lambda current: compare_with_champion(
-            session,
-            prepared.labelled,
-            split,
-            champion,
-            current,
-            metric,
-            cfg.tuning.direction == "maximize",
-        ),
-        tags={
-            **{
-                f"test_{k}": f"{champion.evaluation.metrics[k]:.6f}"
-                for k in ("f1_macro", "accuracy", "log_loss")
-            },
-            keys.TRAIN_RUN: run.id,
-            keys.STUDY: tuned.study_name,
-            tracking.DATA_DIGEST: session.digest,
-            tracking.LABELS: label_settings(cfg),
-            keys.TEST_START: cfg.split.test_start.isoformat(),
-        },
-        description=version_description(run, champion, report),
-        blocked=report.blocked,
-    )
