@@ -105,6 +105,8 @@ def test_mlflow_run_bench_reports_into_its_own_run(store):
     [
         (["--rows", "not-a-number"], "argument --rows"),
         (["--set", "tuning.pruner"], "--set takes KEY=VALUE, got 'tuning.pruner'"),
+        (["--features", "30"], "--features must be at least 40"),
+        (["--draws", "2", "--data", "x.parquet"], "--draws generates its data"),
     ],
 )
 def test_a_bad_bench_option_is_one_clear_error(store, options, message):

@@ -48,6 +48,7 @@ from tfi.runtime.uris import mask_text
 
 log = logging.getLogger(__name__)
 
+GENERATED_SIGNAL_COLUMNS = 40  # informative (16) + collinear (24) columns of _data's spec
 TEST_SHARE = 0.1636  # DRW: 2024-01-01 .. 2024-02-29 of 2023-03-01 .. 2024-02-29
 # What points a process at the user's runs (`mlflow run` sets the first two).
 _MLFLOW_POINTERS = (
@@ -96,6 +97,11 @@ def main(argv: Sequence[str], run_id: str | None = None) -> int:
     args.reference = args.reference or "false"
     args.output = args.output or "bench.json"
     args.draws = args.draws or 1
+    if not args.data and args.features < GENERATED_SIGNAL_COLUMNS:
+        parser.error(
+            f"--features must be at least {GENERATED_SIGNAL_COLUMNS} (the generated data's "
+            "16 informative and 24 collinear columns)"
+        )
     if args.draws > 1 and args.data:
         parser.error("--draws generates its data: it cannot be combined with --data")
 
