@@ -200,8 +200,16 @@ def test_mlflow_run_main_then_score_as_the_readme_says(store):
     assert score_run.data.params["output"] == str(output)
     assert "output_resolved" not in score_run.data.params
     predictions = pd.read_parquet(output)
-    assert list(predictions.columns) == ["timestamp", "prediction", "p_sell", "p_neutral", "p_buy"]
+    assert list(predictions.columns) == [
+        "timestamp", "prediction", "p_sell", "p_neutral", "p_buy", "warm_up",
+    ]  # fmt: skip
     assert int(score_run.data.params["rows"]) == len(predictions)
+    # The model's bar features look back minutes to a week: the file's first rows are marked,
+    # and only they.
+    warm = predictions["warm_up"].to_numpy()
+    assert warm[0]
+    assert (warm[: warm.sum()]).all()
+    assert score_run.data.metrics["rows_warm_up"] == int(warm.sum())
 
 
 @pytest.mark.parametrize(
