@@ -114,15 +114,7 @@ def pooled_differences(
             config.block,
         )
     for reference in REFERENCES:
-        strata = [
-            bootstrap.Scored(
-                part.y,
-                part.predicted[TFI],
-                part.predicted[reference],
-                day_of(part, config),
-            )
-            for part in scores
-        ]
+        strata = [_versus(part, reference, config) for part in scores]
         out[reference] = bootstrap.paired_difference(
             strata, metric, config.confidence, config.replicates
         )
@@ -133,22 +125,19 @@ def day_of(part: WindowScores, config: BacktestConfig) -> np.ndarray:
     return bootstrap.day_blocks(part.timestamps, config.block)
 
 
+def _versus(part: WindowScores, reference: str, config: BacktestConfig) -> bootstrap.Scored:
+    """tfi and ``reference`` on one window's rows, in the window's blocks."""
+    return bootstrap.Scored(
+        part.y, part.predicted[TFI], part.predicted[reference], day_of(part, config)
+    )
+
+
 def window_differences(
     part: WindowScores, config: BacktestConfig, reference: str = "persistence"
 ) -> bootstrap.Interval:
     """tfi minus ``reference`` in one window, with its interval."""
     return bootstrap.paired_difference(
-        [
-            bootstrap.Scored(
-                part.y,
-                part.predicted[TFI],
-                part.predicted[reference],
-                day_of(part, config),
-            )
-        ],
-        "f1_macro",
-        config.confidence,
-        config.replicates,
+        [_versus(part, reference, config)], "f1_macro", config.confidence, config.replicates
     )
 
 

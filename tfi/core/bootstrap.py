@@ -134,3 +134,18 @@ def paired_difference(
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(draws * scale, [tail, 1.0 - tail])
     return Interval(point * scale, float(low), float(high), confidence, n_blocks)
+
+
+def improvement(
+    y: np.ndarray,
+    ours: tuple[np.ndarray, np.ndarray | None],
+    theirs: tuple[np.ndarray, np.ndarray | None],
+    blocks: np.ndarray,
+    metric: str,
+    confidence: float,
+) -> Interval:
+    """How much better ``ours`` (classes, probabilities) scores than ``theirs`` on the same rows:
+    metric(ours) - metric(theirs), the reverse for a loss, with its interval."""
+    better, worse = (ours, theirs) if HIGHER_IS_BETTER[metric] else (theirs, ours)
+    scored = Scored(y, better[0], worse[0], blocks, better[1], worse[1])
+    return paired_difference([scored], metric, confidence)

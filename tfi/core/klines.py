@@ -100,7 +100,7 @@ def read(
         stamps.append(own)
         frames.append(frame)
     frame = pd.concat(frames, ignore_index=True)
-    index = pd.DatetimeIndex(np.concatenate([s.as_unit("ns").asi8 for s in stamps]).view("M8[ns]"))
+    index = pd.DatetimeIndex(np.concatenate([s.as_unit("ns").to_numpy() for s in stamps]))
     return index.rename("timestamp"), {
         col: frame[col].to_numpy(np.float64) for col in USED if col != "open_time"
     }

@@ -38,7 +38,7 @@ from tfi.core.backtest import (
 )
 from tfi.core.bootstrap import Interval
 from tfi.core.config import ExperimentConfig
-from tfi.core.cv import FoldData, OutOfFold, cross_validate, lightgbm_params, reference_cv
+from tfi.core.cv import OutOfFold, reference_cv
 from tfi.core.data import MarketData
 from tfi.core.errors import StageError
 from tfi.core.labelled import prepare_labels
@@ -48,7 +48,7 @@ from tfi.search.objective import FOLDS_ATTR
 from tfi.stages.champion import Champion, TrainTest, fit_champion
 from tfi.stages.context import Session
 from tfi.stages.cv_setup import CVSetup, build_cv
-from tfi.stages.outputs import Tuned
+from tfi.stages.outputs import Selected, Tuned
 from tfi.stages.select import select_every
 from tfi.stages.train_report import Report, build_report
 from tfi.tracking import runs as tracking
@@ -121,9 +121,10 @@ def evaluate_window(
     window_cfg = cfg.with_overrides(**{"split.test_start": window.start.to_pydatetime()})
     labelled = restrict(prepare_labels(data, window_cfg), window, cfg.backtest.train_days)
     selection, per_fold = select_every(data, labelled, cfg)
-    fold_features = [own.selected for own in per_fold]
-    tuning_features = list(dict.fromkeys(name for own in fold_features for name in own))
-    setup = build_cv(data.subset(tuning_features), labelled, fold_features, cfg, threads)
+    selected = Selected("", selection.selected, tuple(own.selected for own in per_fold))
+    setup = build_cv(
+        data.subset(selected.tuning_features), labelled, selected.fold_features, cfg, threads
+    )
     study = optuna.create_study(direction=cfg.tuning.direction)
     candidates.record_defaults(
         study, reference_cv(setup.objective.folds, cfg.tuning, threads, setup.defaults_oof)
@@ -134,7 +135,7 @@ def evaluate_window(
     elif candidates.is_defaults(fixed):
         best, out_of_fold = defaults, setup.defaults_oof
     else:
-        best, out_of_fold = _refit_folds(cfg, setup.objective.folds, fixed, threads)
+        best, out_of_fold = _refit_folds(cfg, setup, fixed, threads)
     tuned = Tuned("", "backtest", best, setup.baselines, out_of_fold, defaults)
     champion_data = data.subset(selection.selected)
     split = TrainTest.of(champion_data, labelled)
@@ -161,21 +162,14 @@ def _tune(
     if best is None:
         raise StageError(f"backtest: no candidate: {why}")
     log.info("backtest: %s", why)
-    if candidates.is_defaults(best):
-        return best, setup.defaults_oof
-    kept = setup.objective.best_out_of_fold
-    return best, kept[2] if kept is not None and kept[0] == best.number else []
+    return best, setup.kept_out_of_fold(best) or []
 
 
 def _refit_folds(
-    cfg: ExperimentConfig, folds: list[FoldData], fixed: FrozenTrial, threads: int
+    cfg: ExperimentConfig, setup: CVSetup, fixed: FrozenTrial, threads: int
 ) -> tuple[FrozenTrial, OutOfFold]:
     """A given candidate's parameters on this window's folds: its trees and its decision."""
-    params, rounds = lightgbm_params(
-        candidates.candidate_params(cfg.tuning, fixed), threads, cfg.tuning.seed
-    )
-    out_of_fold: OutOfFold = []
-    scores = list(cross_validate(params, rounds, folds, cfg.tuning, out_of_fold))
+    scores, out_of_fold = setup.cross_validate(cfg.tuning, fixed, threads)
     trial = optuna.trial.create_trial(
         value=float(np.mean([getattr(s, cfg.tuning.metric) for s in scores])),
         params=fixed.params,
@@ -221,20 +215,11 @@ def _log_window(run: tracking.StageRun, window: Window, result: WindowResult) ->
     run.log_metrics(
         {
             **{f"test_{k}": v for k, v in champion.evaluation.metrics.items()},
-            "cv_f1_macro": report.cv_f1,
-            **report.baselines,
-            **{
-                f"reference_{key}_test_f1_macro": reference.metrics["f1_macro"]
-                for key, reference in report.references.items()
-            },
-            **report.difference_metrics(),
+            **report.run_metrics(),
         }
     )
     run.log_dict(champion.decision.as_dict(), "decision.json")
-    run.log_text(
-        f"{ev.markdown(report.table)}\n\n{ev.markdown(report.differences_table())}\n",
-        "references.md",
-    )
+    run.log_text(report.references_markdown(), "references.md")
 
 
 def _log_aggregate(

@@ -18,7 +18,7 @@ import numpy as np
 from tfi.core import evaluate as ev
 from tfi.core.classes import lightgbm_classes
 from tfi.core.config import ExperimentConfig
-from tfi.core.cv import OutOfFold, cross_validate, lightgbm_params
+from tfi.core.cv import OutOfFold, lightgbm_params
 from tfi.core.data import MarketData
 from tfi.core.decision import Decision, decide
 from tfi.core.fit import champion_rounds, fit_booster
@@ -112,11 +112,8 @@ def cv_evidence(
     """
     if tuned.baselines is not None and tuned.out_of_fold is not None:
         return tuned.baselines, tuned.out_of_fold
-    cfg = session.config.tuning
     setup = cv_setup(session, prepared, selected)
-    params, rounds = lightgbm_params(candidate_params(cfg, tuned.best), session.threads, cfg.seed)
     log.info("train: cross-validating %s again for its decision", describe(tuned.best))
-    out_of_fold: OutOfFold = []
-    for _ in cross_validate(params, rounds, setup.objective.folds, cfg, out_of_fold):
-        pass  # the fold scores are the best trial's own; only its predictions are needed
+    # The fold scores are the candidate's own already; only its predictions are needed.
+    _, out_of_fold = setup.cross_validate(session.config.tuning, tuned.best, session.threads)
     return setup.baselines, out_of_fold

@@ -11,15 +11,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from optuna.trial import FrozenTrial
 
 from tfi.core import evaluate as ev
 from tfi.core.classes import lightgbm_classes
-from tfi.core.config import ExperimentConfig
-from tfi.core.cv import OutOfFold, build_folds
+from tfi.core.config import ExperimentConfig, TuningConfig
+from tfi.core.cv import FoldScore, OutOfFold, build_folds, cross_validate, lightgbm_params
 from tfi.core.data import MarketData
 from tfi.core.labelled import LabelledData, fold_labels, training_folds
 from tfi.core.labels import trailing_imbalance
 from tfi.core.split import TRAIN
+from tfi.search import candidates
 from tfi.search.objective import CVObjective
 from tfi.stages.context import Session
 from tfi.stages.outputs import Prepared, Selected, check_alignment
@@ -35,6 +37,24 @@ class CVSetup:
     baselines: dict[str, float]  # persistence and majority class CV macro-F1
     # LightGBM's defaults' out-of-fold predictions, when this process cross-validated them.
     defaults_oof: OutOfFold = field(default_factory=list)
+
+    def kept_out_of_fold(self, candidate: FrozenTrial) -> OutOfFold | None:
+        """The candidate's out-of-fold predictions if this process has them, else None."""
+        if candidates.is_defaults(candidate):
+            return self.defaults_oof or None
+        kept = self.objective.best_out_of_fold
+        return kept[2] if kept is not None and kept[0] == candidate.number else None
+
+    def cross_validate(
+        self, tuning: TuningConfig, candidate: FrozenTrial, threads: int
+    ) -> tuple[list[FoldScore], OutOfFold]:
+        """The candidate's parameters on these folds once more: fold scores and predictions."""
+        params, rounds = lightgbm_params(
+            candidates.candidate_params(tuning, candidate), threads, tuning.seed
+        )
+        out_of_fold: OutOfFold = []
+        scores = list(cross_validate(params, rounds, self.objective.folds, tuning, out_of_fold))
+        return scores, out_of_fold
 
 
 def cv_setup(session: Session, prepared: Prepared, selected: Selected) -> CVSetup:

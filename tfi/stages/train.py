@@ -107,25 +107,17 @@ def _log_run(
         {
             **{f"test_{k}": v for k, v in champion.evaluation.metrics.items()},
             f"best_cv_{cfg.tuning.metric}": tuned.best.value,
-            "cv_f1_macro": report.cv_f1,
-            **report.baselines,
             "train_seconds": champion.seconds,
-            **{
-                f"reference_{key}_test_f1_macro": reference.metrics["f1_macro"]
-                for key, reference in report.references.items()
-            },
-            **report.difference_metrics(),
+            **report.run_metrics(),
         }
     )
     run.log_dict(champion.decision.as_dict(), "decision.json")
     run.log_dict(report.table.reset_index().to_dict(orient="records"), "references.json")
-    differences = report.differences_table()
-    run.log_dict(differences.reset_index().to_dict(orient="records"), "reference_differences.json")
-    run.log_text(
-        f"{ev.markdown(report.table)}\n\nDifferences in test macro-F1, day-block bootstrap:\n\n"
-        f"{ev.markdown(differences)}\n",
-        "references.md",
+    run.log_dict(
+        report.differences_table().reset_index().to_dict(orient="records"),
+        "reference_differences.json",
     )
+    run.log_text(report.references_markdown(), "references.md")
     run.log_text(ev.markdown(report.periods), "test_by_period.md")
     run.log_table(report.periods.reset_index(), "test_by_period.parquet")
     run.log_figure(ev.by_period_figure(report.periods), "test_by_period.png")

@@ -68,17 +68,34 @@ class Report:
     periods: pd.DataFrame
     blocked: str | None
 
-    def difference_metrics(self) -> dict[str, float]:
-        """``test_f1_macro_minus_<reference>`` with ``_low`` and ``_high``, for MLflow."""
+    def run_metrics(self) -> dict[str, float]:
+        """What a train or backtest-window run records of the report: the CV score and the
+        rules' CV baselines, each reference's test macro-F1, and tfi's differences to them
+        (``test_f1_macro_minus_<reference>`` with ``_low`` and ``_high``)."""
         return {
-            f"test_f1_macro_minus_{key}{suffix}": value
-            for key, interval in self.differences.items()
-            for suffix, value in (
-                ("", interval.difference),
-                ("_low", interval.low),
-                ("_high", interval.high),
-            )
+            "cv_f1_macro": self.cv_f1,
+            **self.baselines,
+            **{
+                f"reference_{key}_test_f1_macro": reference.metrics["f1_macro"]
+                for key, reference in self.references.items()
+            },
+            **{
+                f"test_f1_macro_minus_{key}{suffix}": value
+                for key, interval in self.differences.items()
+                for suffix, value in (
+                    ("", interval.difference),
+                    ("_low", interval.low),
+                    ("_high", interval.high),
+                )
+            },
         }
+
+    def references_markdown(self) -> str:
+        """``references.md``: the references table, then the differences with intervals."""
+        return (
+            f"{ev.markdown(self.table)}\n\nDifferences in test macro-F1, day-block "
+            f"bootstrap:\n\n{ev.markdown(self.differences_table())}\n"
+        )
 
     def differences_table(self) -> pd.DataFrame:
         table = pd.DataFrame(
@@ -155,20 +172,12 @@ def _persistence_floor(
     """Why the candidate may not become champion on the test period's evidence, or None: the
     one-sided lower bound of its paired difference to persistence is not above zero."""
     metric = cfg.tuning.metric
-    better, worse = (champion, persistence) if metric != "log_loss" else (persistence, champion)
-    interval = bootstrap.paired_difference(
-        [
-            bootstrap.Scored(
-                y_test,
-                better.predicted,
-                worse.predicted,
-                bootstrap.day_blocks(stamps, cfg.registry.block),
-                better.proba,
-                worse.proba,
-            )
-        ],
-        metric,
-        cfg.registry.two_sided(),
+    interval = _gain(
+        cfg,
+        y_test,
+        stamps,
+        (champion.predicted, champion.proba),
+        (persistence.predicted, persistence.proba),
     )
     if interval.low > 0:
         return None
@@ -300,29 +309,30 @@ def compare_with_champion(
     ours = classification_metrics(
         y_true, candidate.proba[unseen], predicted=candidate.predicted[unseen]
     )
-    # The candidate's improvement: its metric minus the champion's (the reverse for a loss).
-    pair = [
+    improvement = _gain(
+        session.config,
+        y_true,
+        labelled.timestamps[rows],
         (candidate.predicted[unseen], candidate.proba[unseen]),
         (their_classes, their_proba),
-    ]
-    (a, a_proba), (b, b_proba) = pair if higher_is_better else pair[::-1]
-    registry_cfg = session.config.registry
-    improvement = bootstrap.paired_difference(
-        [
-            bootstrap.Scored(
-                y_true,
-                a,
-                b,
-                bootstrap.day_blocks(labelled.timestamps[rows], registry_cfg.block),
-                a_proba,
-                b_proba,
-            )
-        ],
-        metric,
-        registry_cfg.two_sided(),
     )
     return Comparison(
         ours[metric], theirs[metric], int(unseen.sum()), metric, higher_is_better, improvement
+    )
+
+
+def _gain(
+    cfg: ExperimentConfig,
+    y: np.ndarray,
+    stamps: pd.DatetimeIndex,
+    ours: tuple[np.ndarray, np.ndarray],
+    theirs: tuple[np.ndarray, np.ndarray],
+) -> Interval:
+    """Promotion's evidence: how much better ``ours`` scores in ``tuning.metric``, with the
+    interval whose lower end is the one-sided bound at ``registry.confidence``."""
+    blocks = bootstrap.day_blocks(stamps, cfg.registry.block)
+    return bootstrap.improvement(
+        y, ours, theirs, blocks, cfg.tuning.metric, cfg.registry.two_sided()
     )
 
 

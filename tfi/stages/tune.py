@@ -90,17 +90,12 @@ def run(
         best = tune_parent.summarise(session, shared, parent, budget.round)
     if run_id and run_id != parent:
         session.tracker.tag(run_id, {tracking.TUNE_RUN: parent})
-    kept = setup.objective.best_out_of_fold
-    if candidates.is_defaults(best):
-        out_of_fold = setup.defaults_oof or None
-    else:
-        out_of_fold = kept[2] if kept is not None and kept[0] == best.number else None
     return Tuned(
         parent,
         shared.name,
         best,
         setup.baselines,
-        out_of_fold,
+        setup.kept_out_of_fold(best),
         candidates.defaults_trial(shared.study, cfg.metric),
     )
 
