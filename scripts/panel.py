@@ -13,8 +13,9 @@ the test period as its one window. Nothing is written to MLflow.
 
 Writes ``panel.md`` (case x model macro-F1, tfi's differences with 95% intervals, cases won, the
 pooled differences: the mean over cases of each case's difference, days drawn within cases) and
-``panel.json``, and each case's test predictions (``cases/*.parquet``), so that ``--compare`` can
-put a variant's tfi against another run's on the same rows, with the same pooled interval.
+``panel.json``, and each case's test predictions and tfi's probabilities (``cases/*.parquet``),
+so that ``--compare`` can put a variant's tfi against another run's on the same rows, with the
+same pooled interval, and ``scripts/decision_variants.py`` can try other class decisions.
 Nothing here reads a fixed path: the folder is an argument.
 """
 
@@ -37,10 +38,11 @@ import pandas as pd
 from tfi.core import bootstrap
 from tfi.core import data as data_io
 from tfi.core.backtest import REFERENCES, TFI, Window
+from tfi.core.classes import PROBABILITY_COLUMNS
 from tfi.core.config import ExperimentConfig, load_config
 from tfi.core.metrics import score
 from tfi.stages.backtest import evaluate_window
-from tfi.stages.context import available_cores, configure_logging
+from tfi.stages.session import available_cores, configure_logging
 
 log = logging.getLogger("panel")
 
@@ -95,8 +97,9 @@ def run_case(case: Case, config: ExperimentConfig, output: Path) -> dict[str, ob
         threads = config.tuning.num_threads or available_cores()
         result = evaluate_window(case_config, data, window, None, threads)
     scores = result.scores
+    proba = dict(zip(PROBABILITY_COLUMNS, result.champion.proba.T, strict=True))
     frame = pd.DataFrame(
-        {"timestamp": scores.timestamps, "y": scores.y, **dict(scores.predicted.items())}
+        {"timestamp": scores.timestamps, "y": scores.y, **dict(scores.predicted.items()), **proba}
     )
     frame.to_parquet(output / "cases" / f"{_slug(case.name)}.parquet")
     row: dict[str, object] = {
@@ -105,6 +108,7 @@ def run_case(case: Case, config: ExperimentConfig, output: Path) -> dict[str, ob
         "candidate": result.candidate.user_attrs.get("tfi.candidate")
         or f"trial {result.candidate.number}",
         "decision": result.champion.decision.rule,
+        "decision_weights": list(result.champion.decision.weights),
         "n_features": result.n_features,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -205,7 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides: dict[str, object] = {"tuning.n_trials": args.n_trials}
     for item in args.set:
         key, _, value = item.partition("=")
-        overrides[key] = json.loads(value) if value[:1] in "[{0123456789-tfn" else value
+        try:  # numbers, lists, mappings, true/false/null; anything else is text
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
     if args.jobs > 1:
         overrides["tuning.num_threads"] = max(1, available_cores() // args.jobs)
     config = load_config(args.config, **overrides)

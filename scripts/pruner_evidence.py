@@ -29,9 +29,9 @@ from tfi.core.cv import reference_cv
 from tfi.search import study as studies
 from tfi.search.candidates import record_defaults
 from tfi.stages import train
-from tfi.stages.context import Session
 from tfi.stages.cv_setup import cv_setup
 from tfi.stages.outputs import Tuned
+from tfi.stages.session import Session
 
 
 def main() -> None:

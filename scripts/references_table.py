@@ -21,7 +21,7 @@ import mlflow
 
 from tfi import pipeline
 from tfi.core.config import load_config
-from tfi.stages.context import Session
+from tfi.stages.session import Session
 
 ROWS = ("tfi (tuned)", "lightgbm defaults", "persistence", "majority class")
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from tfi.core.config import TuningConfig
-from tfi.search import trials
+from tfi.search import trial_loop
 from tfi.search.study import SharedStudy, open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ def claim_concurrently(
         storage = open_storage(uri, config)
         mine = SharedStudy.of(optuna.load_study(study_name=study, storage=storage), storage)
         start.wait()
-        while (trial := trials.claim(mine)) is not None:
+        while (trial := trial_loop.claim(mine)) is not None:
             claimed[index].append(trial.number)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(workers)]

@@ -16,7 +16,7 @@ from tfi.core import data as data_io
 from tfi.core.backtest import walk_forward_windows
 from tfi.core.errors import SplitError
 from tfi.stages.backtest import evaluate_window
-from tfi.stages.context import Session
+from tfi.stages.session import Session
 
 TWO_WINDOWS = {
     "backtest.windows": 2,

@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from tfi.core.config import load_config
+
 from .helpers import PYTHON, SMOKE, mlflow_run, subprocess_env
 
 STAGES = {"load", "label", "select", "tune", "train", "evaluate"}
+SIDES = ("tfi", "reference", "reference_like")
 
 
 def _bench(*options: str) -> list[str]:
@@ -31,7 +34,7 @@ def test_bench_reports_tfi_beside_the_seed_approach(store):
     assert done.returncode == 0, done.stderr
     report = json.loads(output.read_text())
     assert report["n_trials"] == 6 and report["data"]["rows"] == 6000
-    for side in ("tfi", "reference"):
+    for side in SIDES:
         result = report[side]
         assert set(result["seconds"]) == STAGES
         assert result["total_seconds"] == pytest.approx(sum(result["seconds"].values()))
@@ -39,6 +42,18 @@ def test_bench_reports_tfi_beside_the_seed_approach(store):
         # Well above the majority class (~0.2): every side's fold models really train.
         assert result["cv_f1_macro"] > 0.3, side
         assert result["peak_rss_gb"] > 0
+    # As written, the seed searches its own space; like for like, tfi's, on tfi's features.
+    config = load_config(SMOKE)
+    assert set(report["reference"]["best_params"]) == {
+        "learning_rate", "n_estimators", "reg_alpha", "reg_lambda"
+    }  # fmt: skip
+    assert set(report["reference_like"]["best_params"]) == set(config.tuning.search_space)
+    assert report["reference_like"]["n_features"] <= config.selection.max_features
+    assert report["reference_like"]["trials"]["complete"] == 6
+    for suffix in ("", "_like"):
+        assert report[f"test_f1_macro_difference{suffix}"] == pytest.approx(
+            report["tfi"]["test_f1_macro"] - report[f"reference{suffix}"]["test_f1_macro"]
+        )
     tfi_trials, seed_trials = report["tfi"]["trials"], report["reference"]["trials"]
     assert tfi_trials["complete"] + tfi_trials["pruned"] == 6
     assert tfi_trials["skipped"] == 0  # smoke.yaml sets no tuning.patience
@@ -54,7 +69,7 @@ def test_bench_reports_tfi_beside_the_seed_approach(store):
         "pruned_after_folds": {},
         "skipped": 0,
     }
-    for side in ("tfi", "reference"):  # reached within the run, after selection
+    for side in SIDES:  # reached within the run, after selection
         result = report[side]
         seconds = result["seconds"]
         before_tune = seconds["load"] + seconds["label"] + seconds["select"]
@@ -199,7 +214,10 @@ def test_several_draws_report_the_spread_and_the_paired_difference(store):
     interval = report["test_f1_macro_difference"]
     assert interval["low"] <= np.mean(differences) <= interval["high"]
     assert interval["mean"] == pytest.approx(np.mean(differences))
-    for side in ("tfi", "reference"):
+    assert report["test_f1_macro_difference_like"]["mean"] == pytest.approx(
+        np.mean([draw["test_f1_macro_difference_like"] for draw in draws])
+    )
+    for side in SIDES:
         scores = [draw[side]["test_f1_macro"] for draw in draws]
         assert report[f"{side}_test_f1_macro_std"] == pytest.approx(np.std(scores, ddof=1))
         # Wall time from the child's start: more than the stages it timed itself.

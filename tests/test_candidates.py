@@ -11,7 +11,7 @@ from tfi.core.config import IntParam
 from tfi.core.cv import FoldScore
 from tfi.search import candidates
 from tfi.search.objective import FOLDS_ATTR
-from tfi.stages.context import Session
+from tfi.stages.session import Session
 
 
 def _study(defaults: list[float] | None, trials: list[float]) -> optuna.Study:

@@ -20,8 +20,8 @@ from tfi import pipeline
 from tfi.core.config import CategoricalParam
 from tfi.search import lock
 from tfi.search import study as studies
-from tfi.search.trials import WORKER_ATTR
-from tfi.stages.context import Session, available_cores
+from tfi.search.trial_loop import WORKER_ATTR
+from tfi.stages.session import Session, available_cores
 from tfi.stages.tune_parent import PARENT_ATTR
 
 from .helpers import PYTHON, ROOT, SMOKE, subprocess_env

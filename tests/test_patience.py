@@ -14,9 +14,9 @@ from optuna.trial import TrialState, create_trial
 
 from tfi import pipeline
 from tfi.bench.quality import trial_summary
-from tfi.search import patience, trials
+from tfi.search import patience, trial_loop
 from tfi.search.study import ROUND_ATTR, ROUNDS_ATTR, SharedStudy, open_budget
-from tfi.stages.context import Session
+from tfi.stages.session import Session
 from tfi.stages.tune_parent import ENDED_EARLY_TAG
 
 
@@ -51,7 +51,7 @@ def test_earlier_rounds_set_the_bar_but_do_not_count():
     history = [_trial(0, 0.6, round_=1), _trial(1, None, round_=1), _trial(2, 0.5, round_=2)]
     assert patience.stale_trials(history, 2, maximize=True, min_improvement=0.0) == 1
     skipped = _trial(3, None, round_=2)
-    skipped.set_user_attr(trials.SKIPPED_ATTR, "round ended")
+    skipped.set_user_attr(trial_loop.SKIPPED_ATTR, "round ended")
     assert patience.stale_trials([*history, skipped], 2, maximize=True, min_improvement=0) == 1
 
 
@@ -88,10 +88,12 @@ def test_a_stale_round_skips_its_queue_and_the_next_round_runs_again(shared, smo
         return 0.5  # the first trial sets the bar; nothing after it improves
 
     open_budget(shared, 10)
-    trials.work(shared, objective, _Hooks(), wait_for_all=True, grace_seconds=60, stop_reason=stop)
+    trial_loop.work(
+        shared, objective, _Hooks(), wait_for_all=True, grace_seconds=60, stop_reason=stop
+    )
     assert ran == [0, 1, 2, 3]
     study = shared.study
-    skipped = [t for t in study.trials if trials.SKIPPED_ATTR in t.user_attrs]
+    skipped = [t for t in study.trials if trial_loop.SKIPPED_ATTR in t.user_attrs]
     assert [t.number for t in skipped] == list(range(4, 10))
     assert {t.state for t in skipped} == {TrialState.FAIL}  # samplers learn nothing from them
     assert all(not t.params and not t.intermediate_values for t in skipped)
@@ -102,7 +104,9 @@ def test_a_stale_round_skips_its_queue_and_the_next_round_runs_again(shared, smo
     # Asking for more trials opens a new round that runs at least `patience` of them.
     open_budget(shared, 10)
     assert study.user_attrs[ROUNDS_ATTR] == 2
-    trials.work(shared, objective, _Hooks(), wait_for_all=True, grace_seconds=60, stop_reason=stop)
+    trial_loop.work(
+        shared, objective, _Hooks(), wait_for_all=True, grace_seconds=60, stop_reason=stop
+    )
     assert ran[4:] == [10, 11, 12]
     assert patience.round_stop_reason(study.trials, 2) is not None
 
@@ -143,7 +147,7 @@ def test_tune_ends_the_round_and_the_runs_say_so(store, smoke_config):
 
 def test_the_benchmark_counts_skipped_trials_apart_from_pruned_ones():
     skipped = _trial(2, None)
-    skipped.set_user_attr(trials.SKIPPED_ATTR, "round ended")
+    skipped.set_user_attr(trial_loop.SKIPPED_ATTR, "round ended")
     summary = trial_summary([_trial(0, 0.5), _trial(1, None), skipped])
     assert (summary["complete"], summary["pruned"], summary["skipped"]) == (1, 1, 1)
     assert summary["pruned_after_folds"] == {"0": 1}

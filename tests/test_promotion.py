@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from tfi import pipeline
 from tfi.core import synthetic
 from tfi.core.errors import TrackingError
-from tfi.stages.context import Session
+from tfi.stages.session import Session
 
 SMOKE_NAME = "tfi-classifier"
 
@@ -237,3 +237,29 @@ def test_a_stop_during_registration_waits_until_version_alias_and_tags_agree(
     train_run = client.get_run(champion.tags["tfi.run_id"])
     assert train_run.data.tags["tfi.model_version"] == str(champion.version)
     assert train_run.data.tags["tfi.promotion"] == "champion"
+
+
+def test_the_shares_decision_is_served_as_the_run_evaluated_it(store, smoke_config):
+    """Under ``shares`` the served model, given the test rows in order, decides them as the
+    train run did; the rows before ``decision_min_rows`` get the prior weights."""
+    from tfi.core.data import load
+    from tfi.core.decision import Decision
+
+    settings = {"tuning.decision": "shares", "tuning.decision_window": 240}
+    trained = _main(smoke_config, **settings, **{"tuning.decision_min_rows": 60})
+    decision = _decision(trained)
+    assert decision["rule"] == "shares" and (decision["window"], decision["min_rows"]) == (240, 60)
+    evaluated = pd.read_parquet(
+        mlflow.artifacts.download_artifacts(f"runs:/{trained.run_id}/test_predictions.parquet")
+    )
+    model = mlflow.pyfunc.load_model(f"models:/{SMOKE_NAME}/{trained.promotion.version}")
+    assert model.model_config["decision"] == decision
+    features = model.metadata.get_input_schema().input_names()
+    data = load(smoke_config.data, features=features)
+    rows = data.timestamps.get_indexer(pd.DatetimeIndex(evaluated["timestamp"]))
+    served = model.predict(pd.DataFrame(data.features[rows], columns=features))
+    np.testing.assert_array_equal(served["prediction"], evaluated["prediction"])
+    proba = evaluated[["p_sell", "p_neutral", "p_buy"]].to_numpy()
+    prior = Decision("prior", tuple(decision["weights"])).classes(proba) - 1
+    np.testing.assert_array_equal(evaluated["prediction"][:60], prior[:60])
+    assert (evaluated["prediction"][60:] != prior[60:]).any()  # the weights moved

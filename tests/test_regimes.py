@@ -1,4 +1,4 @@
-"""Labels and decisions that survive a change of activity regime, without look-ahead."""
+"""Labels and reports that survive a change of activity regime, without look-ahead."""
 
 import numpy as np
 import pandas as pd
@@ -6,7 +6,6 @@ import pytest
 
 from tfi.core import synthetic
 from tfi.core.config import SyntheticSpec
-from tfi.core.decision import ARGMAX, Decision, decide, fit_weights, prior_decision
 from tfi.core.evaluate import by_period, carried_class
 from tfi.core.labels import (
     RowThresholds,
@@ -15,7 +14,6 @@ from tfi.core.labels import (
     future_imbalance,
     rolling_thresholds,
 )
-from tfi.core.metrics import score as macro_f1
 
 DAY = 1440
 
@@ -97,42 +95,6 @@ def test_synthetic_data_has_activity_regimes_that_move_fixed_thresholds():
 
 
 # --- decisions -------------------------------------------------------------------------------
-
-
-def _prior_heavy(n=6000, seed=0):
-    """Probabilities that always lean to neutral but still rank the rows by their class."""
-    rng = np.random.default_rng(seed)
-    y = rng.choice(3, n, p=[0.3, 0.4, 0.3])
-    signal = np.eye(3)[y] * 0.12 + rng.normal(0, 0.05, (n, 3))
-    proba = np.array([0.28, 0.44, 0.28]) + signal
-    return y, proba / proba.sum(axis=1, keepdims=True)
-
-
-def test_fitted_weights_beat_argmax_on_macro_f1():
-    y, proba = _prior_heavy()
-    weights = fit_weights(y, proba, "f1_macro")
-    fitted = np.argmax(proba * np.array(weights), axis=1)
-    assert macro_f1(y, fitted) > macro_f1(y, proba.argmax(axis=1)) + 0.05
-    assert weights[1] == 1.0 and weights[0] > 1 and weights[2] > 1
-
-
-def test_fitted_weights_are_the_best_of_the_grid_as_the_served_decision_applies_them():
-    """The search scores each weight pair as Decision.classes (argmax) would: none beats it."""
-    y, proba = _prior_heavy()
-    best = macro_f1(y, Decision("fitted", fit_weights(y, proba, "f1_macro")).classes(proba))
-    for log_sell in np.linspace(-3, 3, 25):
-        for log_buy in np.linspace(-3, 3, 25):
-            weights = (float(np.exp(log_sell)), 1.0, float(np.exp(log_buy)))
-            assert macro_f1(y, Decision("grid", weights).classes(proba)) <= best + 1e-12
-
-
-def test_decide_falls_back_to_the_training_prior_without_out_of_fold_predictions():
-    y_train = np.array([0] * 20 + [1] * 60 + [2] * 20)
-    assert decide("fitted", y_train, [], "f1_macro") == prior_decision(y_train)
-    assert prior_decision(y_train).weights == pytest.approx((3.0, 1.0, 3.0))
-    assert decide("argmax", y_train, [_prior_heavy()], "f1_macro") == ARGMAX
-    fitted = decide("fitted", y_train, [_prior_heavy()], "f1_macro")
-    assert fitted.rule == "fitted"
 
 
 def test_by_period_reports_each_week_with_class_shares():

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from tfi.search.trials import WORKER_ATTR
+from tfi.search.trial_loop import WORKER_ATTR
 
 from .helpers import PYTHON, SMOKE, claim_concurrently, subprocess_env
 from .services import PASSWORD, mlflow_server, postgres, postgres_bin

@@ -12,7 +12,7 @@ from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from tfi.search import trials
+from tfi.search import trial_loop
 from tfi.search.study import SharedStudy
 
 from .helpers import claim_concurrently
@@ -53,20 +53,20 @@ def test_claims_rely_on_waiting_to_running_succeeding_once(shared):
 def test_claim_takes_only_queued_trials_and_never_creates_one(shared):
     for _ in range(2):
         shared.study.enqueue_trial({})
-    claimed = [trials.claim(shared), trials.claim(shared), trials.claim(shared)]
+    claimed = [trial_loop.claim(shared), trial_loop.claim(shared), trial_loop.claim(shared)]
     assert [t.number for t in claimed[:2]] == [0, 1]
     assert claimed[2] is None
     assert len(shared.study.get_trials()) == 2
     states = {t.state for t in shared.study.get_trials()}
     assert states == {TrialState.RUNNING}
-    assert all(trials.WORKER_ATTR in t.user_attrs for t in shared.study.get_trials())
+    assert all(trial_loop.WORKER_ATTR in t.user_attrs for t in shared.study.get_trials())
 
 
 def test_a_running_trial_keeps_beating_until_it_ends(shared):
     shared.study.enqueue_trial({})
-    trial = trials.claim(shared)
+    trial = trial_loop.claim(shared)
     assert shared.storage.beats.acquire(timeout=5)  # the claim's own heartbeat
-    with trials.heartbeat(shared, shared.trial_id(trial.number)):
+    with trial_loop.heartbeat(shared, shared.trial_id(trial.number)):
         # Two more, from the heartbeat thread, a heartbeat interval apart.
         assert shared.storage.beats.acquire(timeout=30)
         assert shared.storage.beats.acquire(timeout=30)
@@ -99,7 +99,7 @@ def test_a_trial_failed_by_another_worker_meanwhile_does_not_stop_this_one(share
         return 0.5
 
     hooks = _Hooks()
-    trials.work(shared, objective, hooks, wait_for_all=False, grace_seconds=60)
+    trial_loop.work(shared, objective, hooks, wait_for_all=False, grace_seconds=60)
     assert hooks.done == [1]  # trial 0's result is not this worker's to record
     states = [t.state for t in shared.study.get_trials()]
     assert states == [TrialState.FAIL, TrialState.COMPLETE]

@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = None if argv[:1] == ["bench"] else _parser().parse_args(argv)
     # MLflow, Optuna and LightGBM load only now: a bad argument fails in a fraction of a second.
-    from tfi.stages.context import configure_logging
+    from tfi.stages.session import configure_logging
 
     configure_logging()
     # `mlflow run` hands its run over in MLFLOW_RUN_ID; taken here so that no MLflow call
@@ -166,7 +166,7 @@ def _exit_status(command: Callable[[], object], invocation_run: str | None) -> i
 def _dispatch(args: argparse.Namespace, config: ExperimentConfig, run_id: str | None) -> None:
     from tfi import pipeline
     from tfi.stages import score
-    from tfi.stages.context import Session
+    from tfi.stages.session import Session
     from tfi.tracking import store
 
     store.check_tracking()  # first: creates a fresh store's schema, one command at a time

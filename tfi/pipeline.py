@@ -15,8 +15,8 @@ from pathlib import Path
 from tfi.core import data as data_io
 from tfi.core import keys
 from tfi.stages import backtest, prepare, select, train, tune
-from tfi.stages.context import Session
 from tfi.stages.outputs import Prepared, Selected, Trained, Tuned
+from tfi.stages.session import Session
 from tfi.tracking import runs as tracking
 
 log = logging.getLogger(__name__)

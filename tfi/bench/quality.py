@@ -9,7 +9,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from tfi.search.trials import was_skipped
+from tfi.search.trial_loop import was_skipped
 
 QUALITY_TOLERANCE = 0.002  # "reached its quality": within this of its final best CV score
 

@@ -15,10 +15,13 @@ best) is printed as JSON, written to ``--output`` and logged to MLflow as a ``be
 One draw of synthetic data is one sample: ``--draws N`` repeats the comparison on N generated
 datasets (seeds ``tuning.seed`` + 0 .. N-1) and reports each side's test macro-F1 per draw, its
 mean and spread, and the paired difference (tfi minus the seed's approach) with a 95% t
-interval over the draws. The two sides are two searches, not two implementations of one: tfi as
-configured (its search space, bar features, bins, pruning), the seed's approach as the notebook
-wrote it (its own search space and features; ``--set`` reaches only its split, labels and
-trial count).
+interval over the draws. ``--reference`` reports two rows beside tfi as configured:
+
+- ``reference``: the seed's approach as the notebook wrote it: another search (its own search
+  space and features; ``--set`` reaches only its split, labels and trial count);
+- ``reference_like``: like for like, the seed's implementation running tfi's search (the same
+  features, search space, fixed parameters, bins, decision and trial count; ``--set`` reaches
+  all of them): the difference is the implementation's alone.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ from tfi.runtime.uris import mask_text
 log = logging.getLogger(__name__)
 
 GENERATED_SIGNAL_COLUMNS = 40  # informative (16) + collinear (24) columns of _data's spec
+# The seed's approach as written, and its implementation running tfi's search.
+REFERENCE_SIDES = {"written": "reference", "like": "reference_like"}
 TEST_SHARE = 0.1636  # DRW: 2024-01-01 .. 2024-02-29 of 2023-03-01 .. 2024-02-29
 # What points a process at the user's runs (`mlflow run` sets the first two).
 _MLFLOW_POINTERS = (
@@ -82,8 +87,8 @@ def main(argv: Sequence[str], run_id: str | None = None) -> int:
         default=[],
         metavar="KEY=VALUE",
         help="config overrides, e.g. tuning.pruner=paired tuning.workers=2 (one argument may "
-        "hold several, separated by spaces); the seed's side takes only the split, the labels "
-        "and the trial count from the config",
+        "hold several, separated by spaces); the seed as written takes only the split, the "
+        "labels and the trial count from the config, the like-for-like row all of it",
     )
     parser.add_argument(
         "--draws", type=_count, default=0, help="generated datasets to compare on (default 1)"
@@ -186,13 +191,16 @@ def _compare(
     report["seed"] = config.tuning.seed
     report["tfi"] = _in_child(_run_tfi, args.config, overrides, str(folder / "tfi"))
     if args.reference == "true":
-        log.info("bench: the seed's approach, %d trials", n_trials)
-        report["reference"] = _in_child(_run_reference, args.config, overrides)
-        report["speedup"] = report["reference"]["total_seconds"] / report["tfi"]["total_seconds"]
-        report["speedup_wall"] = report["reference"]["wall_seconds"] / report["tfi"]["wall_seconds"]
-        report["test_f1_macro_difference"] = (
-            report["tfi"]["test_f1_macro"] - report["reference"]["test_f1_macro"]
-        )
+        for search, side in REFERENCE_SIDES.items():
+            log.info("bench: the seed's approach (%s), %d trials", search, n_trials)
+            report[side] = _in_child(_run_reference, args.config, overrides, search)
+            suffix = side.removeprefix("reference")
+            tfi, reference = report["tfi"], report[side]
+            report[f"speedup{suffix}"] = reference["total_seconds"] / tfi["total_seconds"]
+            report[f"speedup_wall{suffix}"] = reference["wall_seconds"] / tfi["wall_seconds"]
+            report[f"test_f1_macro_difference{suffix}"] = (
+                tfi["test_f1_macro"] - reference["test_f1_macro"]
+            )
     return report
 
 
@@ -231,7 +239,7 @@ def _over_draws(reports: list[dict[str, Any]]) -> dict[str, Any]:
     from scipy import stats
 
     summary: dict[str, Any] = {"draws": reports, "n_draws": len(reports)}
-    for side in ("tfi", "reference"):
+    for side in ("tfi", *REFERENCE_SIDES.values()):
         if side not in reports[0]:
             continue
         scores = np.array([r[side]["test_f1_macro"] for r in reports])
@@ -240,11 +248,14 @@ def _over_draws(reports: list[dict[str, Any]]) -> dict[str, Any]:
         summary[f"{side}_wall_seconds_mean"] = float(
             np.mean([r[side]["wall_seconds"] for r in reports])
         )
-    if "reference" in reports[0]:
-        differences = np.array([r["test_f1_macro_difference"] for r in reports])
+    for side in REFERENCE_SIDES.values():
+        if side not in reports[0]:
+            continue
+        key = "test_f1_macro_difference" + side.removeprefix("reference")
+        differences = np.array([r[key] for r in reports])
         half = stats.t.ppf(0.975, len(differences) - 1) * differences.std(ddof=1)
         half /= np.sqrt(len(differences))
-        summary["test_f1_macro_difference"] = {
+        summary[key] = {
             "mean": float(differences.mean()),
             "low": float(differences.mean() - half),
             "high": float(differences.mean() + half),
@@ -278,7 +289,7 @@ def _generate(spec: dict[str, Any], path: str) -> None:
 
 
 def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[str, Any]:
-    from tfi.stages.context import STORAGE_ENV, configure_logging
+    from tfi.stages.session import STORAGE_ENV, configure_logging
 
     configure_logging()  # as a tfi command does
     os.makedirs(store, exist_ok=True)
@@ -288,7 +299,7 @@ def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[st
         os.environ.pop(pointer, None)
     from tfi.search import study as studies
     from tfi.stages import prepare, select, train, tune
-    from tfi.stages.context import Session
+    from tfi.stages.session import Session
 
     config = load_config(config_path, **overrides)
     seconds: dict[str, float] = {}
@@ -326,7 +337,7 @@ def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[st
     }
 
 
-def _run_reference(config_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
+def _run_reference(config_path: str, overrides: dict[str, Any], search: str) -> dict[str, Any]:
     from tfi.search.study import route_optuna_logs
 
     logs.configure()  # not MLflow's masking: the seed's process does not import MLflow
@@ -334,7 +345,7 @@ def _run_reference(config_path: str, overrides: dict[str, Any]) -> dict[str, Any
     from tfi.bench import seed as reference
 
     config = load_config(config_path, **overrides)
-    result = reference.run(config, Path(config.data.source), config.tuning.n_trials)
+    result = reference.run(config, Path(config.data.source), config.tuning.n_trials, search)
     return {**result, "peak_rss_gb": _peak_rss_gb()}
 
 

@@ -13,6 +13,15 @@ rows; its CV folds share them, as the seed's did, where tfi's folds fit their ow
 features are set to zero after scaling (``LassoCV`` would otherwise stop). The
 seed's own training rows are kept: every row before the split date, including those whose label
 window reaches into the test period.
+
+``search="like"`` is the like-for-like row: the same implementation (pandas frames in float64,
+``LassoCV``, a fresh ``LGBMClassifier`` per fold and trial, no pruning) running *tfi's* search:
+the features tfi loads (bar features included when configured), at most
+``selection.max_features`` of them (the largest LASSO coefficients), tfi's search space, fixed
+parameters, ``max_bin``, early stopping and class decision (``fitted`` becomes ``prior``: there
+are no out-of-fold predictions here), and a final model on the best trial's parameters, every
+one of them, for the folds' mean best iteration. Its difference to tfi is then the
+implementation's, not the search's.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import logging
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -33,28 +42,45 @@ from sklearn.model_selection import TimeSeriesSplit
 from sklearn.preprocessing import StandardScaler
 
 from tfi.bench.quality import time_to_quality, trial_summary
+from tfi.core import data as data_io
 from tfi.core.classes import lightgbm_classes
 from tfi.core.config import ExperimentConfig
+from tfi.core.cv import lightgbm_params
 from tfi.core.data import FLOW, MarketData
+from tfi.core.decision import ARGMAX, Decision, decide
 from tfi.core.labelled import prepare_labels
 from tfi.core.split import TEST, UNLABELLED
+from tfi.search.objective import suggest
 
 log = logging.getLogger(__name__)
 
 
-def run(config: ExperimentConfig, data_path: Path, n_trials: int) -> dict[str, Any]:
+Search = Literal["written", "like"]
+
+
+def run(
+    config: ExperimentConfig, data_path: Path, n_trials: int, search: Search = "written"
+) -> dict[str, Any]:
     """Time each stage of the seed's approach; return seconds, trial times and macro-F1."""
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    frame = pd.read_parquet(data_path, engine="pyarrow")
+    features = None
+    if search == "written":
+        frame = pd.read_parquet(data_path, engine="pyarrow")
+    else:  # tfi's features, as its loader computes them, in the seed's float64 frame
+        loaded = data_io.load(config.data)
+        features = list(loaded.feature_names)
+        columns = dict(zip(features, loaded.features.T.astype(np.float64), strict=True))
+        frame = pd.DataFrame(loaded.flow | columns, index=loaded.timestamps)
     seconds["load"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    X_train, y_train, X_test, y_test = _labelled(frame, config)
+    X_train, y_train, X_test, y_test = _labelled(frame, config, features)
     seconds["label"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    selected = _lasso(X_train, y_train)
+    cap = config.selection.max_features if search == "like" else None
+    selected = _lasso(X_train, y_train, cap)
     seconds["select"] = time.perf_counter() - started
     log.info("reference: LassoCV kept %d features in %.1fs", len(selected), seconds["select"])
 
@@ -62,36 +88,44 @@ def run(config: ExperimentConfig, data_path: Path, n_trials: int) -> dict[str, A
     study = optuna.create_study(
         direction="maximize", sampler=optuna.samplers.TPESampler(seed=config.tuning.seed)
     )
+    objective = _objective if search == "written" else _tfi_search_objective(config)
     tune_started = datetime.now()  # Optuna stamps trials with naive local times
     started = time.perf_counter()
-    study.optimize(lambda trial: _objective(trial, X_tuning, y_tuning), n_trials=n_trials)
+    study.optimize(lambda trial: objective(trial, X_tuning, y_tuning), n_trials=n_trials)
     seconds["tune"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    final = _final_model(study.best_trial.params)
+    if search == "written":
+        final, decision = _final_model(study.best_trial.params), ARGMAX
+    else:
+        final = _tfi_search_model(config, study.best_trial, final=True)
+        decision = _decision(config, y_train)
     final.fit(X_train[selected], y_train)
     seconds["train"] = time.perf_counter() - started
     started = time.perf_counter()
-    predicted = final.predict(X_test[selected])
+    predicted = decision.classes(final.predict_proba(X_test[selected]))
     test_f1 = float(f1_score(y_test, predicted, average="macro"))
     seconds["evaluate"] = time.perf_counter() - started
 
     before_tune = seconds["load"] + seconds["label"] + seconds["select"]
     return {
+        "search": search,
         "seconds": seconds,
         "total_seconds": sum(seconds.values()),
         "n_features": len(selected),
         "trials": trial_summary(study.trials),
         "cv_f1_macro": float(study.best_value),
+        "best_params": study.best_params,
         "test_f1_macro": test_f1,
         "seconds_to_quality": time_to_quality(study.trials, tune_started, before_tune),
     }
 
 
 def _labelled(
-    frame: pd.DataFrame, config: ExperimentConfig
+    frame: pd.DataFrame, config: ExperimentConfig, features: list[str] | None = None
 ) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray]:
-    """The seed's training rows (all before the split) and tfi's test rows and classes."""
+    """The seed's training rows (all before the split) and tfi's test rows and classes; the
+    features are ``features`` or, as the seed had it, every numeric column not excluded."""
     flow = {name: frame[name].to_numpy() for name in FLOW}
     bars = MarketData(frame.index, np.empty((len(frame), 0), np.float32), (), flow, "", "")
     labelled = prepare_labels(bars, config)  # tfi's labels: the same test rows and classes
@@ -99,7 +133,11 @@ def _labelled(
     train_rows = before_split & (labelled.period != UNLABELLED)
     test_rows = labelled.period == TEST
     target = labelled.target
-    X = frame.drop(columns=list(config.data.exclude), errors="ignore").select_dtypes("number")
+    X = (
+        frame[features]
+        if features is not None
+        else frame.drop(columns=list(config.data.exclude), errors="ignore").select_dtypes("number")
+    )
     # Classes as 0/1/2: LightGBM 4.7's LGBMClassifier encodes y but not eval_y (LightGBM
     # #7400), so -1/0/1 validation labels would end every fold's early stopping at round 1.
     X_train, y_train = X[train_rows], lightgbm_classes(target[train_rows])
@@ -108,12 +146,16 @@ def _labelled(
     return X_train, y_train, X_test[X_train.columns], y_test
 
 
-def _lasso(X_train: pd.DataFrame, y_train: np.ndarray) -> list[str]:
-    """The seed's selection: standardised float64, LassoCV over TimeSeriesSplit(5)."""
+def _lasso(X_train: pd.DataFrame, y_train: np.ndarray, cap: int | None = None) -> list[str]:
+    """The seed's selection: standardised float64, LassoCV over TimeSeriesSplit(5); with
+    ``cap``, only that many of the largest coefficients."""
     scaled = np.nan_to_num(StandardScaler().fit_transform(X_train))
     lasso = LassoCV(cv=TimeSeriesSplit(n_splits=5), n_jobs=-1, random_state=42, max_iter=1000)
     lasso.fit(scaled, y_train)
-    return X_train.columns[lasso.coef_ != 0].tolist()
+    kept = np.flatnonzero(lasso.coef_)
+    if cap is not None:
+        kept = kept[np.argsort(-np.abs(lasso.coef_[kept]), kind="stable")[:cap]]
+    return X_train.columns[np.sort(kept)].tolist()
 
 
 def _final_model(best: dict[str, Any]) -> lgb.LGBMClassifier:
@@ -165,3 +207,47 @@ def _objective(trial: optuna.Trial, X: pd.DataFrame, y: pd.Series) -> float:
         predicted = model.predict(X.iloc[valid_index])
         scores.append(f1_score(y.iloc[valid_index], predicted, average="macro"))
     return float(np.mean(scores))
+
+
+def _decision(config: ExperimentConfig, y_train: np.ndarray) -> Decision:
+    """tfi's decision rule; ``fitted`` without out-of-fold predictions is ``prior``."""
+    return decide(config.tuning, y_train, [])
+
+
+def _tfi_search_model(
+    config: ExperimentConfig, trial: optuna.trial.BaseTrial, final: bool = False
+) -> lgb.LGBMClassifier:
+    """A fresh classifier on tfi's fixed and sampled parameters (the final one on the best
+    trial's, for its folds' mean best iteration)."""
+    tuning = config.tuning
+    sampled = dict(trial.params) if final else suggest(trial, tuning.search_space)
+    params, rounds = lightgbm_params({**tuning.fixed_params, **sampled}, 0, tuning.seed)
+    if final:
+        rounds = max(1, round(float(np.mean(trial.user_attrs["best_iterations"]))))
+    params.pop("num_threads")  # 0: LightGBM's default, every core, as the seed's n_jobs=-1
+    return lgb.LGBMClassifier(n_estimators=rounds, max_bin=tuning.max_bin, **params)
+
+
+def _tfi_search_objective(config: ExperimentConfig):
+    """The seed's CV loop (TimeSeriesSplit, a fresh model per fold) over tfi's search."""
+
+    def objective(trial: optuna.Trial, X: pd.DataFrame, y: pd.Series) -> float:
+        scores, best_iterations = [], []
+        for train_index, valid_index in TimeSeriesSplit(n_splits=config.cv.n_splits).split(X):
+            model = _tfi_search_model(config, trial)
+            model.fit(
+                X.iloc[train_index],
+                y.iloc[train_index],
+                eval_X=X.iloc[valid_index],
+                eval_y=y.iloc[valid_index],
+                eval_metric="multi_logloss",
+                callbacks=[lgb.early_stopping(config.tuning.early_stopping_rounds, verbose=False)],
+            )
+            best_iterations.append(model.best_iteration_ or model.n_estimators)
+            decision = _decision(config, y.iloc[train_index].to_numpy())
+            predicted = decision.classes(model.predict_proba(X.iloc[valid_index]))
+            scores.append(f1_score(y.iloc[valid_index], predicted, average="macro"))
+        trial.set_user_attr("best_iterations", best_iterations)
+        return float(np.mean(scores))
+
+    return objective

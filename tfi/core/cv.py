@@ -202,7 +202,7 @@ def cross_validate(
     """
     for fold in folds:
         fit = fit_fold(params, rounds, fold, config.early_stopping_rounds)
-        decision = decide(config.decision, fold.train.get_label(), out_of_fold, config.metric)
+        decision = decide(config, fold.train.get_label(), out_of_fold)
         out_of_fold.append((fold.y_valid, fit.proba))
         yield score_fold(fold, fit, decision)
 

@@ -7,6 +7,10 @@ probabilities themselves are left as they are.
 
 - ``argmax``: weights 1, 1, 1.
 - ``prior``: one over each class's share of the training rows (no fitting).
+- ``shares``: the ``prior`` weights, re-chosen every hour of scored rows so that the trailing
+  ``tuning.decision_window`` rows are decided in the training class shares
+  (:mod:`tfi.core.class_shares`): causal, no labels, and it follows the probabilities' drift
+  when activity changes. The first ``tuning.decision_min_rows`` rows get the prior weights.
 - ``fitted``: the weights that maximise the metric on out-of-fold predictions
   (:func:`fit_weights`, a coarse-to-fine grid search over the sell and buy weights relative to
   neutral). In CV, fold ``i`` is decided with weights fitted on the folds before it, so no fold is
@@ -23,10 +27,12 @@ from typing import Literal
 
 import numpy as np
 
+from tfi.core.class_shares import trailing_share_classes
 from tfi.core.classes import INDICES
 from tfi.core.metrics import score
+from tfi.core.tuning_config import TuningConfig
 
-DecisionRule = Literal["fitted", "prior", "argmax"]
+DecisionRule = Literal["fitted", "prior", "argmax", "shares"]
 N_CLASSES = len(INDICES)
 _FIT_ROWS = 200_000  # rows the grid search scores; more change the weights by little
 _COARSE = np.linspace(-3.0, 3.0, 25)  # log-weights of sell and buy relative to neutral
@@ -37,13 +43,20 @@ _FINE_STEPS = 11
 class Decision:
     rule: str
     weights: tuple[float, float, float]  # sell, neutral, buy
+    window: int = 0  # ``shares``: trailing rows whose decided shares are held
+    min_rows: int = 0  # ``shares``: rows scored before the weights first move
 
     def classes(self, proba: np.ndarray) -> np.ndarray:
-        """Class index (0 sell, 1 neutral, 2 buy) of each row."""
+        """Class index (0 sell, 1 neutral, 2 buy) of each row, rows in time order."""
+        if self.rule == "shares":
+            return trailing_share_classes(proba, self.weights, self.window, self.min_rows)
         return np.argmax(proba * np.asarray(self.weights), axis=1)
 
     def as_dict(self) -> dict[str, object]:
-        return {"rule": self.rule, "weights": list(self.weights)}
+        described: dict[str, object] = {"rule": self.rule, "weights": list(self.weights)}
+        if self.rule == "shares":
+            described |= {"window": self.window, "min_rows": self.min_rows}
+        return described
 
 
 ARGMAX = Decision("argmax", (1.0, 1.0, 1.0))
@@ -57,23 +70,27 @@ def prior_decision(y_train: np.ndarray) -> Decision:
 
 
 def decide(
-    rule: DecisionRule,
+    tuning: TuningConfig,
     y_train: np.ndarray,
     out_of_fold: Sequence[tuple[np.ndarray, np.ndarray]],
-    metric: str,
 ) -> Decision:
-    """The decision of a model trained on ``y_train``, given earlier out-of-fold predictions.
+    """The decision (``tuning.decision``) of a model trained on ``y_train``, given earlier
+    out-of-fold predictions.
 
     ``out_of_fold`` holds (true class, probabilities) pairs of models that did not train on
     those rows. ``fitted`` falls back to ``prior`` when there are none.
     """
+    rule = tuning.decision
     if rule == "argmax":
         return ARGMAX
+    prior = prior_decision(y_train)
+    if rule == "shares":
+        return Decision("shares", prior.weights, tuning.decision_window, tuning.decision_min_rows)
     if rule == "prior" or not out_of_fold:
-        return prior_decision(y_train)
+        return prior
     y = np.concatenate([pair[0] for pair in out_of_fold])
     proba = np.concatenate([pair[1] for pair in out_of_fold])
-    return Decision("fitted", fit_weights(y, proba, metric))
+    return Decision("fitted", fit_weights(y, proba, tuning.metric))
 
 
 def fit_weights(y: np.ndarray, proba: np.ndarray, metric: str) -> tuple[float, float, float]:

@@ -149,11 +149,19 @@ class TuningConfig(StrictModel):
     heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats")
     heartbeat_grace: int = Field(30, ge=2, description="seconds before a silent trial is stale")
     max_retry: int = Field(1, ge=0, description="retries of a trial whose worker died")
-    decision: Literal["fitted", "prior", "argmax"] = Field(
-        "fitted",
+    decision: Literal["fitted", "prior", "argmax", "shares"] = Field(
+        "shares",
         description="how class probabilities become a class: 'fitted' = per-class weights that "
         "maximise the metric on out-of-fold predictions (in CV, each fold's weights come from "
-        "the folds before it); 'prior' = divide by the training class shares; 'argmax'",
+        "the folds before it); 'prior' = divide by the training class shares; 'shares' = the "
+        "prior weights, re-chosen hourly so that the trailing decision_window scored rows are "
+        "decided in the training class shares; 'argmax'",
+    )
+    decision_window: int = Field(
+        10_080, ge=60, description="'shares': trailing rows held at the training class shares"
+    )
+    decision_min_rows: int = Field(
+        1_440, ge=0, description="'shares': rows scored with the prior weights before they move"
     )
 
     @field_validator("search_space")

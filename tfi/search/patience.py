@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tfi.core.config import TuningConfig
 from tfi.search.study import ROUND_ATTR, ROUNDS_ATTR
-from tfi.search.trials import SKIPPED_ATTR, was_skipped
+from tfi.search.trial_loop import SKIPPED_ATTR, was_skipped
 
 
 def stale_trials(

@@ -209,7 +209,7 @@ class Budget:
 def open_budget(shared: SharedStudy, n_trials: int) -> Budget:
     """Join the study's unfinished round, or enqueue a new round of ``n_trials``.
 
-    Call under :func:`tfi.search.lock.study_lock`, after :func:`tfi.search.trials.reap`.
+    Call under :func:`tfi.search.lock.study_lock`, after :func:`tfi.search.trial_loop.reap`.
     """
     study = shared.study
     rounds = int(study.user_attrs.get(ROUNDS_ATTR, 0))

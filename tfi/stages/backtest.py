@@ -46,10 +46,10 @@ from tfi.search import candidates
 from tfi.search import study as studies
 from tfi.search.objective import FOLDS_ATTR
 from tfi.stages.champion import Champion, TrainTest, fit_champion
-from tfi.stages.context import Session
 from tfi.stages.cv_setup import CVSetup, build_cv
 from tfi.stages.outputs import Selected, Tuned
 from tfi.stages.select import select_every
+from tfi.stages.session import Session
 from tfi.stages.train_report import Report, build_report
 from tfi.tracking import runs as tracking
 

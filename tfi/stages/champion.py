@@ -26,9 +26,9 @@ from tfi.core.labelled import LabelledData
 from tfi.core.split import TEST, TRAIN
 from tfi.search.candidates import candidate_params, describe
 from tfi.search.objective import fold_scores
-from tfi.stages.context import Session, available_cores
 from tfi.stages.cv_setup import cv_setup
 from tfi.stages.outputs import Prepared, Selected, Tuned
+from tfi.stages.session import Session, available_cores
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def fit_champion(
     started = time.perf_counter()
     booster = fit_booster(split.X_train, split.y_train, params, rounds, cfg.tuning.max_bin, threads)
     seconds = time.perf_counter() - started
-    decision = decide(cfg.tuning.decision, split.y_train, out_of_fold, cfg.tuning.metric)
+    decision = decide(cfg.tuning, split.y_train, out_of_fold)
     proba = booster.predict(split.X_test)
     predicted = decision.classes(proba)
     evaluation = ev.evaluate(split.y_test, proba, predicted)

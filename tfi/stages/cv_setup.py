@@ -23,8 +23,8 @@ from tfi.core.labels import trailing_imbalance
 from tfi.core.split import TRAIN
 from tfi.search import candidates
 from tfi.search.objective import CVObjective
-from tfi.stages.context import Session
 from tfi.stages.outputs import Prepared, Selected, check_alignment
+from tfi.stages.session import Session
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 
 from tfi.core.labelled import LabelledData, prepare_labels
-from tfi.stages.context import Session
 from tfi.stages.outputs import Prepared
+from tfi.stages.session import Session
 from tfi.tracking import runs as tracking
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The score stage: a registered model's classes and probabilities for validated input.
 
-The model loads through the configured store only (:class:`tfi.tracking.models.ServedModel`).
+The model loads through the configured store only (:class:`tfi.tracking.loaded_models.ServedModel`).
 Predictions are written atomically, never over the data being scored; the score run records
 the input dataset and the predicted class shares.
 """
@@ -22,10 +22,11 @@ from tfi.core import data as data_io
 from tfi.core.classes import NAME_OF, PROBABILITY_COLUMNS
 from tfi.core.config import ExperimentConfig
 from tfi.core.data import MarketData
+from tfi.core.decision import Decision
 from tfi.core.errors import StageError
 from tfi.tracking import runs as tracking
 from tfi.tracking import store
-from tfi.tracking.models import ServedModel
+from tfi.tracking.loaded_models import ServedModel
 from tfi.tracking.runs import Tracker
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,11 @@ OUTPUT_COLUMNS = ["prediction", *PROBABILITY_COLUMNS]  # as serving_model return
 
 
 def predict(model: ServedModel, data: MarketData, batch_rows: int) -> pd.DataFrame:
-    """Predictions for every row, in batches: timestamp, prediction, p_sell, p_neutral, p_buy."""
+    """Predictions for every row, in batches: timestamp, prediction, p_sell, p_neutral, p_buy.
+
+    The model decides each batch on its own; a decision that follows earlier rows (``shares``)
+    is applied again over the whole file, so no batch starts its trailing window afresh.
+    """
     names = list(data.feature_names)
     parts = []
     for start in tqdm(
@@ -43,27 +48,38 @@ def predict(model: ServedModel, data: MarketData, batch_rows: int) -> pd.DataFra
         batch = pd.DataFrame(data.features[start : start + batch_rows], columns=names, copy=False)
         parts.append(model.predict(batch))
     result = pd.concat(parts, ignore_index=True)[OUTPUT_COLUMNS]
+    if model.decision.rule == "shares":
+        proba = result[list(PROBABILITY_COLUMNS)].to_numpy()
+        result["prediction"] = model.decision.classes(proba) - 1
     result.insert(0, "timestamp", data.timestamps)
     result["prediction"] = result["prediction"].astype(np.int8)
     return result
 
 
-def warm_up(timestamps: pd.DatetimeIndex, features: Sequence[str]) -> np.ndarray:
-    """Rows scored without the history their features need (``warm_up`` in the output).
+def warm_up(
+    timestamps: pd.DatetimeIndex, features: Sequence[str], decision: Decision
+) -> np.ndarray:
+    """Rows scored without the history their features or decision need (``warm_up``).
 
     Trailing-window features of the first rows of a file are computed from what the file
     holds, not from the history the model trained with: their classes can differ (scoring one
-    day alone against the same day after the one before changed 29 minutes' classes).
+    day alone against the same day after the one before changed 29 minutes' classes). The
+    ``shares`` decision applies the training prior's weights to the first ``min_rows`` rows.
     """
+    if len(timestamps) == 0:
+        return np.zeros(0, dtype=bool)
     needed = bars.history_needed(features)
-    short = np.asarray(timestamps < timestamps[0] + needed) if needed > pd.Timedelta(0) else None
-    if short is None or not short.any():
-        return np.zeros(len(timestamps), dtype=bool)
+    short = np.asarray(timestamps < timestamps[0] + needed)
+    if decision.rule == "shares":
+        short[: decision.min_rows] = True
+    if not short.any():
+        return short
     log.warning(
-        "score: the model's features look back %s; the first %d rows (until %s) are scored "
-        "without that much history and marked warm_up=True: prepend earlier bars to score them "
-        "as the model was trained",
+        "score: the model's features look back %s and its decision %d rows; the first %d rows "
+        "(until %s) are scored without that much history and marked warm_up=True: prepend "
+        "earlier bars to score them as the model was trained",
         needed,
+        decision.min_rows if decision.rule == "shares" else 0,
         int(short.sum()),
         timestamps[int(short.sum()) - 1],
     )
@@ -112,7 +128,7 @@ def run(
     model = ServedModel(uri)
     data = data_io.load(config.data, features=model.features)
     result = predict(model, data, batch_rows)
-    result["warm_up"] = warm_up(data.timestamps, model.features)
+    result["warm_up"] = warm_up(data.timestamps, model.features, model.decision)
     write(result, path)
     tracker = Tracker(config.mlflow_experiment, run_id)
     with tracker.run("score", run_id=run_id, tags={tracking.DATA_DIGEST: data.digest}) as run:

@@ -24,8 +24,8 @@ from tfi.core.select import (
     select_nested,
 )
 from tfi.core.split import TRAIN, Fold
-from tfi.stages.context import Session
 from tfi.stages.outputs import Prepared, Selected, check_alignment
+from tfi.stages.session import Session
 from tfi.tracking import runs as tracking
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from tfi.core.data import MarketData
 from tfi.runtime.interrupts import critical
 from tfi.search.lock import registry_lock
 from tfi.stages.champion import Champion, TrainTest, cv_evidence, fit_champion
-from tfi.stages.context import Session
 from tfi.stages.outputs import Prepared, Selected, Trained, Tuned, check_alignment
+from tfi.stages.session import Session
 from tfi.stages.train_report import (
     Report,
     build_report,
@@ -161,7 +161,7 @@ def _log_model(
             features,
             example.fillna(0.0),
             report_dir,
-            champion.decision.weights,
+            champion.decision.as_dict(),
         )
 
 

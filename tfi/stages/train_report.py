@@ -33,10 +33,10 @@ from tfi.core.metrics import classification_metrics
 from tfi.search import candidates
 from tfi.search.objective import fold_scores
 from tfi.stages.champion import Champion, TrainTest
-from tfi.stages.context import Session, available_cores
 from tfi.stages.outputs import Tuned
+from tfi.stages.session import Session, available_cores
 from tfi.tracking import runs as tracking
-from tfi.tracking.models import ServedModel
+from tfi.tracking.loaded_models import ServedModel
 from tfi.tracking.registry import ChampionVersion, Comparison
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,8 @@ def _references(
         defaults_proba, rounds = _defaults_on_test(cfg, split, tuned.defaults)
     # LightGBM's defaults get the parameter-free version of the tuned model's decision.
     decision = champion.decision
-    defaults_decision = decision if decision.rule == "argmax" else prior_decision(split.y_train)
+    parameter_free = decision.rule in ("argmax", "shares")
+    defaults_decision = decision if parameter_free else prior_decision(split.y_train)
     majority = ev.majority_proba(split.y_train, len(y_test))
     references = {
         "lightgbm_defaults": _reference(
@@ -231,7 +232,7 @@ def _references(
         "persistence": _reference("persistence", y_test, carried[1], carried[0]),
         "majority_class": _reference("majority class", y_test, majority, majority.argmax(axis=1)),
     }
-    if decision.rule != "argmax":  # what the fitted decision adds to the same probabilities
+    if decision.rule != "argmax":  # what the decision adds to the same probabilities
         proba = champion.proba
         references["tuned_argmax"] = _reference(
             f"{TUNED}, argmax", y_test, proba, proba.argmax(axis=1)
@@ -299,13 +300,9 @@ def compare_with_champion(
     rows = split.test_rows[unseen]
     answer = model.predict(pd.DataFrame(data.features[rows], columns=model.features))
     y_true = split.y_test[unseen]
-    theirs = classification_metrics(
-        y_true,
-        answer[list(PROBABILITY_COLUMNS)].to_numpy(),
-        predicted=lightgbm_classes(answer["prediction"].to_numpy()),
-    )
     their_proba = answer[list(PROBABILITY_COLUMNS)].to_numpy()
     their_classes = lightgbm_classes(answer["prediction"].to_numpy())
+    theirs = classification_metrics(y_true, their_proba, predicted=their_classes)
     ours = classification_metrics(
         y_true, candidate.proba[unseen], predicted=candidate.predicted[unseen]
     )

@@ -1,7 +1,7 @@
 """The tune stage: an Optuna study over the purged folds, every trial a child run of one parent.
 
 The study lives in a shared storage (:mod:`tfi.search.study` for budgets and resumption,
-:mod:`tfi.search.trials` for the trial loop); its parent MLflow run (:mod:`.tune_parent`) holds
+:mod:`tfi.search.trial_loop` for the trial loop); its parent MLflow run (:mod:`.tune_parent`) holds
 the set-up, the references and the summary. ``tuning.workers`` > 1 starts local worker
 processes (spawned with their job as an object) that claim trials of the same budget round.
 """
@@ -21,19 +21,19 @@ from tfi.core.config import ExperimentConfig, TuningConfig
 from tfi.core.cv import reference_cv
 from tfi.core.errors import StageError, TfiError
 from tfi.runtime import interrupts
-from tfi.search import candidates, patience, trials, workers
+from tfi.search import candidates, patience, trial_loop, workers
 from tfi.search import study as studies
 from tfi.search.lock import study_lock
 from tfi.search.objective import fold_scores
 from tfi.search.study import SharedStudy
 from tfi.stages import tune_parent
-from tfi.stages.context import Session, configure_logging
 from tfi.stages.cv_setup import cv_setup
 from tfi.stages.outputs import Prepared, Selected, Tuned
+from tfi.stages.session import Session, configure_logging
 from tfi.tracking import runs as tracking
 from tfi.tracking import store
 from tfi.tracking.runs import Tracker
-from tfi.tracking.trials import TrialRuns
+from tfi.tracking.trial_runs import TrialRuns
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def run(
         )
         if defaults is not None and not candidates.defaults_fold_values(shared.study, cfg.metric):
             candidates.record_defaults(shared.study, defaults)
-        trials.reap(shared, cfg.heartbeat_grace)
+        trial_loop.reap(shared, cfg.heartbeat_grace)
         budget = studies.open_budget(shared, cfg.n_trials)
     if created:
         tune_parent.record_references(session, shared, parent, setup)
@@ -176,7 +176,7 @@ def _work(
     wait_for_all: bool,
 ) -> None:
     """Claim and run queued trials until none is left or the patience rule ends the round."""
-    trials.work(
+    trial_loop.work(
         shared,
         objective,
         _ProgressHooks(tracker, shared, parent, cfg.metric),

@@ -23,12 +23,12 @@ from tfi.search import study as studies
 from tfi.search.objective import fold_scores
 from tfi.search.patience import round_stop_reason
 from tfi.search.study import SharedStudy
-from tfi.search.trials import ERROR_ATTR, was_skipped
-from tfi.stages.context import Session
+from tfi.search.trial_loop import ERROR_ATTR, was_skipped
 from tfi.stages.cv_setup import CVSetup
 from tfi.stages.outputs import Prepared, Selected
+from tfi.stages.session import Session
 from tfi.tracking import runs as tracking
-from tfi.tracking.trials import close_orphan_trial_runs
+from tfi.tracking.trial_runs import close_orphan_trial_runs
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
+from typing import Any
 
 import lightgbm as lgb
 import mlflow
@@ -28,7 +29,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
-from tfi.core import keys
+from tfi.core import class_shares, keys
 from tfi.core.bootstrap import Interval
 from tfi.core.classes import PROBABILITY_COLUMNS
 from tfi.core.config import RegistryConfig
@@ -38,6 +39,7 @@ from tfi.runtime.interrupts import critical_section
 log = logging.getLogger(__name__)
 
 SERVING_CODE = Path(__file__).with_name("serving_model.py")
+CLASS_SHARES_CODE = Path(class_shares.__file__)
 REPORT_FILES = ("confusion_matrix.png", "classification_report.json", "classification_report.txt")
 _RUNTIME = ("mlflow", "lightgbm", "numpy", "pandas", "scipy")
 
@@ -61,12 +63,15 @@ def log_model(
     features: Sequence[str],
     input_example: pd.DataFrame,
     report_dir: Path,
-    decision_weights: Sequence[float] = (1.0, 1.0, 1.0),
+    decision: Mapping[str, Any] | None = None,
 ) -> str:
     """Log the pyfunc model from run ``run_id``, with the report files beside its MLmodel.
 
-    Returns the logged model's URI.
+    ``decision`` is the class decision (:meth:`tfi.core.decision.Decision.as_dict`; argmax when
+    None). The model carries :mod:`tfi.core.class_shares` beside its code, so it decides as
+    tfi does without tfi installed. Returns the logged model's URI.
     """
+    decision = dict(decision or {"rule": "argmax", "weights": [1.0, 1.0, 1.0]})
     missing = [name for name in REPORT_FILES if not (report_dir / name).is_file()]
     if missing:
         raise StageError(f"cannot log the model without its report files {missing}")
@@ -81,9 +86,10 @@ def log_model(
             name="model",
             python_model=str(SERVING_CODE),
             artifacts={"booster": str(booster_file)},
+            code_paths=[str(CLASS_SHARES_CODE)],
             model_config={
                 "features": list(features),
-                "decision_weights": [float(w) for w in decision_weights],
+                "decision": decision,
             },
             signature=signature(features),
             input_example=input_example,

@@ -1,10 +1,15 @@
 """The logged model ("models from code"): raw feature columns in, class and probabilities out.
 
-Self-contained on purpose: it imports only LightGBM, NumPy, pandas and MLflow, so the logged
+Self-contained on purpose: it imports only LightGBM, NumPy, pandas, MLflow and
+``class_shares`` (:mod:`tfi.core.class_shares`, logged beside it as a code path), so the logged
 model loads wherever those are installed, without tfi. The booster travels as LightGBM's own
-text file (an artifact); the feature list and the class decision's weights (fitted on
-out-of-fold CV predictions, see ``tfi.core.decision``) are the model config. The decided class is
-``argmax(probabilities * weights)``; the probabilities are returned as LightGBM gives them.
+text file (an artifact); the feature list and the class decision (:mod:`tfi.core.decision`: its
+rule and weights) are the model config. The probabilities are returned as LightGBM gives them.
+
+The decided class: ``argmax(probabilities * weights)``; under the ``shares`` rule, the weights
+follow the request's own earlier rows (taken in time order, one per bar), so a request with
+fewer than the decision's ``min_rows`` rows (a single row, say) gets the training prior's
+weights, as the first rows of a longer one do.
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import set_model
 
+try:  # the copy logged with the model, which decided its test period
+    from class_shares import trailing_share_classes
+except ImportError:  # imported from the tfi package itself
+    from tfi.core.class_shares import trailing_share_classes
+
 FLOW_COLUMNS = ("bid_qty", "ask_qty", "buy_qty", "sell_qty", "volume")  # quantities: never < 0
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -25,7 +35,7 @@ class TradeFlowClassifier(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         self.features = list(context.model_config["features"])
-        self.weights = np.asarray(context.model_config.get("decision_weights", [1.0, 1.0, 1.0]))
+        self.decision = dict(context.model_config["decision"])
         self.booster = lightgbm.Booster(model_file=context.artifacts["booster"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
@@ -58,13 +68,20 @@ class TradeFlowClassifier(mlflow.pyfunc.PythonModel):
         proba = self.booster.predict(values) if len(values) else np.empty((0, 3))
         return pd.DataFrame(
             {
-                "prediction": np.argmax(proba * self.weights, axis=1).astype(np.int64) - 1,
+                "prediction": self._classes(proba).astype(np.int64) - 1,
                 "p_sell": proba[:, 0],
                 "p_neutral": proba[:, 1],
                 "p_buy": proba[:, 2],
             },
             index=model_input.index,
         )
+
+    def _classes(self, proba: np.ndarray) -> np.ndarray:
+        weights = tuple(float(w) for w in self.decision["weights"])
+        if self.decision["rule"] == "shares":
+            window, min_rows = int(self.decision["window"]), int(self.decision["min_rows"])
+            return trailing_share_classes(proba, weights, window, min_rows)  # type: ignore[arg-type]
+        return np.argmax(proba * np.asarray(weights), axis=1)
 
 
 def _bad_input(message: str) -> MlflowException:

@@ -11,6 +11,7 @@ import mlflow.pyfunc
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from tfi.core.decision import Decision
 from tfi.core.errors import StageError
 
 ALLOWED_SCHEMES = ("models:/", "runs:/")
@@ -34,6 +35,12 @@ class ServedModel:
         if schema is None or not schema.has_input_names():
             raise StageError("the model has no named input signature: not a tfi model")
         self.features: list[str] = list(schema.input_names())
+        config = self._model.model_config or {}
+        described = dict(config.get("decision", {"rule": "argmax", "weights": [1.0, 1.0, 1.0]}))
+        # The class decision the model applies to the rows of one predict call.
+        self.decision = Decision(
+            str(described.pop("rule")), tuple(described.pop("weights")), **described
+        )
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """``prediction`` (-1/0/1) and the class probabilities, one row per input row."""
