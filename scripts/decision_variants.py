@@ -6,7 +6,7 @@ Reads ``panel.json`` (each case's prior weights) and ``cases/*.parquet`` (labels
 tfi's probabilities) written by ``scripts/panel.py`` and decides each case's test rows, in
 order, with each variant: the weights alone (``prior``), one score held at its trailing
 quantiles, the sell and buy log-odds each at its own trailing quantile, and
-:mod:`tfi.core.class_shares` over several windows. Prints tfi − persistence pooled over the
+:mod:`tfi.core.model.class_shares` over several windows. Prints tfi − persistence pooled over the
 cases with its 95% interval and the cases won, as ``panel.py`` reports them.
 """
 
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tfi.core import bootstrap
-from tfi.core.class_shares import decide_log_odds, log_odds, trailing_share_classes
 from tfi.core.classes import PROBABILITY_COLUMNS
-from tfi.core.metrics import score
+from tfi.core.evaluation import bootstrap
+from tfi.core.evaluation.metrics import score
+from tfi.core.model.class_shares import decide_log_odds, log_odds, trailing_share_classes
 
 Variant = Callable[[np.ndarray, tuple[float, float, float]], np.ndarray]
 DAY = 1440

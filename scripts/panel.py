@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tfi.core import bootstrap
-from tfi.core import data as data_io
-from tfi.core.backtest import REFERENCES, TFI, Window
 from tfi.core.classes import PROBABILITY_COLUMNS
-from tfi.core.config import ExperimentConfig, load_config
-from tfi.core.metrics import score
+from tfi.core.config.experiment import ExperimentConfig, load_config
+from tfi.core.data import sources as data_io
+from tfi.core.evaluation import bootstrap
+from tfi.core.evaluation.backtest import REFERENCES, TFI, Window
+from tfi.core.evaluation.metrics import score
 from tfi.stages.backtest import evaluate_window
 from tfi.stages.session import available_cores, configure_logging
 

@@ -24,8 +24,8 @@ import optuna
 from optuna.trial import TrialState
 
 from tfi import pipeline
-from tfi.core.config import load_config
-from tfi.core.cv import reference_cv
+from tfi.core.config.experiment import load_config
+from tfi.core.model.cv import reference_cv
 from tfi.search import study as studies
 from tfi.search.candidates import record_defaults
 from tfi.stages import train

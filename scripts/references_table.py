@@ -20,7 +20,7 @@ from pathlib import Path
 import mlflow
 
 from tfi import pipeline
-from tfi.core.config import load_config
+from tfi.core.config.experiment import load_config
 from tfi.stages.session import Session
 
 ROWS = ("tfi (tuned)", "lightgbm defaults", "persistence", "majority class")

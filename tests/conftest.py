@@ -15,7 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tfi.core.config import ExperimentConfig, load_config
+from tfi.core.config.experiment import ExperimentConfig, load_config
 
 from .helpers import SMOKE, isolate_tracking
 

@@ -14,7 +14,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from tfi.core.config import TuningConfig
+from tfi.core.config.experiment import TuningConfig
 from tfi.search import trial_loop
 from tfi.search.study import SharedStudy, open_storage
 

@@ -139,3 +139,26 @@ def test_nothing_in_core_touches_process_state():
             ):
                 offenders.append(f"{module}:{node.lineno}: {node.value.id}.{node.attr}")
     assert not offenders, offenders
+
+
+# tfi.core's parts, in the order they may import each other: each only the ones before it;
+# the modules at core's root (classes, errors, keys) none of them.
+CORE_PARTS = ("config", "data", "labels", "selection", "evaluation", "model")
+
+
+def test_the_parts_of_core_import_only_the_parts_before_them():
+    offenders = []
+    for module, path in MODULES.items():
+        if not _matches(module, "tfi.core") or module == "tfi.core":
+            continue
+        part = module.split(".")[2]
+        allowed = CORE_PARTS[: CORE_PARTS.index(part) + 1] if part in CORE_PARTS else ()
+        for name in _imports(path, module):
+            if _matches(name, "tfi.core") and name.count(".") >= 2:
+                used = name.split(".")[2]
+                if used in CORE_PARTS and used not in allowed:
+                    offenders.append(f"{module} imports {name}")
+    assert not offenders, offenders
+    assert {path.parent.name for path in (PACKAGE / "core").glob("*/__init__.py")} == set(
+        CORE_PARTS
+    )

@@ -12,9 +12,9 @@ import pytest
 from mlflow import MlflowClient
 
 from tfi import pipeline
-from tfi.core import data as data_io
-from tfi.core.backtest import walk_forward_windows
+from tfi.core.data import sources as data_io
 from tfi.core.errors import SplitError
+from tfi.core.evaluation.backtest import walk_forward_windows
 from tfi.stages.backtest import evaluate_window
 from tfi.stages.session import Session
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from tfi.core.config import load_config
+from tfi.core.config.experiment import load_config
 
 from .helpers import PYTHON, SMOKE, mlflow_run, subprocess_env
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from tfi.core.bootstrap import Scored, day_blocks, paired_difference
+from tfi.core.evaluation.bootstrap import Scored, day_blocks, paired_difference
 
 ROWS = 14 * 1440  # two weeks of minutes
 

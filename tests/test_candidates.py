@@ -7,8 +7,8 @@ import pytest
 from mlflow import MlflowClient
 
 from tfi import pipeline
-from tfi.core.config import IntParam
-from tfi.core.cv import FoldScore
+from tfi.core.config.experiment import IntParam
+from tfi.core.model.cv import FoldScore
 from tfi.search import candidates
 from tfi.search.objective import FOLDS_ATTR
 from tfi.stages.session import Session

@@ -5,7 +5,7 @@ import re
 import pytest
 import yaml
 
-from tfi.core.config import load_config
+from tfi.core.config.experiment import load_config
 from tfi.core.errors import ConfigError
 
 from .helpers import ROOT, SMOKE

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tfi.core.config import DataConfig
-from tfi.core.data import load, source_digest
+from tfi.core.config.experiment import DataConfig
+from tfi.core.data.sources import load, source_digest
 from tfi.core.errors import DataError, TfiError
-from tfi.core.labelled import prepare_labels
-from tfi.core.labels import future_imbalance
+from tfi.core.labels.imbalance import future_imbalance
+from tfi.core.labels.labelled import prepare_labels
 
 from .helpers import bars
 

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from tfi.core.class_shares import BLOCK_ROWS, share_weights, trailing_share_classes
-from tfi.core.config import load_config
-from tfi.core.decision import ARGMAX, Decision, decide, fit_weights, prior_decision
-from tfi.core.metrics import score as macro_f1
+from tfi.core.config.experiment import load_config
+from tfi.core.evaluation.metrics import score as macro_f1
+from tfi.core.model.class_shares import BLOCK_ROWS, share_weights, trailing_share_classes
+from tfi.core.model.decision import ARGMAX, Decision, decide, fit_weights, prior_decision
 
 from .helpers import SMOKE
 

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from tfi import pipeline
-from tfi.core.config import CategoricalParam
+from tfi.core.config.experiment import CategoricalParam
 from tfi.search import lock
 from tfi.search import study as studies
 from tfi.search.trial_loop import WORKER_ATTR

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfi.core.bars import bar_features
-from tfi.core.config import DataConfig
-from tfi.core.data import load, source_digest
+from tfi.core.config.experiment import DataConfig
+from tfi.core.data.bars import bar_features
+from tfi.core.data.klines import COLUMNS
+from tfi.core.data.sources import load, source_digest
 from tfi.core.errors import DataError
-from tfi.core.klines import COLUMNS
 
 from .helpers import ROOT
 

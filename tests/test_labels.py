@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfi.core.labels import (
+from tfi.core.labels.imbalance import (
     Thresholds,
     classify,
     fit_thresholds,
@@ -87,9 +87,9 @@ def test_trailing_imbalance_is_known_at_t():
 
 
 def test_bar_minutes_that_do_not_match_the_data_are_named(smoke_config):
-    from tfi.core import data as data_io
+    from tfi.core.data import sources as data_io
     from tfi.core.errors import SplitError
-    from tfi.core.labelled import prepare_labels
+    from tfi.core.labels.labelled import prepare_labels
 
     config = smoke_config.with_overrides(**{"data.bar_minutes": 5})
     data = data_io.load(smoke_config.data)

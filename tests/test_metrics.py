@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score
 
-from tfi.core.metrics import classification_metrics, score
+from tfi.core.evaluation.metrics import classification_metrics, score
 
 
 @pytest.mark.parametrize("seed", range(5))

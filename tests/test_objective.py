@@ -5,11 +5,11 @@ import numpy as np
 import optuna
 import pytest
 
-from tfi.core.config import IntParam
-from tfi.core.cv import build_folds, fit_fold, lightgbm_params, score_fold
-from tfi.core.decision import ARGMAX
-from tfi.core.metrics import classification_metrics
-from tfi.core.split import Fold
+from tfi.core.config.experiment import IntParam
+from tfi.core.evaluation.metrics import classification_metrics
+from tfi.core.labels.split import Fold
+from tfi.core.model.cv import build_folds, fit_fold, lightgbm_params, score_fold
+from tfi.core.model.decision import ARGMAX
 from tfi.search.objective import FOLDS_ATTR, CVObjective, fold_scores
 
 

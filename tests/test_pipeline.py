@@ -22,10 +22,10 @@ import yaml
 from mlflow import MlflowClient
 
 from tfi import pipeline
-from tfi.core import synthetic
-from tfi.core.config import CategoricalParam, load_config
-from tfi.core.data import load
-from tfi.core.labelled import LabelledData, training_folds
+from tfi.core.config.experiment import CategoricalParam, load_config
+from tfi.core.data import synthetic
+from tfi.core.data.sources import load
+from tfi.core.labels.labelled import LabelledData, training_folds
 from tfi.stages.session import Session
 
 from .helpers import PYTHON, ROOT, SMOKE, isolate_tracking, subprocess_env

@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tfi import pipeline
-from tfi.core import synthetic
+from tfi.core.data import synthetic
 from tfi.core.errors import TrackingError
 from tfi.stages.session import Session
 
@@ -103,7 +103,7 @@ def test_an_explicit_study_name_is_not_reused_for_other_inputs(store, smoke_conf
 
 def test_no_tuning_fold_trains_on_features_chosen_with_its_validation_rows(store, smoke_config):
     """A CV fold's inputs stay bit-identical when its validation block and later rows change."""
-    from tfi.core.labelled import training_folds
+    from tfi.core.labels.labelled import training_folds
     from tfi.stages.cv_setup import cv_setup
 
     frame = synthetic.frame(smoke_config.data.synthetic).astype(np.float64)
@@ -135,7 +135,7 @@ def test_no_tuning_fold_trains_on_features_chosen_with_its_validation_rows(store
 
 
 def _comparison(difference: float, low: float):
-    from tfi.core.bootstrap import Interval
+    from tfi.core.evaluation.bootstrap import Interval
     from tfi.tracking.registry import Comparison
 
     interval = Interval(difference, low, difference + (difference - low), 0.8, 20)
@@ -242,8 +242,8 @@ def test_a_stop_during_registration_waits_until_version_alias_and_tags_agree(
 def test_the_shares_decision_is_served_as_the_run_evaluated_it(store, smoke_config):
     """Under ``shares`` the served model, given the test rows in order, decides them as the
     train run did; the rows before ``decision_min_rows`` get the prior weights."""
-    from tfi.core.data import load
-    from tfi.core.decision import Decision
+    from tfi.core.data.sources import load
+    from tfi.core.model.decision import Decision
 
     settings = {"tuning.decision": "shares", "tuning.decision_window": 240}
     trained = _main(smoke_config, **settings, **{"tuning.decision_min_rows": 60})

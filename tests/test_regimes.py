@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfi.core import synthetic
-from tfi.core.config import SyntheticSpec
-from tfi.core.evaluate import by_period, carried_class
-from tfi.core.labels import (
+from tfi.core.config.experiment import SyntheticSpec
+from tfi.core.data import synthetic
+from tfi.core.evaluation.report import by_period, carried_class
+from tfi.core.labels.imbalance import (
     RowThresholds,
     classify,
     fit_thresholds,

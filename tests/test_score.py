@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tfi.core.decision import ARGMAX, Decision
+from tfi.core.model.decision import ARGMAX, Decision
 from tfi.stages.score import warm_up
 
 

@@ -5,14 +5,14 @@ import pytest
 from sklearn.linear_model import Lasso
 from sklearn.preprocessing import StandardScaler
 
-from tfi.core import synthetic
-from tfi.core.config import DataConfig, SelectionConfig, SyntheticSpec
-from tfi.core.data import load
+from tfi.core.config.experiment import DataConfig, SelectionConfig, SyntheticSpec
+from tfi.core.data import synthetic
+from tfi.core.data.sources import load
 from tfi.core.errors import SelectionError
-from tfi.core.labelled import prepare_labels, training_folds
-from tfi.core.lasso import LassoPath, block_moments, standardise, validation_mse
-from tfi.core.select import SelectionProblem, _apply_rules, select_features, select_nested
-from tfi.core.split import TRAIN, Fold
+from tfi.core.labels.labelled import prepare_labels, training_folds
+from tfi.core.labels.split import TRAIN, Fold
+from tfi.core.selection.lasso import LassoPath, block_moments, standardise, validation_mse
+from tfi.core.selection.select import SelectionProblem, _apply_rules, select_features, select_nested
 
 
 def _problem(n=3000, p=12, seed=0):
@@ -266,7 +266,7 @@ def test_one_huge_value_does_not_overflow_the_moments(caplog):
     X[1500, 7] = 1e20
     folds = [Fold(900, 1000, 2000), Fold(1900, 2000, 3000)]
     config = SelectionConfig(n_alphas=10, max_features=None, patience=None)
-    with caplog.at_level("WARNING", logger="tfi.core.select"):
+    with caplog.at_level("WARNING", logger="tfi.core.selection.select"):
         selection = select_features(X, y, folds, [f"f{i}" for i in range(12)], config)
     assert np.isfinite(selection.cv_mse).all()
     assert {"f0", "f3"} <= set(selection.selected) and "f7" not in selection.selected

@@ -8,7 +8,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from tfi.core.cv import lightgbm_params
+from tfi.core.model.cv import lightgbm_params
 
 
 def test_the_served_model_refuses_negative_flow():
@@ -43,7 +43,7 @@ def test_the_logged_model_decides_with_trailing_shares_as_tfi_does(store):
     import pandas as pd
     from mlflow import MlflowClient
 
-    from tfi.core.decision import Decision
+    from tfi.core.model.decision import Decision
     from tfi.tracking import registry
 
     rng = np.random.default_rng(3)

@@ -4,10 +4,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfi.core.data import load
+from tfi.core.data.sources import load
 from tfi.core.errors import SplitError
-from tfi.core.labelled import LabelledData, fold_labels, prepare_labels, training_folds
-from tfi.core.split import PURGED, TEST, TRAIN, UNLABELLED, assign_periods, walk_forward_folds
+from tfi.core.labels.labelled import LabelledData, fold_labels, prepare_labels, training_folds
+from tfi.core.labels.split import (
+    PURGED,
+    TEST,
+    TRAIN,
+    UNLABELLED,
+    assign_periods,
+    walk_forward_folds,
+)
 
 from .helpers import bars
 

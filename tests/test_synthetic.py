@@ -5,12 +5,12 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from tfi.core import synthetic
 from tfi.core.classes import lightgbm_classes
-from tfi.core.config import DataConfig, SyntheticSpec
-from tfi.core.data import load
-from tfi.core.labelled import prepare_labels
-from tfi.core.split import TEST, TRAIN
+from tfi.core.config.experiment import DataConfig, SyntheticSpec
+from tfi.core.data import synthetic
+from tfi.core.data.sources import load
+from tfi.core.labels.labelled import prepare_labels
+from tfi.core.labels.split import TEST, TRAIN
 
 SPEC = SyntheticSpec(rows=6000, features=30, informative=4, collinear=3, seed=3)
 

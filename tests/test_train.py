@@ -2,8 +2,8 @@
 
 import pytest
 
-from tfi.core.cv import FoldScore
-from tfi.core.fit import champion_rounds
+from tfi.core.model.cv import FoldScore
+from tfi.core.model.fit import champion_rounds
 
 
 def folds(best_iterations: list[int], rows: list[int]) -> list[FoldScore]:

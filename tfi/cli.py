@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tfi.core.config import DEFAULT_CONFIG, ExperimentConfig, load_config
+from tfi.core.config.experiment import DEFAULT_CONFIG, ExperimentConfig, load_config
 from tfi.core.errors import TfiError
 from tfi.runtime import interrupts
 from tfi.runtime.uris import mask_text

@@ -12,8 +12,8 @@ import logging
 import time
 from pathlib import Path
 
-from tfi.core import data as data_io
 from tfi.core import keys
+from tfi.core.data import sources as data_io
 from tfi.stages import backtest, prepare, select, train, tune
 from tfi.stages.outputs import Prepared, Selected, Trained, Tuned
 from tfi.stages.session import Session

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from tfi.bench.quality import time_to_quality, trial_summary
-from tfi.core.config import ExperimentConfig, SyntheticSpec, load_config
+from tfi.core.config.experiment import ExperimentConfig, SyntheticSpec, load_config
 from tfi.core.errors import StageError
 from tfi.runtime import logs
 from tfi.runtime.uris import mask_text
@@ -283,7 +283,7 @@ def _peak_rss_gb() -> float:
 
 
 def _generate(spec: dict[str, Any], path: str) -> None:
-    from tfi.core import synthetic
+    from tfi.core.data import synthetic
 
     synthetic.write_parquet(SyntheticSpec(**spec), path)
 

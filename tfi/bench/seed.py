@@ -42,14 +42,14 @@ from sklearn.model_selection import TimeSeriesSplit
 from sklearn.preprocessing import StandardScaler
 
 from tfi.bench.quality import time_to_quality, trial_summary
-from tfi.core import data as data_io
 from tfi.core.classes import lightgbm_classes
-from tfi.core.config import ExperimentConfig
-from tfi.core.cv import lightgbm_params
-from tfi.core.data import FLOW, MarketData
-from tfi.core.decision import ARGMAX, Decision, decide
-from tfi.core.labelled import prepare_labels
-from tfi.core.split import TEST, UNLABELLED
+from tfi.core.config.experiment import ExperimentConfig
+from tfi.core.data import sources as data_io
+from tfi.core.data.sources import FLOW, MarketData
+from tfi.core.labels.labelled import prepare_labels
+from tfi.core.labels.split import TEST, UNLABELLED
+from tfi.core.model.cv import lightgbm_params
+from tfi.core.model.decision import ARGMAX, Decision, decide
 from tfi.search.objective import suggest
 
 log = logging.getLogger(__name__)

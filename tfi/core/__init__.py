@@ -1,4 +1,4 @@
-"""The pure core: config, data, labels, folds, feature selection, LightGBM fits, metrics.
+"""The pure core: config, data, labels and folds, feature selection, LightGBM fits, evaluation.
 
 Arrays and DataFrames in, results out. Must not import MLflow, Optuna, or any tfi package
 above it (``search``, ``tracking``, ``stages``, ``bench``, ``pipeline``, ``cli``).

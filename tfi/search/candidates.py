@@ -25,8 +25,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tfi.core import keys
-from tfi.core.config import TuningConfig
-from tfi.core.cv import FoldScore
+from tfi.core.config.experiment import TuningConfig
+from tfi.core.model.cv import FoldScore
 from tfi.search.objective import FOLDS_ATTR
 
 DEFAULTS_ATTR = keys.DEFAULTS_FOLDS

@@ -1,9 +1,9 @@
 """The Optuna objective: a trial's parameters cross-validated fold by fold, prunable per fold.
 
 :class:`CVObjective` is called by Optuna for every trial. It samples the configured search space,
-runs :func:`tfi.core.cv.cross_validate` over folds binned once, records per-fold results in the
-trial's user attributes (:data:`FOLDS_ATTR`, read back by :func:`fold_scores`) and reports each
-fold's score (smallest training set first) so that a pruner can stop a hopeless trial early.
+runs :func:`tfi.core.model.cv.cross_validate` over folds binned once, records per-fold results
+in the trial's user attributes (:data:`FOLDS_ATTR`, read back by :func:`fold_scores`) and reports
+each fold's score (smallest training set first) so that a pruner can stop a hopeless trial early.
 """
 
 from __future__ import annotations
@@ -16,8 +16,14 @@ from typing import Any
 import numpy as np
 import optuna
 
-from tfi.core.config import CategoricalParam, FloatParam, IntParam, ParamSpec, TuningConfig
-from tfi.core.cv import FoldData, FoldScore, OutOfFold, cross_validate, lightgbm_params
+from tfi.core.config.experiment import (
+    CategoricalParam,
+    FloatParam,
+    IntParam,
+    ParamSpec,
+    TuningConfig,
+)
+from tfi.core.model.cv import FoldData, FoldScore, OutOfFold, cross_validate, lightgbm_params
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from tfi.core import keys
-from tfi.core.config import TuningConfig
+from tfi.core.config.experiment import TuningConfig
 from tfi.core.errors import TrackingError
 from tfi.runtime.interrupts import critical, critical_section
 from tfi.runtime.uris import mask_text, mask_uri

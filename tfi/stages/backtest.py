@@ -1,8 +1,8 @@
 """The backtest stage: walk-forward evaluation over the last windows of one dataset.
 
-For each window (:mod:`tfi.core.backtest`) the whole pipeline runs again on the rows before it:
-labels and thresholds, per-fold LASSO selection, the CV set-up, LightGBM's defaults on the folds,
-tuning (an in-memory Optuna study per window, one on the first window, or none:
+For each window (:mod:`tfi.core.evaluation.backtest`) the whole pipeline runs again on the rows
+before it: labels and thresholds, per-fold LASSO selection, the CV set-up, LightGBM's defaults
+on the folds, tuning (an in-memory Optuna study per window, one on the first window, or none:
 ``backtest.retune``), the champion's fit and decision, and the references on the window
 (:func:`tfi.stages.train_report.build_report`, the train stage's own report). Nothing is
 registered: a backtest measures, it does not promote.
@@ -22,9 +22,12 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
-from tfi.core import evaluate as ev
 from tfi.core import keys
-from tfi.core.backtest import (
+from tfi.core.config.experiment import ExperimentConfig
+from tfi.core.data.sources import MarketData
+from tfi.core.errors import StageError
+from tfi.core.evaluation import report as ev
+from tfi.core.evaluation.backtest import (
     REFERENCES,
     TFI,
     Window,
@@ -36,12 +39,9 @@ from tfi.core.backtest import (
     window_differences,
     window_table,
 )
-from tfi.core.bootstrap import Interval
-from tfi.core.config import ExperimentConfig
-from tfi.core.cv import OutOfFold, reference_cv
-from tfi.core.data import MarketData
-from tfi.core.errors import StageError
-from tfi.core.labelled import prepare_labels
+from tfi.core.evaluation.bootstrap import Interval
+from tfi.core.labels.labelled import prepare_labels
+from tfi.core.model.cv import OutOfFold, reference_cv
 from tfi.search import candidates
 from tfi.search import study as studies
 from tfi.search.objective import FOLDS_ATTR

@@ -15,15 +15,15 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
-from tfi.core import evaluate as ev
 from tfi.core.classes import lightgbm_classes
-from tfi.core.config import ExperimentConfig
-from tfi.core.cv import OutOfFold, lightgbm_params
-from tfi.core.data import MarketData
-from tfi.core.decision import Decision, decide
-from tfi.core.fit import champion_rounds, fit_booster
-from tfi.core.labelled import LabelledData
-from tfi.core.split import TEST, TRAIN
+from tfi.core.config.experiment import ExperimentConfig
+from tfi.core.data.sources import MarketData
+from tfi.core.evaluation import report as ev
+from tfi.core.labels.labelled import LabelledData
+from tfi.core.labels.split import TEST, TRAIN
+from tfi.core.model.cv import OutOfFold, lightgbm_params
+from tfi.core.model.decision import Decision, decide
+from tfi.core.model.fit import champion_rounds, fit_booster
 from tfi.search.candidates import candidate_params, describe
 from tfi.search.objective import fold_scores
 from tfi.stages.cv_setup import cv_setup

@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 from optuna.trial import FrozenTrial
 
-from tfi.core import evaluate as ev
 from tfi.core.classes import lightgbm_classes
-from tfi.core.config import ExperimentConfig, TuningConfig
-from tfi.core.cv import FoldScore, OutOfFold, build_folds, cross_validate, lightgbm_params
-from tfi.core.data import MarketData
-from tfi.core.labelled import LabelledData, fold_labels, training_folds
-from tfi.core.labels import trailing_imbalance
-from tfi.core.split import TRAIN
+from tfi.core.config.experiment import ExperimentConfig, TuningConfig
+from tfi.core.data.sources import MarketData
+from tfi.core.evaluation import report as ev
+from tfi.core.labels.imbalance import trailing_imbalance
+from tfi.core.labels.labelled import LabelledData, fold_labels, training_folds
+from tfi.core.labels.split import TRAIN
+from tfi.core.model.cv import FoldScore, OutOfFold, build_folds, cross_validate, lightgbm_params
 from tfi.search import candidates
 from tfi.search.objective import CVObjective
 from tfi.stages.outputs import Prepared, Selected, check_alignment

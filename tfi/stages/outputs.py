@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 from optuna.trial import FrozenTrial
 
-from tfi.core.data import MarketData
+from tfi.core.data.sources import MarketData
 from tfi.core.errors import StageError
-from tfi.core.labelled import LabelledData
+from tfi.core.labels.labelled import LabelledData
 from tfi.tracking.registry import Promotion
 
 

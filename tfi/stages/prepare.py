@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from tfi.core.labelled import LabelledData, prepare_labels
+from tfi.core.labels.labelled import LabelledData, prepare_labels
 from tfi.stages.outputs import Prepared
 from tfi.stages.session import Session
 from tfi.tracking import runs as tracking

@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from tfi.core import bars
-from tfi.core import data as data_io
 from tfi.core.classes import NAME_OF, PROBABILITY_COLUMNS
-from tfi.core.config import ExperimentConfig
-from tfi.core.data import MarketData
-from tfi.core.decision import Decision
+from tfi.core.config.experiment import ExperimentConfig
+from tfi.core.data import bars
+from tfi.core.data import sources as data_io
+from tfi.core.data.sources import MarketData
 from tfi.core.errors import StageError
+from tfi.core.model.decision import Decision
 from tfi.tracking import runs as tracking
 from tfi.tracking import store
 from tfi.tracking.loaded_models import ServedModel

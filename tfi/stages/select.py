@@ -13,17 +13,17 @@ import time
 import numpy as np
 
 from tfi.core import keys
-from tfi.core.config import CVConfig, ExperimentConfig, SelectionConfig
-from tfi.core.data import MarketData
-from tfi.core.labelled import LabelledData, fold_labels, training_folds
-from tfi.core.select import (
+from tfi.core.config.experiment import CVConfig, ExperimentConfig, SelectionConfig
+from tfi.core.data.sources import MarketData
+from tfi.core.labels.labelled import LabelledData, fold_labels, training_folds
+from tfi.core.labels.split import TRAIN, Fold
+from tfi.core.selection.select import (
     LassoSelection,
     SelectionProblem,
     coefficient_figure,
     path_figure,
     select_nested,
 )
-from tfi.core.split import TRAIN, Fold
 from tfi.stages.outputs import Prepared, Selected, check_alignment
 from tfi.stages.session import Session
 from tfi.tracking import runs as tracking

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from optuna.storages import RDBStorage
 
-from tfi.core import data as data_io
-from tfi.core.config import ExperimentConfig
-from tfi.core.data import MarketData
+from tfi.core.config.experiment import ExperimentConfig
+from tfi.core.data import sources as data_io
+from tfi.core.data.sources import MarketData
 from tfi.runtime import logs
 from tfi.runtime.uris import inside, sqlite_path
 from tfi.search import study as studies

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tfi.core import evaluate as ev
 from tfi.core import keys
 from tfi.core.classes import PROBABILITY_COLUMNS, labels_of
-from tfi.core.config import ExperimentConfig
-from tfi.core.data import MarketData
+from tfi.core.config.experiment import ExperimentConfig
+from tfi.core.data.sources import MarketData
+from tfi.core.evaluation import report as ev
 from tfi.runtime.interrupts import critical
 from tfi.search.lock import registry_lock
 from tfi.stages.champion import Champion, TrainTest, cv_evidence, fit_champion

@@ -17,19 +17,20 @@ import numpy as np
 import pandas as pd
 from optuna.trial import FrozenTrial
 
-from tfi.core import bootstrap, keys
-from tfi.core import evaluate as ev
-from tfi.core.bootstrap import Interval
+from tfi.core import keys
 from tfi.core.classes import NAMES, PROBABILITY_COLUMNS, lightgbm_classes
-from tfi.core.config import ExperimentConfig
-from tfi.core.cv import lightgbm_params
-from tfi.core.data import MarketData
-from tfi.core.decision import prior_decision
+from tfi.core.config.experiment import ExperimentConfig
+from tfi.core.data.sources import MarketData
 from tfi.core.errors import StageError, TfiError
-from tfi.core.fit import champion_rounds, fit_booster
-from tfi.core.labelled import LabelledData
-from tfi.core.labels import trailing_imbalance
-from tfi.core.metrics import classification_metrics
+from tfi.core.evaluation import bootstrap
+from tfi.core.evaluation import report as ev
+from tfi.core.evaluation.bootstrap import Interval
+from tfi.core.evaluation.metrics import classification_metrics
+from tfi.core.labels.imbalance import trailing_imbalance
+from tfi.core.labels.labelled import LabelledData
+from tfi.core.model.cv import lightgbm_params
+from tfi.core.model.decision import prior_decision
+from tfi.core.model.fit import champion_rounds, fit_booster
 from tfi.search import candidates
 from tfi.search.objective import fold_scores
 from tfi.stages.champion import Champion, TrainTest
@@ -247,7 +248,7 @@ def _reference(label: str, y: np.ndarray, proba: np.ndarray, predicted: np.ndarr
 def _defaults_on_test(
     cfg: ExperimentConfig, split: TrainTest, defaults: FrozenTrial | None
 ) -> tuple[np.ndarray, int]:
-    """LightGBM's defaults as CV scored them (:func:`tfi.core.cv.reference_cv`), trained on
+    """LightGBM's defaults as CV scored them (:func:`tfi.core.model.cv.reference_cv`), trained on
     every training row: trees from their folds' best iterations, the tuning's bins."""
     threads = available_cores()
     params, max_rounds = lightgbm_params({}, threads, cfg.tuning.seed)

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tfi.core.config import ExperimentConfig, TuningConfig
-from tfi.core.cv import reference_cv
+from tfi.core.config.experiment import ExperimentConfig, TuningConfig
 from tfi.core.errors import StageError, TfiError
+from tfi.core.model.cv import reference_cv
 from tfi.runtime import interrupts
 from tfi.search import candidates, patience, trial_loop, workers
 from tfi.search import study as studies

@@ -15,8 +15,8 @@ import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from tfi.core import keys
-from tfi.core.cv import lightgbm_params
 from tfi.core.errors import StageError
+from tfi.core.model.cv import lightgbm_params
 from tfi.runtime.uris import mask_uri
 from tfi.search import candidates
 from tfi.search import study as studies

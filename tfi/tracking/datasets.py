@@ -16,7 +16,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.types import ColSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from tfi.core.data import MarketData
+from tfi.core.data.sources import MarketData
 
 
 def dataset_input(data: MarketData, context: str) -> DatasetInput:
@@ -24,7 +24,7 @@ def dataset_input(data: MarketData, context: str) -> DatasetInput:
     source: CodeDatasetSource | LocalArtifactDatasetSource
     if data.source.startswith("synthetic("):
         source_type = "code"  # MLflow's names for these two source classes
-        source = CodeDatasetSource({"generator": "tfi.core.synthetic", "spec": data.source})
+        source = CodeDatasetSource({"generator": "tfi.core.data.synthetic", "spec": data.source})
     else:
         source_type = "local"
         source = LocalArtifactDatasetSource(str(Path(data.source).resolve()))

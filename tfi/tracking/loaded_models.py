@@ -11,8 +11,8 @@ import mlflow.pyfunc
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from tfi.core.decision import Decision
 from tfi.core.errors import StageError
+from tfi.core.model.decision import Decision
 
 ALLOWED_SCHEMES = ("models:/", "runs:/")
 

@@ -29,11 +29,12 @@ from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
-from tfi.core import class_shares, keys
-from tfi.core.bootstrap import Interval
+from tfi.core import keys
 from tfi.core.classes import PROBABILITY_COLUMNS
-from tfi.core.config import RegistryConfig
+from tfi.core.config.experiment import RegistryConfig
 from tfi.core.errors import StageError
+from tfi.core.evaluation.bootstrap import Interval
+from tfi.core.model import class_shares
 from tfi.runtime.interrupts import critical_section
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,9 @@ def log_model(
 ) -> str:
     """Log the pyfunc model from run ``run_id``, with the report files beside its MLmodel.
 
-    ``decision`` is the class decision (:meth:`tfi.core.decision.Decision.as_dict`; argmax when
-    None). The model carries :mod:`tfi.core.class_shares` beside its code, so it decides as
-    tfi does without tfi installed. Returns the logged model's URI.
+    ``decision`` is the class decision (:meth:`tfi.core.model.decision.Decision.as_dict`;
+    argmax when None). The model carries :mod:`tfi.core.model.class_shares` beside its code, so
+    it decides as tfi does without tfi installed. Returns the logged model's URI.
     """
     decision = dict(decision or {"rule": "argmax", "weights": [1.0, 1.0, 1.0]})
     missing = [name for name in REPORT_FILES if not (report_dir / name).is_file()]

@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from tfi.core import keys
-from tfi.core.data import MarketData
+from tfi.core.data.sources import MarketData
 from tfi.core.errors import TfiError
 from tfi.runtime.interrupts import critical, critical_section
 from tfi.runtime.uris import mask_text

@@ -1,10 +1,11 @@
 """The logged model ("models from code"): raw feature columns in, class and probabilities out.
 
 Self-contained on purpose: it imports only LightGBM, NumPy, pandas, MLflow and
-``class_shares`` (:mod:`tfi.core.class_shares`, logged beside it as a code path), so the logged
-model loads wherever those are installed, without tfi. The booster travels as LightGBM's own
-text file (an artifact); the feature list and the class decision (:mod:`tfi.core.decision`: its
-rule and weights) are the model config. The probabilities are returned as LightGBM gives them.
+``class_shares`` (:mod:`tfi.core.model.class_shares`, logged beside it as a code path), so the
+logged model loads wherever those are installed, without tfi. The booster travels as
+LightGBM's own text file (an artifact); the feature list and the class decision
+(:mod:`tfi.core.model.decision`: its rule and weights) are the model config. The probabilities
+are returned as LightGBM gives them.
 
 The decided class: ``argmax(probabilities * weights)``; under the ``shares`` rule, the weights
 follow the request's own earlier rows (taken in time order, one per bar), so a request with
@@ -24,7 +25,7 @@ from mlflow.models import set_model
 try:  # the copy logged with the model, which decided its test period
     from class_shares import trailing_share_classes
 except ImportError:  # imported from the tfi package itself
-    from tfi.core.class_shares import trailing_share_classes
+    from tfi.core.model.class_shares import trailing_share_classes
 
 FLOW_COLUMNS = ("bid_qty", "ask_qty", "buy_qty", "sell_qty", "volume")  # quantities: never < 0
 FLOAT32_MAX = float(np.finfo(np.float32).max)

@@ -19,7 +19,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import FrozenTrial, TrialState
 
 from tfi.core import keys
-from tfi.core.cv import FoldScore
+from tfi.core.model.cv import FoldScore
 from tfi.runtime.interrupts import critical_section
 from tfi.runtime.uris import mask_text
 from tfi.tracking.runs import STAGE, STUDY, Tracker, now_ms, param_value

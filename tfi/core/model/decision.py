@@ -9,7 +9,7 @@ probabilities themselves are left as they are.
 - ``prior``: one over each class's share of the training rows (no fitting).
 - ``shares``: the ``prior`` weights, re-chosen every hour of scored rows so that the trailing
   ``tuning.decision_window`` rows are decided in the training class shares
-  (:mod:`tfi.core.class_shares`): causal, no labels, and it follows the probabilities' drift
+  (:mod:`tfi.core.model.class_shares`): causal, no labels, and it follows the probabilities' drift
   when activity changes. The first ``tuning.decision_min_rows`` rows get the prior weights.
 - ``fitted``: the weights that maximise the metric on out-of-fold predictions
   (:func:`fit_weights`, a coarse-to-fine grid search over the sell and buy weights relative to
@@ -27,10 +27,10 @@ from typing import Literal
 
 import numpy as np
 
-from tfi.core.class_shares import trailing_share_classes
 from tfi.core.classes import INDICES
-from tfi.core.metrics import score
-from tfi.core.tuning_config import TuningConfig
+from tfi.core.config.tuning import TuningConfig
+from tfi.core.evaluation.metrics import score
+from tfi.core.model.class_shares import trailing_share_classes
 
 DecisionRule = Literal["fitted", "prior", "argmax", "shares"]
 N_CLASSES = len(INDICES)

@@ -1,7 +1,7 @@
 """Parquet minute bars: only the needed columns, row group by row group, into one array.
 
 Timestamps come from a ``timestamp`` column or the pandas DatetimeIndex; ISO 8601 strings, or
-numbers with ``data.epoch_unit``. The blocks are validated by :func:`tfi.core.market.assemble`.
+numbers with ``data.epoch_unit``. The blocks are validated by :func:`tfi.core.data.market.assemble`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tfi.core.config import DataConfig
+from tfi.core.config.experiment import DataConfig
+from tfi.core.data.market import FLOW, TIMESTAMP, Block, MarketData, assemble, derived_features
 from tfi.core.errors import DataError
-from tfi.core.market import FLOW, TIMESTAMP, Block, MarketData, assemble, derived_features
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tfi.core.metrics import CONFUSION_METRICS, N_CLASSES, from_confusion
+from tfi.core.evaluation.metrics import CONFUSION_METRICS, N_CLASSES, from_confusion
 
 METRICS = (*CONFUSION_METRICS, "log_loss")
 HIGHER_IS_BETTER = {"f1_macro": True, "accuracy": True, "precision_macro": True, "log_loss": False}

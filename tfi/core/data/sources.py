@@ -22,10 +22,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from tfi.core import bars, klines, synthetic
-from tfi.core.config import SYNTHETIC, DataConfig, SyntheticSpec
-from tfi.core.errors import DataError
-from tfi.core.market import (
+from tfi.core.config.experiment import SYNTHETIC, DataConfig, SyntheticSpec
+from tfi.core.data import bars, klines, synthetic
+from tfi.core.data.market import (
     FLOW,
     MarketData,
     assemble_arrays,
@@ -33,7 +32,8 @@ from tfi.core.market import (
     choose,
     derived_features,
 )
-from tfi.core.parquet import load_parquet
+from tfi.core.data.parquet import load_parquet
+from tfi.core.errors import DataError
 
 __all__ = ["FLOW", "MarketData", "describe_source", "load", "source_digest", "source_files"]
 
@@ -104,7 +104,10 @@ def _load_klines(
     check_timestamps(stamps, name)  # the rolling features need time order
     flow = klines.flow(columns, name)
     features = bars.bar_features(stamps, {**columns, **flow})
-    raw = {col: "raw kline column: its causal features (tfi.core.bars) are used" for col in columns}
+    raw = {
+        col: "raw kline column: its causal features (tfi.core.data.bars) are used"
+        for col in columns
+    }
     usable = [col for col in features if col not in config.exclude]
     feature_names, dropped = choose(name, features, usable, wanted, raw)
     return assemble_arrays(

@@ -6,7 +6,7 @@ Binance's kline layout: ``open_time`` (ms since the epoch, UTC; µs in newer spo
 ``ignore``; with or without a header line. Mapped to the data contract as
 ``buy_qty = taker_buy_volume``, ``sell_qty = volume - taker_buy_volume``, ``volume = volume``;
 klines have no order-book depth. The features are the bars' causal features
-(:mod:`tfi.core.bars`); raw prices and volumes are not features (their levels drift with the
+(:mod:`tfi.core.data.bars`); raw prices and volumes are not features (their levels drift with the
 market).
 """
 

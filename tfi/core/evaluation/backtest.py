@@ -8,7 +8,7 @@ window's own rows are only scored, and rows from ``stop`` on are not used at all
 
 The aggregate pools the windows: each model's macro-F1 and accuracy per window, and tfi's paired
 difference to every reference, the mean over windows with a block-bootstrap interval (blocks of
-whole days drawn within each window, :mod:`tfi.core.bootstrap`).
+whole days drawn within each window, :mod:`tfi.core.evaluation.bootstrap`).
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from tfi.core import bootstrap
-from tfi.core.config import BacktestConfig
+from tfi.core.config.experiment import BacktestConfig
 from tfi.core.errors import SplitError
-from tfi.core.labelled import LabelledData
-from tfi.core.metrics import score
-from tfi.core.split import TEST, TRAIN, UNLABELLED
+from tfi.core.evaluation import bootstrap
+from tfi.core.evaluation.metrics import score
+from tfi.core.labels.labelled import LabelledData
+from tfi.core.labels.split import TEST, TRAIN, UNLABELLED
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ only), the whole LASSO path, and each alpha's validation error, without touching
 The path itself is solved by scikit-learn's ``lasso_path`` on a square surrogate problem with the
 same Gram matrix (``X̃ = √p·Lᵀ`` for the Cholesky factor ``L`` of the fold's correlation matrix),
 so the solver is scikit-learn's, while the cost no longer grows with the number of rows.
-Pure (numpy, scipy, scikit-learn); :mod:`tfi.core.select` turns it into a feature selection.
+Pure (numpy, scipy, scikit-learn); :mod:`tfi.core.selection.select` turns it into a feature
+selection.
 """
 
 from __future__ import annotations

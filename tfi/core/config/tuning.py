@@ -1,6 +1,6 @@
 """The ``tuning`` section of an experiment: the search space and how the study runs.
 
-Part of :mod:`tfi.core.config` (which re-exports these names); pure pydantic models.
+Part of :mod:`tfi.core.config.experiment` (which re-exports these names); pure pydantic models.
 """
 
 from __future__ import annotations

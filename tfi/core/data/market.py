@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from tfi.core import bars
-from tfi.core.config import DataConfig
+from tfi.core.config.experiment import DataConfig
+from tfi.core.data import bars
 from tfi.core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,8 @@ def assemble(
 
     ``requested``: the caller named the features it needs (a model's inputs), so an all-NaN
     column is kept (valid input) rather than dropped. ``derived``: causal flow features
-    (:mod:`tfi.core.bars`) computed from the validated flow columns, after the source's features.
+    (:mod:`tfi.core.data.bars`) computed from the validated flow columns, after the source's
+    features.
     """
     stamps = stamps.as_unit("ns")
     check_timestamps(stamps, name)

@@ -1,6 +1,6 @@
 """The prepare stage's pure core: labels, periods and thresholds for validated market data.
 
-Reads a :class:`~tfi.core.market.MarketData`, returns :class:`LabelledData`. The label table it
+Reads a :class:`~tfi.core.data.market.MarketData`, returns :class:`LabelledData`. The label table it
 produces (``labels.parquet`` in MLflow) is what every later stage trains and evaluates on, and
 it can be read back with :meth:`LabelledData.from_table`.
 """
@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from tfi.core.classes import LABELS, NAME_OF
-from tfi.core.config import CVConfig, ExperimentConfig
-from tfi.core.data import MarketData
+from tfi.core.config.experiment import CVConfig, ExperimentConfig
+from tfi.core.data.sources import MarketData
 from tfi.core.errors import SplitError
-from tfi.core.labels import (
+from tfi.core.labels.imbalance import (
     RowThresholds,
     Thresholds,
     classify,
@@ -26,7 +26,7 @@ from tfi.core.labels import (
     future_imbalance,
     rolling_thresholds,
 )
-from tfi.core.split import (
+from tfi.core.labels.split import (
     PERIODS,
     TEST,
     TRAIN,

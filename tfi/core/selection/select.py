@@ -1,4 +1,4 @@
-"""LASSO feature selection over purged walk-forward folds (the maths: :mod:`tfi.core.lasso`).
+"""LASSO feature selection over purged walk-forward folds (the maths: :mod:`.lasso`).
 
 Alpha is chosen by the folds' validation error, the path is fitted on every training row, and
 the rules (``max_features``, ``min_features``, ``on_empty``) turn it into a feature list.
@@ -28,9 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 
-from tfi.core.config import SelectionConfig
+from tfi.core.config.experiment import SelectionConfig
 from tfi.core.errors import SelectionError
-from tfi.core.lasso import (
+from tfi.core.labels.split import Fold
+from tfi.core.selection.lasso import (
     EXTREME_SPREAD,
     LassoPath,
     Moments,
@@ -40,7 +41,6 @@ from tfi.core.lasso import (
     standardise,
     validation_mse,
 )
-from tfi.core.split import Fold
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def select_nested(
     The pass accumulates the moments of every block between any problem's boundaries, with
     every problem's target columns, so each selection costs its LASSO paths only. NaNs take one
     fill value per feature for all of them: its mean over the shortest training prefix of any
-    fold that holds a value (see :func:`tfi.core.lasso.block_moments`).
+    fold that holds a value (see :func:`tfi.core.selection.lasso.block_moments`).
     """
     n = max(len(problem.target) for problem in problems)
     boundaries = sorted(set().union(*(problem.boundaries() for problem in problems)))

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import lightgbm as lgb
 import numpy as np
 
-from tfi.core.cv import FoldScore, dataset_params
+from tfi.core.model.cv import FoldScore, dataset_params
 
 
 def champion_rounds(

@@ -19,8 +19,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tfi.core.classes import NAMES
-from tfi.core.errors import ConfigError
-from tfi.core.tuning_config import (
+from tfi.core.config.tuning import (
     LIGHTGBM_PARAMS,
     CategoricalParam,
     FloatParam,
@@ -29,6 +28,7 @@ from tfi.core.tuning_config import (
     StrictModel,
     TuningConfig,
 )
+from tfi.core.errors import ConfigError
 
 __all__ = [  # the tuning section's names, re-exported: every section is importable from here
     "LIGHTGBM_PARAMS",
@@ -82,7 +82,7 @@ class DataConfig(StrictModel):
     bar_features: bool = Field(
         False,
         description="add causal features of the flow columns (past imbalance over 1-240 "
-        "minutes, volume against its trailing hour and day, time of day; see tfi.core.bars); "
+        "minutes, volume against its trailing hour and day, time of day; see tfi.core.data.bars); "
         "kline sources always have them",
     )
     epoch_unit: Literal["s", "ms", "us", "ns"] | None = Field(
@@ -176,7 +176,7 @@ class SelectionConfig(StrictModel):
     always_keep: tuple[str, ...] = Field(
         ("imbalance_1_position", "imbalance_5_position", "imbalance_15_position"),
         description="features kept whatever LASSO says, where the data has them (the "
-        "persistence rule's input in regime-free units, tfi.core.bars)",
+        "persistence rule's input in regime-free units, tfi.core.data.bars)",
     )
     on_empty: Literal["path", "error"] = Field(
         "path",

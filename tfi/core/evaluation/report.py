@@ -22,9 +22,9 @@ from sklearn.metrics import (
 
 from tfi.core.classes import COLORS, DISPLAY, NAMES
 from tfi.core.classes import INDICES as LABELS
-from tfi.core.labels import RowThresholds, Thresholds, classify
-from tfi.core.metrics import classification_metrics, score
-from tfi.core.split import Fold
+from tfi.core.evaluation.metrics import classification_metrics, score
+from tfi.core.labels.imbalance import RowThresholds, Thresholds, classify
+from tfi.core.labels.split import Fold
 
 
 @dataclass(frozen=True)

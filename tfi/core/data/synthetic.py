@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.signal import lfilter
 
-from tfi.core.config import SyntheticSpec
+from tfi.core.config.experiment import SyntheticSpec
 
 GENERATOR_VERSION = 2
 FLOW_COLUMNS = ("bid_qty", "ask_qty", "buy_qty", "sell_qty", "volume")

@@ -16,11 +16,11 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
-from tfi.core.config import TuningConfig
-from tfi.core.decision import Decision, decide
+from tfi.core.config.experiment import TuningConfig
 from tfi.core.errors import StageError
-from tfi.core.metrics import classification_metrics
-from tfi.core.split import Fold
+from tfi.core.evaluation.metrics import classification_metrics
+from tfi.core.labels.split import Fold
+from tfi.core.model.decision import Decision, decide
 from tfi.runtime.interrupts import interruptible
 
 DEFAULT_MAX_ROUNDS = 1_000
@@ -83,8 +83,8 @@ def build_folds(
     """Bin each fold once; trials then reuse the constructed Datasets.
 
     ``fold_y[i]`` holds fold ``i``'s class indices for rows ``[0, valid_stop)``: each fold has
-    its own labels (see :func:`tfi.core.labelled.fold_labels`). ``fold_columns[i]``, when given, are
-    the columns of ``X`` fold ``i`` uses (its own feature selection).
+    its own labels (see :func:`tfi.core.labels.labelled.fold_labels`). ``fold_columns[i]``, when
+    given, are the columns of ``X`` fold ``i`` uses (its own feature selection).
     """
     params = dataset_params(max_bin, num_threads)
     built = []

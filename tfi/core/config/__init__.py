@@ -1,0 +1,1 @@
+"""The experiment configuration: typed, validated once, passed down."""

@@ -1,0 +1,1 @@
+"""Market data: sources (parquet, kline CSVs, synthetic), validation, causal bar features."""

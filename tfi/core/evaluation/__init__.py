@@ -1,0 +1,1 @@
+"""Metrics, reports, block-bootstrap intervals and the backtest's windows."""

@@ -1,0 +1,1 @@
+"""Labels without look-ahead: future imbalance, class thresholds, periods and folds."""

@@ -1,0 +1,1 @@
+"""Feature selection: LASSO paths over purged walk-forward folds."""
