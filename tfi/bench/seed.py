@@ -195,18 +195,30 @@ def _objective(trial: optuna.Trial, X: pd.DataFrame, y: pd.Series) -> float:
     }
     scores = []
     for train_index, valid_index in TimeSeriesSplit(n_splits=5).split(X):
-        model = lgb.LGBMClassifier(**params)
-        model.fit(
-            X.iloc[train_index],
-            y.iloc[train_index],
-            eval_X=X.iloc[valid_index],
-            eval_y=y.iloc[valid_index],
-            eval_metric="multi_logloss",
-            callbacks=[lgb.early_stopping(15, verbose=False)],
-        )
+        model = _fit_fold(lgb.LGBMClassifier(**params), X, y, (train_index, valid_index), 15)
         predicted = model.predict(X.iloc[valid_index])
         scores.append(f1_score(y.iloc[valid_index], predicted, average="macro"))
     return float(np.mean(scores))
+
+
+def _fit_fold(
+    model: lgb.LGBMClassifier,
+    X: pd.DataFrame,
+    y: pd.Series,
+    fold: tuple[np.ndarray, np.ndarray],
+    patience: int,
+) -> lgb.LGBMClassifier:
+    """The seed's fold fit: train on the fold's rows, early-stopped on its validation rows."""
+    train_index, valid_index = fold
+    model.fit(
+        X.iloc[train_index],
+        y.iloc[train_index],
+        eval_X=X.iloc[valid_index],
+        eval_y=y.iloc[valid_index],
+        eval_metric="multi_logloss",
+        callbacks=[lgb.early_stopping(patience, verbose=False)],
+    )
+    return model
 
 
 def _decision(config: ExperimentConfig, y_train: np.ndarray) -> Decision:
@@ -234,14 +246,12 @@ def _tfi_search_objective(config: ExperimentConfig):
     def objective(trial: optuna.Trial, X: pd.DataFrame, y: pd.Series) -> float:
         scores, best_iterations = [], []
         for train_index, valid_index in TimeSeriesSplit(n_splits=config.cv.n_splits).split(X):
-            model = _tfi_search_model(config, trial)
-            model.fit(
-                X.iloc[train_index],
-                y.iloc[train_index],
-                eval_X=X.iloc[valid_index],
-                eval_y=y.iloc[valid_index],
-                eval_metric="multi_logloss",
-                callbacks=[lgb.early_stopping(config.tuning.early_stopping_rounds, verbose=False)],
+            model = _fit_fold(
+                _tfi_search_model(config, trial),
+                X,
+                y,
+                (train_index, valid_index),
+                config.tuning.early_stopping_rounds,
             )
             best_iterations.append(model.best_iteration_ or model.n_estimators)
             decision = _decision(config, y.iloc[train_index].to_numpy())
