@@ -6,7 +6,8 @@ import pytest
 
 from tfi.core.config.experiment import SyntheticSpec
 from tfi.core.data import synthetic
-from tfi.core.evaluation.report import by_period, carried_class
+from tfi.core.evaluation.references import carried_class
+from tfi.core.evaluation.report import by_period
 from tfi.core.labels.imbalance import (
     RowThresholds,
     classify,

@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial
 from tfi.core.classes import lightgbm_classes
 from tfi.core.config.experiment import ExperimentConfig, TuningConfig
 from tfi.core.data.sources import MarketData
-from tfi.core.evaluation import report as ev
+from tfi.core.evaluation import references
 from tfi.core.labels.imbalance import trailing_imbalance
 from tfi.core.labels.labelled import LabelledData, fold_labels, training_folds
 from tfi.core.labels.split import TRAIN
@@ -89,7 +89,7 @@ def build_cv(
     trailing = trailing_imbalance(
         data.flow["buy_qty"], data.flow["sell_qty"], data.flow["volume"], config.labels.horizon
     )[rows]
-    baselines = ev.cv_baselines(
+    baselines = references.cv_baselines(
         trailing,
         labelled.row_thresholds[rows],
         folds,

@@ -19,6 +19,7 @@ from tfi.core import keys
 from tfi.core.classes import PROBABILITY_COLUMNS, labels_of
 from tfi.core.config.experiment import ExperimentConfig
 from tfi.core.data.sources import MarketData
+from tfi.core.evaluation import figures
 from tfi.core.evaluation import report as ev
 from tfi.runtime.interrupts import critical
 from tfi.search.lock import registry_lock
@@ -120,7 +121,7 @@ def _log_run(
     run.log_text(report.references_markdown(), "references.md")
     run.log_text(ev.markdown(report.periods), "test_by_period.md")
     run.log_table(report.periods.reset_index(), "test_by_period.parquet")
-    run.log_figure(ev.by_period_figure(report.periods), "test_by_period.png")
+    run.log_figure(figures.by_period_figure(report.periods), "test_by_period.png")
     labelled_test = pd.DataFrame(
         {
             "timestamp": data.timestamps[split.test_rows],
@@ -131,11 +132,11 @@ def _log_run(
     )
     run.log_table(labelled_test, "test_predictions.parquet")
     features = list(data.feature_names)
-    run.log_figure(ev.importance_figure(champion.booster, features), "feature_importance.png")
+    run.log_figure(figures.importance_figure(champion.booster, features), "feature_importance.png")
     sample_rows = min(cfg.training.contribution_rows, len(split.X_test))
     sample = split.X_test[np.linspace(0, len(split.X_test) - 1, sample_rows).astype(int)]
-    contributions = ev.contributions(champion.booster, sample, features)
-    run.log_figure(ev.contributions_figure(contributions), "contributions.png")
+    contributions = figures.contributions(champion.booster, sample, features)
+    run.log_figure(figures.contributions_figure(contributions), "contributions.png")
     run.log_text(contributions.to_csv(), "contributions.csv")
 
 
@@ -150,7 +151,7 @@ def _log_model(
         (report_dir / "classification_report.json").write_text(
             json.dumps(evaluation.report, indent=2)
         )
-        figure = ev.confusion_figure(evaluation, "champion on the test period")
+        figure = figures.confusion_figure(evaluation, "champion on the test period")
         figure.savefig(report_dir / "confusion_matrix.png", dpi=110)
         for name in registry.REPORT_FILES:
             run.log_artifact(report_dir / name)

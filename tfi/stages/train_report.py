@@ -23,6 +23,7 @@ from tfi.core.config.experiment import ExperimentConfig
 from tfi.core.data.sources import MarketData
 from tfi.core.errors import StageError, TfiError
 from tfi.core.evaluation import bootstrap
+from tfi.core.evaluation import references as rules
 from tfi.core.evaluation import report as ev
 from tfi.core.evaluation.bootstrap import Interval
 from tfi.core.evaluation.metrics import classification_metrics
@@ -121,7 +122,7 @@ def build_report(
     """The references on the test period, the per-period table, and the CV gate's verdict."""
     carried = _persistence(data, labelled, split, cfg)
     references = _references(split, carried, tuned, champion, cfg)
-    table = ev.reference_table(
+    table = rules.reference_table(
         {TUNED: champion.evaluation.metrics, **{r.label: r.metrics for r in references.values()}}
     )
     stamps = labelled.timestamps[split.test_rows]
@@ -196,7 +197,7 @@ def _persistence(
     trailing = trailing_imbalance(
         data.flow["buy_qty"], data.flow["sell_qty"], data.flow["volume"], cfg.labels.horizon
     )
-    return ev.persistence(
+    return rules.persistence(
         trailing[split.test_rows],
         labelled.row_thresholds[split.test_rows],
         split.y_train,
@@ -222,7 +223,7 @@ def _references(
     decision = champion.decision
     parameter_free = decision.rule in ("argmax", "shares")
     defaults_decision = decision if parameter_free else prior_decision(split.y_train)
-    majority = ev.majority_proba(split.y_train, len(y_test))
+    majority = rules.majority_proba(split.y_train, len(y_test))
     references = {
         "lightgbm_defaults": _reference(
             f"lightgbm defaults ({rounds} rounds, {defaults_decision.rule})",

@@ -1,0 +1,94 @@
+"""The references a model must beat, on the test period and on the CV folds: the majority
+class and persistence (the current imbalance class carried forward, with the thresholds the
+labels of the same rows use). LightGBM's defaults, the third reference, are a model
+(:mod:`tfi.search.candidates`). Pure: arrays in, classes, probabilities and scores out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from tfi.core.classes import INDICES as LABELS
+from tfi.core.evaluation.metrics import classification_metrics
+from tfi.core.labels.imbalance import RowThresholds, Thresholds, classify
+from tfi.core.labels.split import Fold
+
+
+def majority_proba(y_train: np.ndarray, n: int) -> np.ndarray:
+    """Training class frequencies for every row: predicts the majority class."""
+    shares = np.bincount(y_train, minlength=len(LABELS)) / len(y_train)
+    return np.tile(shares, (n, 1))
+
+
+def persistence(
+    trailing: np.ndarray,
+    thresholds: RowThresholds,
+    y_train: np.ndarray,
+    trailing_train: np.ndarray,
+    thresholds_train: RowThresholds,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The class of the last k minutes' imbalance carried forward, and its probabilities.
+
+    The carried class uses the thresholds the labels of the same rows use (fixed or rolling).
+    Its probabilities are the training-period frequencies of each true class given the
+    carried class (Laplace-smoothed), so its log-loss is comparable.
+    """
+    carried_train = carried_class(trailing_train, thresholds_train)
+    table = np.ones((len(LABELS), len(LABELS)))
+    np.add.at(table, (carried_train, y_train), 1.0)
+    table /= table.sum(axis=1, keepdims=True)
+    carried = carried_class(trailing, thresholds)
+    return carried, table[carried]
+
+
+def carried_class(trailing: np.ndarray, thresholds: RowThresholds | Thresholds) -> np.ndarray:
+    """Class index (0/1/2) of a trailing imbalance; neutral where it is undefined."""
+    classes = classify(trailing, thresholds)
+    return (np.nan_to_num(classes, nan=0.0) + 1).astype(int)
+
+
+def cv_baselines(
+    trailing: np.ndarray,
+    row_thresholds: RowThresholds,
+    folds: Sequence[Fold],
+    fold_targets: Sequence[tuple[np.ndarray, Thresholds | None]],
+) -> dict[str, float]:
+    """Mean CV metrics of persistence and the majority class on the tuning folds.
+
+    Arrays are indexed in training rows. ``fold_targets[i]`` is fold ``i``'s classes (-1/0/1,
+    rows up to its validation stop) and its own fixed thresholds (None: the rows' rolling
+    ones), so persistence is scored with the thresholds that fold's labels use. Each rule's
+    probabilities (for log-loss) are its fold's training frequencies, as on the test period.
+    Keys: ``reference_{persistence,majority_class}_cv_{metric}`` for every metric.
+    """
+    scores: dict[str, list[dict[str, float]]] = {"persistence": [], "majority_class": []}
+    for fold, (target, own) in zip(folds, fold_targets, strict=True):
+        train, valid = slice(0, fold.train_stop), slice(fold.valid_start, fold.valid_stop)
+        y_train = (target[train] + 1).astype(int)
+        y_valid = (target[valid] + 1).astype(int)
+        known = ~np.isnan(target[train])
+        carried, proba = persistence(
+            trailing[valid],
+            own if own is not None else row_thresholds[valid],
+            y_train[known],
+            trailing[train][known],
+            own if own is not None else row_thresholds[train][known],
+        )
+        scores["persistence"].append(classification_metrics(y_valid, proba, predicted=carried))
+        majority = majority_proba(y_train[known], len(y_valid))
+        scores["majority_class"].append(classification_metrics(y_valid, majority))
+    return {
+        f"reference_{rule}_cv_{metric}": float(np.mean([fold[metric] for fold in folds_scores]))
+        for rule, folds_scores in scores.items()
+        for metric in folds_scores[0]
+    }
+
+
+def reference_table(rows: dict[str, dict[str, float]]) -> pd.DataFrame:
+    columns = ["f1_macro", "accuracy", "f1_weighted", "precision_macro", "log_loss"]
+    table = pd.DataFrame.from_dict(rows, orient="index")[columns]
+    table.index.name = "model"
+    return table
