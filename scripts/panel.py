@@ -94,7 +94,7 @@ def run_case(case: Case, config: ExperimentConfig, output: Path) -> dict[str, ob
         case_config = config.with_overrides(**{"data.source": tmp})
         data = data_io.load(case_config.data)
         window = Window(0, case.test_start, data.timestamps[-1] + pd.Timedelta(minutes=1))
-        threads = config.tuning.num_threads or available_cores()
+        threads = config.execution.num_threads or available_cores()
         result = evaluate_window(case_config, data, window, None, threads)
     scores = result.scores
     proba = dict(zip(PROBABILITY_COLUMNS, result.champion.proba.T, strict=True))
@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except json.JSONDecodeError:
             overrides[key] = value
     if args.jobs > 1:
-        overrides["tuning.num_threads"] = max(1, available_cores() // args.jobs)
+        overrides["execution.num_threads"] = max(1, available_cores() // args.jobs)
     config = load_config(args.config, **overrides)
     cases = [c for c in find_cases(args.data) if not args.cases or args.cases in c.name]
     (args.output / "cases").mkdir(parents=True, exist_ok=True)

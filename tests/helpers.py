@@ -14,7 +14,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from tfi.core.config.experiment import TuningConfig
+from tfi.core.config.tuning import ExecutionConfig
 from tfi.search import trial_loop
 from tfi.search.study import SharedStudy, open_storage
 
@@ -107,7 +107,7 @@ def mlflow_run(
 
 
 def claim_concurrently(
-    uri: str, config: TuningConfig, study: str, queued: int, workers: int = 3
+    uri: str, config: ExecutionConfig, study: str, queued: int, workers: int = 3
 ) -> list[int]:
     """Workers, each with its own storage (connection pool) as separate processes have, claim
     ``queued`` waiting trials at once; returns every claimed trial number."""

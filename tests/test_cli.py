@@ -99,7 +99,7 @@ def test_unknown_config_key(store, capsys):
 
 def test_config_may_not_write_outside_the_output_location(store, capsys):
     raw = yaml.safe_load(SMOKE.read_text())
-    raw["tuning"]["storage"] = "sqlite:///../elsewhere/optuna.db"
+    raw["execution"]["storage"] = "sqlite:///../elsewhere/optuna.db"
     path = store / "escape.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert "outside the output location" in _fail(capsys, "tune", "--config", str(path))

@@ -111,6 +111,8 @@ def test_split_date_with_an_offset_is_read_as_utc(smoke_config):
         ({"labels.low_quantile": 0.001, "labels.high_quantile": 0.002}, "below 5% of the rows"),
         ({"labels.low_quantile": 0.3, "labels.high_quantile": 0.99}, "'buy': 0.01"),
         ({"selection.max_features": 2, "selection.min_features": 3}, "max_features (2) is below"),
+        ({"execution.heartbeat_grace": 5, "execution.heartbeat_interval": 5}, "must exceed"),
+        ({"tuning.workers": 2}, "tuning.workers moved to the execution section"),
     ],
 )
 def test_settings_that_cannot_work_are_refused(smoke_config, override, message):
@@ -146,3 +148,17 @@ def test_a_rolling_window_too_short_for_its_labels_is_refused(smoke_config):
         smoke_config.with_overrides(
             **{"labels.thresholds": "rolling", "labels.rolling_days": 0.0001}
         )
+
+
+def test_how_a_study_runs_does_not_change_which_study_it_is(store, smoke_config):
+    """The execution section (storage, workers, threads, heartbeats) is not part of a study's
+    identity: the same inputs continue the same study however they are run."""
+    from tfi.stages.session import Session
+
+    plain = Session.open(smoke_config)
+    busy = smoke_config.with_overrides(
+        **{"execution.workers": 3, "execution.num_threads": 1, "execution.heartbeat_grace": 60}
+    )
+    assert Session.open(busy).study_name == plain.study_name
+    tuned_otherwise = smoke_config.with_overrides(**{"tuning.early_stopping_rounds": 9})
+    assert Session.open(tuned_otherwise).study_name != plain.study_name

@@ -86,7 +86,6 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(store, smoke_config):
     # num_leaves=1 makes LightGBM raise; num_leaves=8 trains fine.
     tuning = smoke_config.tuning.model_copy(
         update={
-            "study": "failing",
             "n_trials": 6,
             "search_space": {
                 **smoke_config.tuning.search_space,
@@ -94,7 +93,8 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(store, smoke_config):
             },
         }
     )
-    session = Session.open(smoke_config.model_copy(update={"tuning": tuning}))
+    config = smoke_config.model_copy(update={"tuning": tuning})
+    session = Session.open(config.with_overrides(**{"execution.study": "failing"}))
     tuned = pipeline.run_tune(session, None)
     study = optuna.load_study(study_name="failing", storage=session.storage())
     states = [t.state for t in study.trials]
@@ -216,7 +216,7 @@ def test_two_commands_share_one_budget(store):
 
 def test_workers_option_runs_local_processes_on_one_round(store, smoke_config):
     config = smoke_config.with_overrides(
-        **{"tuning.study": STUDY, "tuning.n_trials": 60, "tuning.workers": 2}
+        **{"execution.study": STUDY, "tuning.n_trials": 60, "execution.workers": 2}
     )
     session = Session.open(config)
     pipeline.run_tune(session, None)
@@ -228,7 +228,7 @@ def test_workers_option_runs_local_processes_on_one_round(store, smoke_config):
 
 @pytest.mark.parametrize("stage", ["train"])
 def test_champion_refuses_while_trials_are_unfinished(store, smoke_config, stage):
-    session = Session.open(smoke_config.with_overrides(**{"tuning.study": "busy"}))
+    session = Session.open(smoke_config.with_overrides(**{"execution.study": "busy"}))
     pipeline.run_tune(session, None)
     study = optuna.load_study(study_name="busy", storage=session.storage())
     study.enqueue_trial({})  # a trial waiting for a worker

@@ -272,13 +272,13 @@ def test_rerun_reuses_upstream_and_resumes_the_study(smoke_run):
 def test_a_worse_model_does_not_take_the_champion_alias(smoke_run):
     crippled = smoke_run["config"].tuning.model_copy(
         update={
-            "study": "crippled",
             "n_trials": 1,
             "search_space": {"num_leaves": CategoricalParam(type="categorical", choices=(2,))},
             "fixed_params": {"n_estimators": 1, "learning_rate": 0.01},
         }
     )
     config = smoke_run["config"].model_copy(update={"tuning": crippled})
+    config = config.with_overrides(**{"execution.study": "crippled"})
     client = MlflowClient()
     before = client.get_model_version_by_alias("tfi-classifier", "champion").version
     trained = pipeline.run_train(Session.open(config), None)

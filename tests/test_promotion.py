@@ -41,7 +41,7 @@ def test_the_decision_is_fitted_on_cv_only(store, smoke_config):
     for name, data in (("original", frame), ("changed", changed)):
         path = store / f"{name}.parquet"
         data.astype(np.float32).to_parquet(path)
-        results.append(_main(smoke_config, **{"data.source": str(path), "tuning.study": name}))
+        results.append(_main(smoke_config, **{"data.source": str(path), "execution.study": name}))
     original, other = results
     assert _decision(original)["rule"] == "fitted"
     assert _decision(original) == _decision(other)
@@ -90,7 +90,7 @@ def test_a_champion_is_compared_only_on_rows_neither_model_trained_on(store, smo
 
 
 def test_an_explicit_study_name_is_not_reused_for_other_inputs(store, smoke_config):
-    config = smoke_config.with_overrides(**{"tuning.study": "mine", "tuning.n_trials": 1})
+    config = smoke_config.with_overrides(**{"execution.study": "mine", "tuning.n_trials": 1})
     pipeline.run_tune(Session.open(config), None)
     other_data = config.with_overrides(**{"data.synthetic.seed": 12})
     with pytest.raises(TrackingError, match="study 'mine' was built on other data"):

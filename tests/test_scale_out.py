@@ -54,7 +54,7 @@ def _start(services, env, *args):
 
 def test_workers_on_postgresql_never_claim_the_same_trial(services, smoke_config):
     uri = services["db"].url("optuna")
-    claimed = claim_concurrently(uri, smoke_config.tuning, "claims", queued=200)
+    claimed = claim_concurrently(uri, smoke_config.execution, "claims", queued=200)
     assert sorted(claimed) == list(range(200))
 
 

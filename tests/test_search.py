@@ -107,5 +107,5 @@ def test_a_trial_failed_by_another_worker_meanwhile_does_not_stop_this_one(share
 
 def test_workers_sharing_a_sqlite_file_never_claim_the_same_trial(tmp_path, smoke_config):
     uri = f"sqlite:///{tmp_path / 'optuna.db'}"
-    claimed = claim_concurrently(uri, smoke_config.tuning, "s", queued=200)
+    claimed = claim_concurrently(uri, smoke_config.execution, "s", queued=200)
     assert sorted(claimed) == list(range(200))

@@ -86,7 +86,7 @@ def main(argv: Sequence[str], run_id: str | None = None) -> int:
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="config overrides, e.g. tuning.pruner=paired tuning.workers=2 (one argument may "
+        help="config overrides, e.g. tuning.pruner=paired execution.workers=2 (one argument may "
         "hold several, separated by spaces); the seed as written takes only the split, the "
         "labels and the trial count from the config, the like-for-like row all of it",
     )
@@ -169,9 +169,9 @@ def _compare(
         "data.source": str(data_path),
         "split.test_start": test_start,
         "tuning.n_trials": n_trials,
-        "tuning.study": "bench",
+        "execution.study": "bench",
         # The benchmark's study and runs go into throwaway stores, never the user's.
-        "tuning.storage": f"sqlite:///{folder / 'optuna.db'}",
+        "execution.storage": f"sqlite:///{folder / 'optuna.db'}",
         "output_dir": str(folder),
     }
     report: dict[str, Any] = {

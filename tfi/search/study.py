@@ -28,7 +28,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from tfi.core import keys
-from tfi.core.config.experiment import TuningConfig
+from tfi.core.config.tuning import ExecutionConfig, TuningConfig
 from tfi.core.errors import TrackingError
 from tfi.runtime.interrupts import critical, critical_section
 from tfi.runtime.uris import mask_text, mask_uri
@@ -73,7 +73,7 @@ def experimental_ok() -> Iterator[None]:
         yield
 
 
-def open_storage(uri: str, config: TuningConfig, attempts: int = 4) -> RDBStorage:
+def open_storage(uri: str, config: ExecutionConfig, attempts: int = 4) -> RDBStorage:
     """An RDB storage with heartbeats; a clear error (password masked) if it cannot be used.
 
     Two commands creating the schema of a new database at once can collide: retried.

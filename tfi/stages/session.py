@@ -33,13 +33,6 @@ _OPERATIONAL = {
     "patience",  # how many trials run, like n_trials: not what they are scored on
     "min_improvement",
     "min_gain_over_defaults",  # which candidate the champion trains from, not how trials score
-    "workers",
-    "study",
-    "storage",
-    "num_threads",
-    "heartbeat_interval",
-    "heartbeat_grace",
-    "max_retry",
 }
 
 
@@ -107,7 +100,7 @@ class Session:
     def storage(self) -> RDBStorage:
         """The Optuna storage, opened (and checked) once."""
         if self._storage is None:
-            self._storage = studies.open_storage(self.storage_uri, self.config.tuning)
+            self._storage = studies.open_storage(self.storage_uri, self.config.execution)
         return self._storage
 
     def release(self) -> None:
@@ -137,14 +130,14 @@ class Session:
 
     @property
     def study_name(self) -> str:
-        if self.config.tuning.study:
-            return self.config.tuning.study
+        if self.config.execution.study:
+            return self.config.execution.study
         return f"tfi-{self.config.name}-{self.study_inputs[:10]}"
 
     @property
     def threads(self) -> int:
-        tuning = self.config.tuning
-        return tuning.num_threads or max(1, available_cores() // tuning.workers)
+        execution = self.config.execution
+        return execution.num_threads or max(1, available_cores() // execution.workers)
 
 
 def resolve_storage(config: ExperimentConfig, override: str | None) -> str:
@@ -152,11 +145,11 @@ def resolve_storage(config: ExperimentConfig, override: str | None) -> str:
     explicit = override or os.environ.get(STORAGE_ENV)
     if explicit:
         return explicit
-    if config.tuning.storage:
-        path = sqlite_path(config.tuning.storage)
+    if config.execution.storage:
+        path = sqlite_path(config.execution.storage)
         if path is not None:  # a config file may not write outside the output location
-            return f"sqlite:///{inside(config.output_dir, path, 'tuning.storage')}"
-        return config.tuning.storage
+            return f"sqlite:///{inside(config.output_dir, path, 'execution.storage')}"
+        return config.execution.storage
     tracking_file = sqlite_path(store.tracking_uri())
     folder = tracking_file.parent if tracking_file else Path(config.output_dir)
     return f"sqlite:///{(folder / 'optuna.db').resolve()}"

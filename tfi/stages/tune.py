@@ -2,7 +2,7 @@
 
 The study lives in a shared storage (:mod:`tfi.search.study` for budgets and resumption,
 :mod:`tfi.search.trial_loop` for the trial loop); its parent MLflow run (:mod:`.tune_parent`) holds
-the set-up, the references and the summary. ``tuning.workers`` > 1 starts local worker
+the set-up, the references and the summary. ``execution.workers`` > 1 starts local worker
 processes (spawned with their job as an object) that claim trials of the same budget round.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tfi.core.config.experiment import ExperimentConfig, TuningConfig
+from tfi.core.config.experiment import ExperimentConfig
 from tfi.core.errors import StageError, TfiError
 from tfi.core.model.cv import reference_cv
 from tfi.runtime import interrupts
@@ -60,7 +60,7 @@ def run(
         )
         if defaults is not None and not candidates.defaults_fold_values(shared.study, cfg.metric):
             candidates.record_defaults(shared.study, defaults)
-        trial_loop.reap(shared, cfg.heartbeat_grace)
+        trial_loop.reap(shared, session.config.execution.heartbeat_grace)
         budget = studies.open_budget(shared, cfg.n_trials)
     if created:
         tune_parent.record_references(session, shared, parent, setup)
@@ -72,13 +72,15 @@ def run(
             shared.name,
             budget.round,
             budget.n_trials,
-            cfg.workers,
+            session.config.execution.workers,
             parent,
         )
     job = WorkerJob.of(session, prepared, selected, parent)
     try:
-        with workers.spawned(cfg.workers - 1, functools.partial(_work_in_process, job)):
-            _work(shared, setup.objective, session.tracker, parent, cfg, wait_for_all=True)
+        execution = session.config.execution
+        with workers.spawned(execution.workers - 1, functools.partial(_work_in_process, job)):
+            _work(shared, setup.objective, session.tracker, parent, session.config,
+                  wait_for_all=True)  # fmt: skip
     except BaseException:
         # Stopped: unless other workers are still running trials, the parent is not RUNNING
         # any more. Its waiting trials stay queued for the next command to resume.
@@ -171,7 +173,7 @@ def _work(
     objective: Callable[[optuna.Trial], float],
     tracker: Tracker,
     parent: str,
-    cfg: TuningConfig,
+    config: ExperimentConfig,
     *,
     wait_for_all: bool,
 ) -> None:
@@ -179,10 +181,10 @@ def _work(
     trial_loop.work(
         shared,
         objective,
-        _ProgressHooks(tracker, shared, parent, cfg.metric),
+        _ProgressHooks(tracker, shared, parent, config.tuning.metric),
         wait_for_all=wait_for_all,
-        grace_seconds=cfg.heartbeat_grace,
-        stop_reason=functools.partial(patience.stop_reason, shared.study, cfg),
+        grace_seconds=config.execution.heartbeat_grace,
+        stop_reason=functools.partial(patience.stop_reason, shared.study, config.tuning),
     )
 
 
@@ -226,7 +228,7 @@ def _work_in_process(job: WorkerJob, worker_index: int) -> None:
             session.storage(), session.study_name, cfg, session.study_inputs, worker_index
         )
         objective = cv_setup(session, job.prepared, job.selected).objective
-        _work(shared, objective, tracker, job.parent, cfg, wait_for_all=False)
+        _work(shared, objective, tracker, job.parent, job.config, wait_for_all=False)
     except TfiError as exc:
         log.error("worker %d: %s", worker_index, exc)
         sys.exit(2)

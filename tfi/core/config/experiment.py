@@ -22,6 +22,7 @@ from tfi.core.classes import NAMES
 from tfi.core.config.tuning import (
     LIGHTGBM_PARAMS,
     CategoricalParam,
+    ExecutionConfig,
     FloatParam,
     IntParam,
     ParamSpec,
@@ -267,7 +268,7 @@ class BacktestConfig(StrictModel):
         "first",
         description="'every': a study per window; 'first': tune on the first window, then "
         "train its candidate's parameters on every window; 'never': take the candidate of the "
-        "study named by tuning.study (or this config's default study) in the Optuna storage",
+        "study named by execution.study (or this config's default study) in the Optuna storage",
     )
     block: str = Field("1D", description="bootstrap block length (a pandas offset: whole days)")
     confidence: float = Field(0.95, gt=0.5, lt=1)
@@ -286,6 +287,7 @@ class ExperimentConfig(StrictModel):
     cv: CVConfig = CVConfig()
     selection: SelectionConfig = SelectionConfig()
     tuning: TuningConfig
+    execution: ExecutionConfig = ExecutionConfig()
     training: TrainingConfig = TrainingConfig()
     registry: RegistryConfig = RegistryConfig()
     backtest: BacktestConfig = BacktestConfig()

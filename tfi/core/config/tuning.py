@@ -95,6 +95,25 @@ def _check_range(low: float, high: float, log: bool) -> None:
         raise ValueError(f"a log-scaled range needs low > 0, got {low}")
 
 
+class ExecutionConfig(StrictModel):
+    """How a study runs, not what it searches: where it is stored, how many processes and
+    threads work on it, and how a dead worker is noticed. None of it changes a trial's score."""
+
+    study: str | None = Field(None, description="the Optuna study (default: from the inputs)")
+    storage: str | None = Field(None, description="Optuna storage URI (default: SQLite)")
+    workers: int = Field(1, ge=1, description="trial processes on this machine")
+    num_threads: int | None = Field(None, ge=1, description="LightGBM threads per worker")
+    heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats")
+    heartbeat_grace: int = Field(30, ge=2, description="seconds before a silent trial is stale")
+    max_retry: int = Field(1, ge=0, description="retries of a trial whose worker died")
+
+    @model_validator(mode="after")
+    def _grace_exceeds_interval(self) -> ExecutionConfig:
+        if self.heartbeat_grace <= self.heartbeat_interval:
+            raise ValueError("heartbeat_grace must exceed heartbeat_interval")
+        return self
+
+
 class TuningConfig(StrictModel):
     """Optuna study over LightGBM parameters on the purged folds."""
 
@@ -139,16 +158,9 @@ class TuningConfig(StrictModel):
         "after them (a round of random draws says nothing about whether TPE has converged)",
     )
     seed: int = 42
-    study: str | None = None
-    storage: str | None = None
-    workers: int = Field(1, ge=1)
-    num_threads: int | None = Field(None, ge=1, description="LightGBM threads per worker")
     max_bin: int = Field(
         63, ge=4, description="histogram bins per feature (docs/performance.md: 63 against 255)"
     )
-    heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats")
-    heartbeat_grace: int = Field(30, ge=2, description="seconds before a silent trial is stale")
-    max_retry: int = Field(1, ge=0, description="retries of a trial whose worker died")
     decision: Literal["fitted", "prior", "argmax", "shares"] = Field(
         "shares",
         description="how class probabilities become a class: 'fitted' = per-class weights that "
@@ -163,6 +175,20 @@ class TuningConfig(StrictModel):
     decision_min_rows: int = Field(
         1_440, ge=0, description="'shares': rows scored with the prior weights before they move"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_to_execution(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        moved = sorted(set(values) & set(ExecutionConfig.model_fields))
+        if moved:
+            names = ", ".join(f"tuning.{name}" for name in moved)
+            raise ValueError(
+                f"{names} moved to the execution section (execution.{moved[0]}: ...): how a "
+                "study runs is kept apart from what it searches"
+            )
+        return values
 
     @field_validator("search_space")
     @classmethod
@@ -183,8 +209,6 @@ class TuningConfig(StrictModel):
         both = sorted(set(self.search_space) & set(self.fixed_params))
         if both:
             raise ValueError(f"parameters both tuned and fixed: {both}")
-        if self.heartbeat_grace <= self.heartbeat_interval:
-            raise ValueError("heartbeat_grace must exceed heartbeat_interval")
         return self
 
     @property
