@@ -68,8 +68,8 @@ def trailing_share_classes(
     sell_odds, buy_odds = log_odds(proba)
     n = len(sell_odds)
     weights_array = np.asarray(weights, dtype=np.float64)
-    inverse = 1.0 / weights_array
-    target = tuple(float(share) for share in inverse / inverse.sum())
+    sell_share, neutral_share, buy_share = (1.0 / weights_array) / (1.0 / weights_array).sum()
+    target = (float(sell_share), float(neutral_share), float(buy_share))
     base = (
         float(np.log(weights_array[0] / weights_array[1])),
         float(np.log(weights_array[2] / weights_array[1])),
@@ -79,11 +79,6 @@ def trailing_share_classes(
     for start in range(0, n, block):
         if start >= max(min_rows, 1):
             first = max(0, start - window)
-            current = share_weights(
-                sell_odds[first:start],
-                buy_odds[first:start],
-                target,
-                current,  # type: ignore[arg-type]
-            )
+            current = share_weights(sell_odds[first:start], buy_odds[first:start], target, current)
         log_weights[start : start + block] = current
     return decide_log_odds(sell_odds + log_weights[:, 0], buy_odds + log_weights[:, 1])

@@ -30,7 +30,7 @@ import numpy as np
 from tfi.core.classes import INDICES
 from tfi.core.config.tuning import TuningConfig
 from tfi.core.evaluation.metrics import score
-from tfi.core.model.class_shares import trailing_share_classes
+from tfi.core.model.class_shares import decide_log_odds, log_odds, trailing_share_classes
 
 DecisionRule = Literal["fitted", "prior", "argmax", "shares"]
 N_CLASSES = len(INDICES)
@@ -99,17 +99,13 @@ def fit_weights(y: np.ndarray, proba: np.ndarray, metric: str) -> tuple[float, f
         keep = np.linspace(0, len(y) - 1, _FIT_ROWS).astype(np.intp)
         y, proba = y[keep], proba[keep]
     y = np.asarray(y, dtype=np.intp)
-    log_proba = np.log(np.clip(proba, 1e-12, None))
     # Log-odds against neutral: a log-weight pair shifts them, so a point costs a few compares
     # (argmax over three columns is several times slower).
-    sell_odds = log_proba[:, 0] - log_proba[:, 1]
-    buy_odds = log_proba[:, 2] - log_proba[:, 1]
+    sell_odds, buy_odds = log_odds(proba)
     measured = "precision_macro" if metric == "precision_macro" else "f1_macro"
 
     def value(log_sell: float, log_buy: float) -> float:
-        sell, buy = sell_odds + log_sell, buy_odds + log_buy
-        # argmax of (sell, 0, buy), ties to the first: sell, else neutral, else buy.
-        predicted = np.where((sell >= 0) & (sell >= buy), 0, np.where(buy <= 0, 1, 2))
+        predicted = decide_log_odds(sell_odds + log_sell, buy_odds + log_buy)
         return score(y, predicted, measured)
 
     best = max(((s, b) for s in _COARSE for b in _COARSE), key=lambda point: value(*point))
