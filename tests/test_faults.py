@@ -327,3 +327,37 @@ def test_two_main_commands_at_once_on_a_fresh_store_leave_one_champion(store):
     assert f"champion v{champion.version}" in other.tags["tfi.promotion_reason"] or (
         other.tags["tfi.promotion"] == f"replaced by v{champion.version}"
     )
+
+
+def test_a_result_recorded_before_the_worker_died_ends_its_run_as_the_worker_would(store):
+    """kill -9 between Optuna's tell and the run's end: the trial is complete (or pruned) and
+    its run RUNNING. The summary ends it FINISHED with the trial's metrics, once; a failed
+    trial's run ends FAILED."""
+    from tfi.core.model.cv import FoldScore
+    from tfi.tracking.runs import Tracker
+    from tfi.tracking.trial_runs import TrialRuns, close_orphan_trial_runs
+
+    tracker = Tracker("orphans")
+    parent = tracker.client.create_run(tracker.experiment_id).info.run_id
+    study = optuna.create_study()
+    runs = TrialRuns(tracker, parent, "s", lambda trial: [])
+    for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+        trial = study.ask()
+        runs.started(trial)  # the worker dies before hooks.finished: no run ends
+        study.tell(trial, 0.4 if state == TrialState.COMPLETE else None, state=state)
+    folds = [FoldScore(0.45, 0.5, 1.0, 0.5, 20, 100)]
+
+    def close() -> int:
+        return close_orphan_trial_runs(tracker, study, parent, lambda t: folds, lambda t: False)
+
+    assert close() == 3
+    ended = {
+        run.data.tags["optuna.trial_number"]: run
+        for run in tracker.client.search_runs([tracker.experiment_id], "tags.`tfi.stage` = 'trial'")
+    }
+    assert {number: run.info.status for number, run in ended.items()} == {
+        "0": "FINISHED", "1": "FINISHED", "2": "FAILED"
+    }  # fmt: skip
+    assert ended["0"].data.metrics["cv_f1_macro"] == 0.45
+    assert ended["1"].data.metrics["partial_cv_f1_macro"] == 0.45
+    assert close() == 0  # each run ends once

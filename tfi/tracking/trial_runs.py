@@ -54,10 +54,7 @@ class TrialRuns:
         if run_id is None:
             return metrics
         record_trial(self.client, run_id, trial, metrics, error)
-        status = RunStatus.FINISHED
-        if trial.state == TrialState.FAIL:
-            status = RunStatus.KILLED if error == "interrupted" else RunStatus.FAILED
-        self.client.set_terminated(run_id, RunStatus.to_string(status))
+        self.client.set_terminated(run_id, _run_status(trial, error))
         return metrics
 
 
@@ -156,20 +153,26 @@ def close_orphan_trial_runs(
     folds_of: FoldsOf,
     never_ran: Callable[[FrozenTrial], bool],
 ) -> int:
-    """Give every failed trial of a dead worker a FAILED child run, exactly one.
+    """End every finished trial's child run that its worker left open; exactly one per trial.
 
-    A worker that died mid-trial leaves its run RUNNING; one that died while claiming the trial
-    left no run at all. Optuna has already failed (and retried) those trials.
+    A worker that died mid-trial leaves its run RUNNING, and one that died while claiming the
+    trial left no run at all: Optuna has already failed (and retried) those trials, and their
+    runs end FAILED. A worker that died after Optuna recorded the trial's result, before it
+    ended the run, leaves a complete or pruned trial with a RUNNING run: it ends as the worker
+    would have ended it.
     """
     experiment_id = tracker.client.get_run(parent_run_id).info.experiment_id
     runs = trial_runs(tracker.client, experiment_id, parent_run_id)
     closed = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+    for trial in study.get_trials(deepcopy=False, states=_FINISHED):
         if never_ran(trial):  # taken off the queue by the patience rule
             continue
         run = runs.get(trial.number)
         if run is not None and run.info.status != "RUNNING":
             continue
+        failed = trial.state == TrialState.FAIL
+        if run is None and not failed:
+            continue  # a result without a run: its worker never started one to leave open
         run_id = (
             run.info.run_id
             if run
@@ -177,8 +180,19 @@ def close_orphan_trial_runs(
                 tracker.client, experiment_id, parent_run_id, study.study_name, trial.number
             )
         )
-        metrics = trial_metrics(trial, folds_of(trial))
-        record_trial(tracker.client, run_id, trial, metrics, "its worker stopped; the trial failed")
-        tracker.end(run_id, "FAILED")
+        error = "its worker stopped; the trial failed" if failed else None
+        record_trial(tracker.client, run_id, trial, trial_metrics(trial, folds_of(trial)), error)
+        tracker.end(run_id, _run_status(trial, error))
         closed += 1
     return closed
+
+
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def _run_status(trial: FrozenTrial, error: str | None) -> str:
+    """How a finished trial's run ends: FINISHED, or KILLED/FAILED for a failed trial."""
+    if trial.state != TrialState.FAIL:
+        return RunStatus.to_string(RunStatus.FINISHED)
+    status = RunStatus.KILLED if error == "interrupted" else RunStatus.FAILED
+    return RunStatus.to_string(status)
