@@ -1,7 +1,7 @@
 """The real-data panel: every case of a folder of Binance kline files, one table with intervals.
 
     python scripts/panel.py --data DIR [--config experiments/binance.yaml] [--n-trials 10]
-                            [--set tuning.decision=prior ...] [--jobs 2] [--output panel-out]
+                            [--set decision.rule=prior ...] [--jobs 2] [--output panel-out]
                             [--compare OTHER_OUTPUT]
 
 Cases (the protocol of the panel's README): the files ``SYMBOL-1m-YYYY-MM.csv.gz`` of one symbol

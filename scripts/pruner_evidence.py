@@ -26,8 +26,8 @@ from optuna.trial import TrialState
 from tfi import pipeline
 from tfi.core.config.experiment import load_config
 from tfi.core.model.cv import reference_cv
-from tfi.search import study as studies
 from tfi.search.candidates import record_defaults
+from tfi.search.strategy import sampler_and_pruner
 from tfi.stages import train
 from tfi.stages.cv_setup import cv_setup
 from tfi.stages.outputs import Tuned
@@ -66,7 +66,7 @@ def main() -> None:
             pruner_name, _, margin = name.partition(":")  # e.g. paired:0.005
             update = {"pruner": pruner_name, **({"pruner_margin": float(margin)} if margin else {})}
             tuning = config.tuning.model_copy(update=update)
-            sampler, pruner = studies.sampler_and_pruner(tuning, 0)
+            sampler, pruner = sampler_and_pruner(tuning, 0)
             study = optuna.create_study(direction=tuning.direction, sampler=sampler, pruner=pruner)
             record_defaults(study, reference)
             for params in replay:

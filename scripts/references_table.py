@@ -41,7 +41,7 @@ def main() -> None:
             args.config,
             **{
                 "labels.thresholds": thresholds,
-                "tuning.decision": decision,
+                "decision.rule": decision,
                 "tuning.n_trials": args.n_trials,
             },
         )

@@ -16,7 +16,8 @@ import pytest
 
 from tfi.core.config.tuning import ExecutionConfig
 from tfi.search import trial_loop
-from tfi.search.study import SharedStudy, open_storage
+from tfi.search.storage import open_storage
+from tfi.search.study import SharedStudy
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.yaml"

@@ -23,6 +23,53 @@ def test_the_competitions_target_is_never_a_feature():
         assert "label" in load_config(path).data.exclude, path.name
 
 
+def test_wide_is_default_with_its_own_search(tmp_path):
+    """``extends``: sections merge key by key; a search space and fixed parameters replace."""
+    default = load_config(ROOT / "experiments" / "default.yaml")
+    wide = load_config(ROOT / "experiments" / "wide.yaml")
+    assert (wide.data, wide.split, wide.selection) == (
+        default.data,
+        default.split,
+        default.selection,
+    )
+    assert wide.tuning.fixed_params == {} and "num_leaves" in wide.tuning.search_space
+    assert set(default.tuning.search_space) < set(wide.tuning.search_space)
+    assert wide.tuning.n_trials == 30 and default.tuning.n_trials == 20
+
+
+def test_an_extending_file_changes_only_what_it_lists(tmp_path):
+    (tmp_path / "base.yaml").write_text(SMOKE.read_text())
+    child = tmp_path / "child.yaml"
+    child.write_text(
+        "extends: base.yaml\nname: child\ndata: {synthetic: {rows: 5000}}\ntuning: {n_trials: 2}\n"
+    )
+    base, extended = load_config(SMOKE), load_config(child)
+    assert extended.data.synthetic.rows == 5000 and extended.tuning.n_trials == 2
+    assert extended.data.synthetic.features == base.data.synthetic.features
+    assert extended.tuning.search_space == base.tuning.search_space
+    assert (
+        extended.model_copy(update={"name": base.name, "data": base.data, "tuning": base.tuning})
+        == base
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("extends: child.yaml\nname: loop\n", "leads back to itself"),
+        ("extends: base.yaml\n", "gives no name of its own"),
+        ("extends: missing.yaml\nname: child\n", "missing.yaml does not exist"),
+        ("extends: [base.yaml]\nname: child\n", "must name another experiment file"),
+    ],
+)
+def test_a_bad_extends_is_named(tmp_path, text, message):
+    (tmp_path / "base.yaml").write_text(SMOKE.read_text())
+    child = tmp_path / "child.yaml"
+    child.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(child)
+
+
 def _variant(tmp_path, section, value):
     """The smoke experiment with one section replaced, written to a file."""
     raw = yaml.safe_load(SMOKE.read_text())
@@ -112,7 +159,10 @@ def test_split_date_with_an_offset_is_read_as_utc(smoke_config):
         ({"labels.low_quantile": 0.3, "labels.high_quantile": 0.99}, "'buy': 0.01"),
         ({"selection.max_features": 2, "selection.min_features": 3}, "max_features (2) is below"),
         ({"execution.heartbeat_grace": 5, "execution.heartbeat_interval": 5}, "must exceed"),
-        ({"tuning.workers": 2}, "tuning.workers moved to the execution section"),
+        ({"tuning.workers": 2}, "tuning.workers: now execution.workers"),
+        ({"tuning.decision": "prior"}, "tuning.decision: now decision.rule"),
+        ({"selection.on_empty": "error"}, "selection.on_empty: now selection.on_too_few"),
+        ({"selection.patience": 3}, "selection.patience: now selection.alpha_patience"),
     ],
 )
 def test_settings_that_cannot_work_are_refused(smoke_config, override, message):

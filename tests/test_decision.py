@@ -10,11 +10,11 @@ from tfi.core.model.decision import ARGMAX, Decision, decide, fit_weights, prior
 
 from .helpers import SMOKE
 
-TUNING = load_config(SMOKE).tuning  # decision: fitted
+FITTED = load_config(SMOKE).decision  # rule: fitted
 
 
 def _rule(rule: str, **settings: int):
-    return TUNING.model_copy(update={"decision": rule, **settings})
+    return FITTED.model_copy(update={"rule": rule, **settings})
 
 
 def _prior_heavy(n=6000, seed=0):
@@ -46,10 +46,10 @@ def test_fitted_weights_are_the_best_of_the_grid_as_the_served_decision_applies_
 
 def test_decide_falls_back_to_the_training_prior_without_out_of_fold_predictions():
     y_train = np.array([0] * 20 + [1] * 60 + [2] * 20)
-    assert decide(TUNING, y_train, []) == prior_decision(y_train)
+    assert decide(FITTED, "f1_macro", y_train, []) == prior_decision(y_train)
     assert prior_decision(y_train).weights == pytest.approx((3.0, 1.0, 3.0))
-    assert decide(_rule("argmax"), y_train, [_prior_heavy()]) == ARGMAX
-    fitted = decide(TUNING, y_train, [_prior_heavy()])
+    assert decide(_rule("argmax"), "f1_macro", y_train, [_prior_heavy()]) == ARGMAX
+    fitted = decide(FITTED, "f1_macro", y_train, [_prior_heavy()])
     assert fitted.rule == "fitted"
 
 
@@ -75,7 +75,7 @@ def test_share_weights_decide_the_target_shares():
 def test_shares_hold_the_training_shares_through_drift_where_fixed_weights_do_not():
     y, proba = _drifting(shift=1.5)
     prior = prior_decision(y[:3000])
-    shares = decide(_rule("shares", decision_window=1440, decision_min_rows=600), y[:3000], [])
+    shares = decide(_rule("shares", window=1440, min_rows=600), "f1_macro", y[:3000], [])
     assert shares.rule == "shares" and shares.weights == prior.weights
     late = slice(4500, None)  # after the drift, with a window of rows already drifted
     fixed_shares = np.bincount(prior.classes(proba)[late], minlength=3) / 1500

@@ -20,6 +20,7 @@ from tfi import pipeline
 from tfi.core.config.experiment import CategoricalParam
 from tfi.search import lock
 from tfi.search import study as studies
+from tfi.search.budget import ROUNDS_ATTR
 from tfi.search.trial_loop import WORKER_ATTR
 from tfi.stages.session import Session, available_cores
 from tfi.stages.tune_parent import PARENT_ATTR
@@ -206,7 +207,7 @@ def test_two_commands_share_one_budget(store):
     assert [first.returncode, second.returncode] == [0, 0], [text[-3000:] for text in outputs]
     assert "joining them" in outputs[1]
     study = _check_exactly_once(store, budget)
-    assert study.user_attrs[studies.ROUNDS_ATTR] == 1  # one round, shared by both commands
+    assert study.user_attrs[ROUNDS_ATTR] == 1  # one round, shared by both commands
     workers = {t.user_attrs[WORKER_ATTR] for t in study.trials}
     assert len(workers) == 2
     client = MlflowClient()

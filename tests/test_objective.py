@@ -72,7 +72,7 @@ def test_subsample_without_a_frequency_does_nothing_in_lightgbm(folds):
 
 def test_objective_scores_every_fold_and_reuses_the_datasets(folds, smoke_config):
     handles = [fold.train._handle.value for fold in folds]
-    objective = CVObjective(folds, smoke_config.tuning, num_threads=1)
+    objective = CVObjective(folds, smoke_config.tuning, smoke_config.decision, num_threads=1)
     trial = optuna.trial.FixedTrial(
         {"learning_rate": 0.1, "n_estimators": 40, "num_leaves": 8, "reg_lambda": 1.0}
     )
@@ -101,7 +101,7 @@ def test_a_hopeless_trial_is_pruned_after_its_first_fold(folds, smoke_config):
     )
     for leaf_rows in (5, 6, 5000):  # 5000 > any fold's rows: no split, majority-level F1
         study.enqueue_trial({"min_child_samples": leaf_rows})
-    study.optimize(CVObjective(folds, tuning, num_threads=1), n_trials=3)
+    study.optimize(CVObjective(folds, tuning, smoke_config.decision, num_threads=1), n_trials=3)
     good, _, hopeless = study.trials
     assert good.state == optuna.trial.TrialState.COMPLETE
     assert len(fold_scores(good)) == 3

@@ -15,7 +15,8 @@ from optuna.trial import TrialState, create_trial
 from tfi import pipeline
 from tfi.bench.quality import trial_summary
 from tfi.search import patience, trial_loop
-from tfi.search.study import ROUND_ATTR, ROUNDS_ATTR, SharedStudy, open_budget
+from tfi.search.budget import ROUND_ATTR, ROUNDS_ATTR, open_budget
+from tfi.search.study import SharedStudy
 from tfi.stages.session import Session
 from tfi.stages.tune_parent import ENDED_EARLY_TAG
 

@@ -131,7 +131,7 @@ def test_select_logs_features_and_plots(smoke_run):
     assert select.data.metrics["alpha"] > 0
     # smoke.yaml: 20 alphas; the folds' paths stop 5 past the best one, or at the grid's end
     assert 6 <= select.data.metrics["n_alphas_solved"] <= 20
-    assert select.data.params["patience"] == "5"
+    assert select.data.params["alpha_patience"] == "5"
 
 
 def test_tune_parent_holds_the_study_summary(smoke_run):

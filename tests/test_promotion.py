@@ -95,7 +95,7 @@ def test_an_explicit_study_name_is_not_reused_for_other_inputs(store, smoke_conf
     other_data = config.with_overrides(**{"data.synthetic.seed": 12})
     with pytest.raises(TrackingError, match="study 'mine' was built on other data"):
         pipeline.run_tune(Session.open(other_data), None)
-    other_objective = config.with_overrides(**{"tuning.decision": "argmax"})
+    other_objective = config.with_overrides(**{"decision.rule": "argmax"})
     with pytest.raises(TrackingError, match="not comparable"):
         pipeline.run_tune(Session.open(other_objective), None)
     pipeline.run_tune(Session.open(config), None)  # the same inputs continue the study
@@ -241,12 +241,12 @@ def test_a_stop_during_registration_waits_until_version_alias_and_tags_agree(
 
 def test_the_shares_decision_is_served_as_the_run_evaluated_it(store, smoke_config):
     """Under ``shares`` the served model, given the test rows in order, decides them as the
-    train run did; the rows before ``decision_min_rows`` get the prior weights."""
+    train run did; the rows before ``decision.min_rows`` get the prior weights."""
     from tfi.core.data.sources import load
     from tfi.core.model.decision import Decision
 
-    settings = {"tuning.decision": "shares", "tuning.decision_window": 240}
-    trained = _main(smoke_config, **settings, **{"tuning.decision_min_rows": 60})
+    settings = {"decision.rule": "shares", "decision.window": 240, "decision.min_rows": 60}
+    trained = _main(smoke_config, **settings)
     decision = _decision(trained)
     assert decision["rule"] == "shares" and (decision["window"], decision["min_rows"]) == (240, 60)
     evaluated = pd.read_parquet(

@@ -74,8 +74,8 @@ def test_the_folds_paths_stop_once_their_mean_error_stops_improving():
     X, y = _problem(p=30)
     folds = [Fold(900, 1000, 2000), Fold(1900, 2000, 3000)]
     names = [f"f{i}" for i in range(30)]
-    whole = select_features(X, y, folds, names, SelectionConfig(n_alphas=40, patience=None))
-    early = select_features(X, y, folds, names, SelectionConfig(n_alphas=40, patience=3))
+    whole = select_features(X, y, folds, names, SelectionConfig(n_alphas=40, alpha_patience=None))
+    early = select_features(X, y, folds, names, SelectionConfig(n_alphas=40, alpha_patience=3))
     best = int(np.argmin(whole.cv_mse.mean(axis=0)))
     assert best + 3 < 40 - 1  # the planted signal has a minimum well inside the grid
     assert (early.alpha, early.selected) == (whole.alpha, whole.selected)
@@ -92,7 +92,7 @@ def test_too_few_features_at_the_chosen_alpha_extend_the_full_path():
     X = rng.standard_normal((2000, 6)).astype(np.float32)
     y = rng.standard_normal(2000)
     folds = [Fold(600, 700, 1300), Fold(1300, 1400, 2000)]
-    config = SelectionConfig(n_alphas=20, min_features=6, patience=2)
+    config = SelectionConfig(n_alphas=20, min_features=6, alpha_patience=2)
     picked = select_features(X, y, folds, list("abcdef"), config)
     assert len(picked.selected) == 6 and "enter the path" in picked.rule
     assert len(picked.alphas) == 20 and np.isnan(picked.cv_mse[:, -1]).all()
@@ -246,7 +246,7 @@ def test_empty_support_takes_the_first_features_to_enter_the_path():
     assert selected == ("b", "c")
     assert "first 2 features to enter the path" in rule
     with pytest.raises(SelectionError, match="LASSO kept 0 features"):
-        _apply_rules(path, alphas, 0, list("abcd"), SelectionConfig(on_empty="error"))
+        _apply_rules(path, alphas, 0, list("abcd"), SelectionConfig(on_too_few="error"))
 
 
 def test_pure_noise_never_yields_an_empty_list():
@@ -265,7 +265,7 @@ def test_one_huge_value_does_not_overflow_the_moments(caplog):
     X, y = _problem()
     X[1500, 7] = 1e20
     folds = [Fold(900, 1000, 2000), Fold(1900, 2000, 3000)]
-    config = SelectionConfig(n_alphas=10, max_features=None, patience=None)
+    config = SelectionConfig(n_alphas=10, max_features=None, alpha_patience=None)
     with caplog.at_level("WARNING", logger="tfi.core.selection.select"):
         selection = select_features(X, y, folds, [f"f{i}" for i in range(12)], config)
     assert np.isfinite(selection.cv_mse).all()

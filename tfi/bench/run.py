@@ -338,7 +338,7 @@ def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[st
 
 
 def _run_reference(config_path: str, overrides: dict[str, Any], search: str) -> dict[str, Any]:
-    from tfi.search.study import route_optuna_logs
+    from tfi.search.storage import route_optuna_logs
 
     logs.configure()  # not MLflow's masking: the seed's process does not import MLflow
     route_optuna_logs()

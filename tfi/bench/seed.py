@@ -223,7 +223,7 @@ def _fit_fold(
 
 def _decision(config: ExperimentConfig, y_train: np.ndarray) -> Decision:
     """tfi's decision rule; ``fitted`` without out-of-fold predictions is ``prior``."""
-    return decide(config.tuning, y_train, [])
+    return decide(config.decision, config.tuning.metric, y_train, [])
 
 
 def _tfi_search_model(

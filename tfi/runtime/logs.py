@@ -1,7 +1,7 @@
 """Log lines of a tfi process: one stderr handler, passwords in URIs masked in every line.
 
 Libraries with their own handlers (MLflow, Optuna) are routed by their layers
-(:func:`tfi.tracking.store.mask_mlflow_output`, :func:`tfi.search.study.route_optuna_logs`).
+(:func:`tfi.tracking.store.mask_mlflow_output`, :func:`tfi.search.storage.route_optuna_logs`).
 """
 
 from __future__ import annotations

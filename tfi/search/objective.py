@@ -18,6 +18,7 @@ import optuna
 
 from tfi.core.config.experiment import (
     CategoricalParam,
+    DecisionConfig,
     FloatParam,
     IntParam,
     ParamSpec,
@@ -52,9 +53,16 @@ class CVObjective:
     champion's decision is fitted without training the folds again.
     """
 
-    def __init__(self, folds: Sequence[FoldData], config: TuningConfig, num_threads: int):
+    def __init__(
+        self,
+        folds: Sequence[FoldData],
+        config: TuningConfig,
+        decision: DecisionConfig,
+        num_threads: int,
+    ):
         self.folds = list(folds)
         self.config = config
+        self.decision = decision
         self.num_threads = num_threads
         self.best_out_of_fold: tuple[int, float, OutOfFold] | None = None
 
@@ -65,7 +73,7 @@ class CVObjective:
         )
         scores: list[FoldScore] = []
         out_of_fold: OutOfFold = []
-        steps = cross_validate(params, rounds, self.folds, self.config, out_of_fold)
+        steps = cross_validate(params, rounds, self.folds, self.config, self.decision, out_of_fold)
         for step, score in enumerate(steps):
             scores.append(score)
             trial.set_user_attr(FOLDS_ATTR, [asdict(score) for score in scores])

@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tfi.core.config.experiment import TuningConfig
-from tfi.search.study import ROUND_ATTR, ROUNDS_ATTR
+from tfi.search.budget import ROUND_ATTR, ROUNDS_ATTR
 from tfi.search.trial_loop import SKIPPED_ATTR, was_skipped
 
 

@@ -28,7 +28,8 @@ from tfi.core import keys
 from tfi.runtime import interrupts
 from tfi.runtime.interrupts import critical
 from tfi.runtime.uris import mask_text
-from tfi.search.study import SharedStudy, experimental_ok
+from tfi.search.storage import experimental_ok
+from tfi.search.study import SharedStudy
 
 log = logging.getLogger(__name__)
 

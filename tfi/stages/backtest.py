@@ -41,13 +41,14 @@ from tfi.core.evaluation.backtest import (
 )
 from tfi.core.evaluation.bootstrap import Interval
 from tfi.core.labels.labelled import prepare_labels
-from tfi.core.model.cv import OutOfFold, reference_cv
+from tfi.core.model.cv import OutOfFold
 from tfi.search import candidates
 from tfi.search import study as studies
 from tfi.search.objective import FOLDS_ATTR
+from tfi.search.strategy import sampler_and_pruner
 from tfi.stages.champion import Champion, TrainTest, fit_champion
 from tfi.stages.cv_setup import CVSetup, build_cv
-from tfi.stages.outputs import Selected, Tuned
+from tfi.stages.outputs import Tuned
 from tfi.stages.select import select_every
 from tfi.stages.session import Session
 from tfi.stages.train_report import Report, build_report
@@ -120,15 +121,13 @@ def evaluate_window(
     """Train on the rows before ``window`` (tuning unless ``fixed`` is given), score it."""
     window_cfg = cfg.with_overrides(**{"split.test_start": window.start.to_pydatetime()})
     labelled = restrict(prepare_labels(data, window_cfg), window, cfg.backtest.train_days)
-    selection, per_fold = select_every(data, labelled, cfg)
-    selected = Selected("", selection.selected, tuple(own.selected for own in per_fold))
+    selections = select_every(data, labelled, cfg)
+    selection, selected = selections.champion, selections.as_selected("")
     setup = build_cv(
         data.subset(selected.tuning_features), labelled, selected.fold_features, cfg, threads
     )
     study = optuna.create_study(direction=cfg.tuning.direction)
-    candidates.record_defaults(
-        study, reference_cv(setup.objective.folds, cfg.tuning, threads, setup.defaults_oof)
-    )
+    candidates.record_defaults(study, setup.cross_validate_defaults(threads))
     defaults = candidates.defaults_trial(study, cfg.tuning.metric)
     if fixed is None:
         best, out_of_fold = _tune(cfg, setup, study)
@@ -156,7 +155,7 @@ def _tune(
     cfg: ExperimentConfig, setup: CVSetup, study: optuna.Study
 ) -> tuple[FrozenTrial, OutOfFold]:
     """An in-memory study of ``tuning.n_trials`` on the window's folds; its candidate."""
-    study.sampler, study.pruner = studies.sampler_and_pruner(cfg.tuning, 0)
+    study.sampler, study.pruner = sampler_and_pruner(cfg.tuning, 0)
     study.optimize(setup.objective, n_trials=cfg.tuning.n_trials)
     best, why = candidates.best_candidate(study, cfg.tuning)
     if best is None:
@@ -169,7 +168,7 @@ def _refit_folds(
     cfg: ExperimentConfig, setup: CVSetup, fixed: FrozenTrial, threads: int
 ) -> tuple[FrozenTrial, OutOfFold]:
     """A given candidate's parameters on this window's folds: its trees and its decision."""
-    scores, out_of_fold = setup.cross_validate(cfg.tuning, fixed, threads)
+    scores, out_of_fold = setup.cross_validate(fixed, threads)
     trial = optuna.trial.create_trial(
         value=float(np.mean([getattr(s, cfg.tuning.metric) for s in scores])),
         params=fixed.params,

@@ -1,7 +1,7 @@
 """The champion fit: the best trial's complete parameters on every training row.
 
 Trains with the fixed parameters plus every tuned one and a tree count derived from the folds'
-best iterations. Its class decision (``tuning.decision``) is fitted on the best trial's
+best iterations. Its class decision (``decision.rule``) is fitted on the best trial's
 out-of-fold CV predictions, never on test rows; the test period is predicted once.
 """
 
@@ -86,7 +86,7 @@ def fit_champion(
     started = time.perf_counter()
     booster = fit_booster(split.X_train, split.y_train, params, rounds, cfg.tuning.max_bin, threads)
     seconds = time.perf_counter() - started
-    decision = decide(cfg.tuning, split.y_train, out_of_fold)
+    decision = decide(cfg.decision, cfg.tuning.metric, split.y_train, out_of_fold)
     proba = booster.predict(split.X_test)
     predicted = decision.classes(proba)
     evaluation = ev.evaluate(split.y_test, proba, predicted)
@@ -115,5 +115,5 @@ def cv_evidence(
     setup = cv_setup(session, prepared, selected)
     log.info("train: cross-validating %s again for its decision", describe(tuned.best))
     # The fold scores are the candidate's own already; only its predictions are needed.
-    _, out_of_fold = setup.cross_validate(session.config.tuning, tuned.best, session.threads)
+    _, out_of_fold = setup.cross_validate(tuned.best, session.threads)
     return setup.baselines, out_of_fold

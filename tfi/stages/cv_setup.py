@@ -14,13 +14,20 @@ import numpy as np
 from optuna.trial import FrozenTrial
 
 from tfi.core.classes import lightgbm_classes
-from tfi.core.config.experiment import ExperimentConfig, TuningConfig
+from tfi.core.config.experiment import ExperimentConfig
 from tfi.core.data.sources import MarketData
 from tfi.core.evaluation import references
 from tfi.core.labels.imbalance import trailing_imbalance
 from tfi.core.labels.labelled import LabelledData, fold_labels, training_folds
 from tfi.core.labels.split import TRAIN
-from tfi.core.model.cv import FoldScore, OutOfFold, build_folds, cross_validate, lightgbm_params
+from tfi.core.model.cv import (
+    FoldScore,
+    OutOfFold,
+    build_folds,
+    cross_validate,
+    lightgbm_params,
+    reference_cv,
+)
 from tfi.search import candidates
 from tfi.search.objective import CVObjective
 from tfi.stages.outputs import Prepared, Selected, check_alignment
@@ -46,15 +53,25 @@ class CVSetup:
         return kept[2] if kept is not None and kept[0] == candidate.number else None
 
     def cross_validate(
-        self, tuning: TuningConfig, candidate: FrozenTrial, threads: int
+        self, candidate: FrozenTrial, threads: int
     ) -> tuple[list[FoldScore], OutOfFold]:
         """The candidate's parameters on these folds once more: fold scores and predictions."""
+        objective = self.objective
         params, rounds = lightgbm_params(
-            candidates.candidate_params(tuning, candidate), threads, tuning.seed
+            candidates.candidate_params(objective.config, candidate), threads, objective.config.seed
         )
         out_of_fold: OutOfFold = []
-        scores = list(cross_validate(params, rounds, self.objective.folds, tuning, out_of_fold))
-        return scores, out_of_fold
+        scores = cross_validate(
+            params, rounds, objective.folds, objective.config, objective.decision, out_of_fold
+        )
+        return list(scores), out_of_fold
+
+    def cross_validate_defaults(self, threads: int) -> list[FoldScore]:
+        """LightGBM's defaults on these folds (:func:`reference_cv`); keeps their predictions."""
+        objective = self.objective
+        return reference_cv(
+            objective.folds, objective.config, objective.decision, threads, self.defaults_oof
+        )
 
 
 def cv_setup(session: Session, prepared: Prepared, selected: Selected) -> CVSetup:
@@ -96,7 +113,7 @@ def build_cv(
         [(own.target, own.thresholds) for own in labels],
     )
     return CVSetup(
-        CVObjective(built, config.tuning, threads),
+        CVObjective(built, config.tuning, config.decision, threads),
         data,
         [own.record(i) for i, own in enumerate(labels)],
         baselines,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,6 +32,19 @@ from tfi.tracking import runs as tracking
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Selections:
+    """The champion's selection (every training row) and each CV fold's (its own rows)."""
+
+    champion: LassoSelection
+    per_fold: list[LassoSelection]
+    folds: list[Fold]
+    seconds: float
+
+    def as_selected(self, run_id: str) -> Selected:
+        return Selected(run_id, self.champion.selected, tuple(f.selected for f in self.per_fold))
+
+
 def run(
     session: Session,
     prepared: Prepared,
@@ -38,94 +52,71 @@ def run(
     run_id: str | None = None,
 ) -> Selected:
     """LASSO over the purged folds on training rows; log the features and the path."""
-    cfg = session.config
     data = session.data()
-    labelled = prepared.labelled
-    check_alignment(data, labelled)
-    started = time.perf_counter()
-    folds = training_folds(labelled, cfg.cv)
-    selection, per_fold = select_every(data, labelled, cfg)
-    seconds = time.perf_counter() - started
+    check_alignment(data, prepared.labelled)
+    selections = select_every(data, prepared.labelled, session.config)
+    selection = selections.champion
     log.info(
         "select: alpha=%.4g keeps %d of %d features (%s) in %.1fs",
         selection.alpha,
         len(selection.selected),
         len(data.feature_names),
         selection.rule,
-        seconds,
+        selections.seconds,
     )
     if not selection.rule.startswith("lasso support"):
         log.warning("select: %s", selection.rule)
-    run_id = _log(session, prepared, data, folds, selection, per_fold, seconds, parent_id, run_id)
+    tags = {tracking.DATA_DIGEST: session.digest, keys.PREPARE_RUN: prepared.run_id}
+    with session.tracker.run("select", session.select_key, parent_id, run_id, tags) as run:
+        _log(run, session.config, data, selections)
     log.info(
         "select: the CV folds keep %s features, each fold's chosen on its own training rows",
-        [len(own.selected) for own in per_fold],
+        [len(own.selected) for own in selections.per_fold],
     )
-    return Selected(run_id, selection.selected, tuple(own.selected for own in per_fold))
+    return selections.as_selected(run.id)
 
 
 def _log(
-    session: Session,
-    prepared: Prepared,
-    data: MarketData,
-    folds: list[Fold],
-    selection: LassoSelection,
-    per_fold: list[LassoSelection],
-    seconds: float,
-    parent_id: str | None,
-    run_id: str | None,
-) -> str:
-    cfg = session.config
-    with session.tracker.run(
-        "select",
-        session.select_key,
-        parent_id,
-        run_id,
-        {tracking.DATA_DIGEST: session.digest, keys.PREPARE_RUN: prepared.run_id},
-    ) as run:
-        run.log_dataset(data, context="select")
-        run.log_params(
-            {
-                "target": cfg.selection.target,
-                "n_alphas": cfg.selection.n_alphas,
-                "eps": cfg.selection.eps,
-                "patience": cfg.selection.patience,
-                "max_features": cfg.selection.max_features,
-                "min_features": cfg.selection.min_features,
-                "on_empty": cfg.selection.on_empty,
-                "cv_n_splits": cfg.cv.n_splits,
-                "n_features_in": len(data.feature_names),
-            }
-        )
-        run.log_metrics(
-            {
-                "alpha": selection.alpha,
-                "n_selected": len(selection.selected),
-                "n_lasso_nonzero": selection.n_lasso,
-                "n_alphas_solved": int(np.count_nonzero(~np.isnan(selection.cv_mse[0]))),
-                "cv_mse": float(np.nanmin(selection.cv_mse.mean(axis=0))),
-                "select_seconds": seconds,
-                **{f"n_selected_fold_{i}": len(own.selected) for i, own in enumerate(per_fold)},
-            }
-        )
-        run.set_tags({keys.SELECTION_RULE: selection.rule})
-        run.log_dict(selection.report(), "selected_features.json")
-        run.log_dict(
-            [
-                {"fold": i, "training_rows": fold.train_stop, **own.report()}
-                for i, (fold, own) in enumerate(zip(folds, per_fold, strict=True))
-            ],
-            "fold_features.json",
-        )
-        run.log_figure(path_figure(selection), "lasso_path.png")
-        run.log_figure(coefficient_figure(selection), "coefficients.png")
-    return run.id
+    run: tracking.StageRun, cfg: ExperimentConfig, data: MarketData, selections: Selections
+) -> None:
+    selection, per_fold = selections.champion, selections.per_fold
+    run.log_dataset(data, context="select")
+    run.log_params(
+        {
+            **cfg.selection.model_dump(exclude={"always_keep"}),
+            "cv_n_splits": cfg.cv.n_splits,
+            "n_features_in": len(data.feature_names),
+        }
+    )
+    run.log_metrics(
+        {
+            "alpha": selection.alpha,
+            "n_selected": len(selection.selected),
+            "n_lasso_nonzero": selection.n_lasso,
+            "n_alphas_solved": int(np.count_nonzero(~np.isnan(selection.cv_mse[0]))),
+            "cv_mse": float(np.nanmin(selection.cv_mse.mean(axis=0))),
+            "select_seconds": selections.seconds,
+            **{f"n_selected_fold_{i}": len(own.selected) for i, own in enumerate(per_fold)},
+        }
+    )
+    run.set_tags({keys.SELECTION_RULE: selection.rule})
+    folds = [
+        {"fold": i, "training_rows": fold.train_stop, **own.report()}
+        for i, (fold, own) in enumerate(zip(selections.folds, per_fold, strict=True))
+    ]
+    run.log_outputs(
+        {
+            "selected_features.json": selection.report(),
+            "fold_features.json": folds,
+            "lasso_path.png": path_figure(selection),
+            "coefficients.png": coefficient_figure(selection),
+        }
+    )
 
 
-def select_every(
-    data: MarketData, labelled: LabelledData, cfg: ExperimentConfig
-) -> tuple[LassoSelection, list[LassoSelection]]:
+def select_every(data: MarketData, labelled: LabelledData, cfg: ExperimentConfig) -> Selections:
     """The champion's selection and each CV fold's, from one pass over the training rows."""
+    started = time.perf_counter()
     selection, *per_fold = select_nested(
         data.features,
         selection_problems(labelled, cfg.cv, cfg.selection),
@@ -133,7 +124,8 @@ def select_every(
         cfg.selection,
         labelled.rows(TRAIN),
     )
-    return selection, per_fold
+    folds = training_folds(labelled, cfg.cv)
+    return Selections(selection, per_fold, folds, time.perf_counter() - started)
 
 
 def selection_problems(

@@ -22,7 +22,7 @@ from tfi.core.data import sources as data_io
 from tfi.core.data.sources import MarketData
 from tfi.runtime import logs
 from tfi.runtime.uris import inside, sqlite_path
-from tfi.search import study as studies
+from tfi.search import storage as optuna_storage
 from tfi.tracking import store
 from tfi.tracking.runs import Tracker
 
@@ -100,7 +100,7 @@ class Session:
     def storage(self) -> RDBStorage:
         """The Optuna storage, opened (and checked) once."""
         if self._storage is None:
-            self._storage = studies.open_storage(self.storage_uri, self.config.execution)
+            self._storage = optuna_storage.open_storage(self.storage_uri, self.config.execution)
         return self._storage
 
     def release(self) -> None:
@@ -124,8 +124,12 @@ class Session:
 
     @property
     def study_inputs(self) -> str:
-        """What a study's trials are scored on: the selected data and the objective's set-up."""
-        identity = self.config.tuning.model_dump(mode="json", exclude=_OPERATIONAL)
+        """What a study's trials are scored on: the selected data, the objective's set-up and
+        the class decision each fold is scored with."""
+        identity = {
+            "tuning": self.config.tuning.model_dump(mode="json", exclude=_OPERATIONAL),
+            "decision": self.config.decision.model_dump(mode="json"),
+        }
         return _hash(self.select_key, json.dumps(identity, sort_keys=True))
 
     @property
@@ -159,4 +163,4 @@ def configure_logging() -> None:
     """One masked log stream for tfi, MLflow and Optuna (a command or a worker process)."""
     secrets = logs.configure()
     store.mask_mlflow_output(secrets)
-    studies.route_optuna_logs()
+    optuna_storage.route_optuna_logs()

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from tfi.core import keys
-from tfi.core.classes import PROBABILITY_COLUMNS, labels_of
 from tfi.core.config.experiment import ExperimentConfig
 from tfi.core.data.sources import MarketData
 from tfi.core.evaluation import figures
@@ -31,6 +30,7 @@ from tfi.stages.train_report import (
     build_report,
     compare_with_champion,
     label_settings,
+    test_outputs,
     version_description,
 )
 from tfi.tracking import registry
@@ -112,32 +112,7 @@ def _log_run(
             **report.run_metrics(),
         }
     )
-    run.log_dict(champion.decision.as_dict(), "decision.json")
-    run.log_dict(report.table.reset_index().to_dict(orient="records"), "references.json")
-    run.log_dict(
-        report.differences_table().reset_index().to_dict(orient="records"),
-        "reference_differences.json",
-    )
-    run.log_text(report.references_markdown(), "references.md")
-    run.log_text(ev.markdown(report.periods), "test_by_period.md")
-    run.log_table(report.periods.reset_index(), "test_by_period.parquet")
-    run.log_figure(figures.by_period_figure(report.periods), "test_by_period.png")
-    labelled_test = pd.DataFrame(
-        {
-            "timestamp": data.timestamps[split.test_rows],
-            "target": labels_of(split.y_test),
-            "prediction": labels_of(champion.predicted),
-            **dict(zip(PROBABILITY_COLUMNS, champion.proba.T, strict=True)),
-        }
-    )
-    run.log_table(labelled_test, "test_predictions.parquet")
-    features = list(data.feature_names)
-    run.log_figure(figures.importance_figure(champion.booster, features), "feature_importance.png")
-    sample_rows = min(cfg.training.contribution_rows, len(split.X_test))
-    sample = split.X_test[np.linspace(0, len(split.X_test) - 1, sample_rows).astype(int)]
-    contributions = figures.contributions(champion.booster, sample, features)
-    run.log_figure(figures.contributions_figure(contributions), "contributions.png")
-    run.log_text(contributions.to_csv(), "contributions.csv")
+    run.log_outputs(test_outputs(cfg, data, split, champion, report))
 
 
 def _log_model(

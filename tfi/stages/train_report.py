@@ -12,17 +12,18 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from optuna.trial import FrozenTrial
 
 from tfi.core import keys
-from tfi.core.classes import NAMES, PROBABILITY_COLUMNS, lightgbm_classes
+from tfi.core.classes import NAMES, PROBABILITY_COLUMNS, labels_of, lightgbm_classes
 from tfi.core.config.experiment import ExperimentConfig
 from tfi.core.data.sources import MarketData
 from tfi.core.errors import StageError, TfiError
-from tfi.core.evaluation import bootstrap
+from tfi.core.evaluation import bootstrap, figures
 from tfi.core.evaluation import references as rules
 from tfi.core.evaluation import report as ev
 from tfi.core.evaluation.bootstrap import Interval
@@ -333,6 +334,41 @@ def _gain(
     return bootstrap.improvement(
         y, ours, theirs, blocks, cfg.tuning.metric, cfg.registry.two_sided()
     )
+
+
+def test_outputs(
+    cfg: ExperimentConfig, data: MarketData, split: TrainTest, champion: Champion, report: Report
+) -> dict[str, Any]:
+    """What the train run stores about its champion on the test period, by artifact path."""
+    features = list(data.feature_names)
+    sample_rows = min(cfg.training.contribution_rows, len(split.X_test))
+    sample = split.X_test[np.linspace(0, len(split.X_test) - 1, sample_rows).astype(int)]
+    contributions = figures.contributions(champion.booster, sample, features)
+    predictions = pd.DataFrame(
+        {
+            "timestamp": data.timestamps[split.test_rows],
+            "target": labels_of(split.y_test),
+            "prediction": labels_of(champion.predicted),
+            **dict(zip(PROBABILITY_COLUMNS, champion.proba.T, strict=True)),
+        }
+    )
+    return {
+        "decision.json": champion.decision.as_dict(),
+        "references.json": _records(report.table),
+        "reference_differences.json": _records(report.differences_table()),
+        "references.md": report.references_markdown(),
+        "test_by_period.md": ev.markdown(report.periods),
+        "test_by_period.parquet": report.periods.reset_index(),
+        "test_by_period.png": figures.by_period_figure(report.periods),
+        "test_predictions.parquet": predictions,
+        "feature_importance.png": figures.importance_figure(champion.booster, features),
+        "contributions.png": figures.contributions_figure(contributions),
+        "contributions.csv": contributions.to_csv(),
+    }
+
+
+def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    return table.reset_index().to_dict(orient="records")
 
 
 def label_settings(cfg: ExperimentConfig) -> str:

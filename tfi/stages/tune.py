@@ -1,9 +1,10 @@
 """The tune stage: an Optuna study over the purged folds, every trial a child run of one parent.
 
-The study lives in a shared storage (:mod:`tfi.search.study` for budgets and resumption,
-:mod:`tfi.search.trial_loop` for the trial loop); its parent MLflow run (:mod:`.tune_parent`) holds
-the set-up, the references and the summary. ``execution.workers`` > 1 starts local worker
-processes (spawned with their job as an object) that claim trials of the same budget round.
+The study lives in a shared storage (:mod:`tfi.search.study`; :mod:`tfi.search.budget` for
+budget rounds and resumption, :mod:`tfi.search.trial_loop` for the trial loop); its parent MLflow
+run (:mod:`.tune_parent`) holds the set-up, the references and the summary.
+``execution.workers`` > 1 starts local worker processes (spawned with their job as an object)
+that claim trials of the same budget round.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tfi.core.config.experiment import ExperimentConfig
 from tfi.core.errors import StageError, TfiError
-from tfi.core.model.cv import reference_cv
 from tfi.runtime import interrupts
+from tfi.search import budget as budgets
 from tfi.search import candidates, patience, trial_loop, workers
 from tfi.search import study as studies
 from tfi.search.lock import study_lock
@@ -53,7 +54,7 @@ def run(
     # and recorded before a round opens: every trial of every worker is pruned against them.
     defaults = None
     if not candidates.defaults_fold_values(shared.study, cfg.metric):
-        defaults = reference_cv(setup.objective.folds, cfg, session.threads, setup.defaults_oof)
+        defaults = setup.cross_validate_defaults(session.threads)
     with study_lock(shared):
         parent, created = tune_parent.open_parent(
             session, shared, prepared, selected, parent_id, run_id
@@ -61,7 +62,7 @@ def run(
         if defaults is not None and not candidates.defaults_fold_values(shared.study, cfg.metric):
             candidates.record_defaults(shared.study, defaults)
         trial_loop.reap(shared, session.config.execution.heartbeat_grace)
-        budget = studies.open_budget(shared, cfg.n_trials)
+        budget = budgets.open_budget(shared, cfg.n_trials)
     if created:
         tune_parent.record_references(session, shared, parent, setup)
     if budget.joined:

@@ -9,7 +9,9 @@ its parameters (``best_params.json``) and Optuna's plots.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
@@ -19,9 +21,10 @@ from tfi.core.errors import StageError
 from tfi.core.model.cv import lightgbm_params
 from tfi.runtime.uris import mask_uri
 from tfi.search import candidates
-from tfi.search import study as studies
 from tfi.search.objective import fold_scores
 from tfi.search.patience import round_stop_reason
+from tfi.search.storage import experimental_ok
+from tfi.search.strategy import sampler_and_pruner
 from tfi.search.study import SharedStudy
 from tfi.search.trial_loop import ERROR_ATTR, was_skipped
 from tfi.stages.cv_setup import CVSetup
@@ -75,7 +78,7 @@ def open_parent(
 
 def _setup_params(session: Session, shared: SharedStudy, selected: Selected) -> dict[str, object]:
     cfg = session.config
-    sampler, pruner = studies.sampler_and_pruner(cfg.tuning, 0)
+    sampler, pruner = sampler_and_pruner(cfg.tuning, 0)
     return {
         "study_name": shared.name,
         "optuna_storage": mask_uri(session.storage_uri),
@@ -83,6 +86,7 @@ def _setup_params(session: Session, shared: SharedStudy, selected: Selected) -> 
         "direction": cfg.tuning.direction,
         "sampler": type(sampler).__name__,
         "pruner": type(pruner).__name__,
+        "decision": cfg.decision.rule,
         "patience": cfg.tuning.patience,
         "min_improvement": cfg.tuning.min_improvement,
         "early_stopping_rounds": cfg.tuning.early_stopping_rounds,
@@ -118,23 +122,12 @@ def summarise(session: Session, shared: SharedStudy, parent: str, round_: int) -
         return best  # other workers are still at it; the last one summarises
     close_orphan_trial_runs(tracker, study, parent, fold_scores, was_skipped)
     trials = study.get_trials(deepcopy=False)
-    ran = [t for t in trials if not was_skipped(t)]
-    counts = {state: sum(t.state == state for t in ran) for state in TrialState}
-    skipped = len(trials) - len(ran)
     tags = tracker.tags_of(parent)
     if best is not None and tags.get(SUMMARISED_TAG) == str(len(trials)):
         return best  # another command of this round summarised it already
+    counts = TrialCounts.of(trials)
     run = tracker.stage_run(parent)
-    run.log_metrics(
-        {
-            "n_trials": len(ran),
-            "n_trials_complete": counts[TrialState.COMPLETE],
-            "n_trials_pruned": counts[TrialState.PRUNED],
-            "n_trials_failed": counts[TrialState.FAIL],
-            "n_trials_skipped": skipped,
-        },
-        step=round_,
-    )
+    run.log_metrics(counts.metrics(), step=round_)
     ended_early = round_stop_reason(trials, round_)
     if ended_early is not None:
         run.set_tags({ENDED_EARLY_TAG: f"round {round_}: {ended_early}"})
@@ -142,32 +135,65 @@ def summarise(session: Session, shared: SharedStudy, parent: str, round_: int) -
         run.delete_tag(ENDED_EARLY_TAG)  # an earlier round's: this one ran its whole budget
     if best is None:
         tracker.end(parent, "FAILED")
-        errors = {
-            t.number: t.user_attrs[ERROR_ATTR]
-            for t in trials
-            if t.state == TrialState.FAIL and ERROR_ATTR in t.user_attrs
-        }
-        listed = f"; trial errors: {errors}" if errors else ""
-        raise StageError(
-            f"no candidate in study {shared.name} ({counts[TrialState.FAIL]} trials failed, "
-            f"{counts[TrialState.PRUNED]} pruned): {why}{listed}"
-        )
+        raise StageError(f"no candidate in study {shared.name} ({counts}): {why}" + _errors(trials))
     _log_best(session, run, shared, best, round_, why)
     run.set_tags({SUMMARISED_TAG: len(trials)})
     tracker.end(parent, "FINISHED")
     log.info(
-        "tune: champion candidate %s, cv_%s=%.4f, after %d trials (%d pruned, %d failed, "
-        "%d skipped): %s",
+        "tune: champion candidate %s, cv_%s=%.4f, after %d trials (%s): %s",
         candidates.describe(best),
         session.config.tuning.metric,
         best.value,
-        len(ran),
-        counts[TrialState.PRUNED],
-        counts[TrialState.FAIL],
-        skipped,
+        counts.ran,
+        counts,
         why,
     )
     return best
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    """How the trials of a study ended; skipped ones (a round's early end) did not run."""
+
+    ran: int
+    complete: int
+    pruned: int
+    failed: int
+    skipped: int
+
+    @classmethod
+    def of(cls, trials: Sequence[FrozenTrial]) -> TrialCounts:
+        ran = [t for t in trials if not was_skipped(t)]
+        states = Counter(t.state for t in ran)
+        return cls(
+            len(ran),
+            states[TrialState.COMPLETE],
+            states[TrialState.PRUNED],
+            states[TrialState.FAIL],
+            len(trials) - len(ran),
+        )
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "n_trials": self.ran,
+            "n_trials_complete": self.complete,
+            "n_trials_pruned": self.pruned,
+            "n_trials_failed": self.failed,
+            "n_trials_skipped": self.skipped,
+        }
+
+    def __str__(self) -> str:
+        return f"{self.pruned} pruned, {self.failed} failed, {self.skipped} skipped"
+
+
+def _errors(trials: Sequence[FrozenTrial]) -> str:
+    """The failed trials' recorded errors, as a clause of a message ('' when none)."""
+    errors = {
+        t.number: t.user_attrs[ERROR_ATTR]
+        for t in trials
+        if t.state == TrialState.FAIL and ERROR_ATTR in t.user_attrs
+    }
+    return f"; trial errors: {errors}" if errors else ""
 
 
 def _log_best(
@@ -233,7 +259,7 @@ def _study_figures(shared: SharedStudy) -> Iterator[tuple[str, object]]:
         # later figures (the confusion matrix) do not get white grid lines through them.
         with plt.rc_context():
             try:
-                with studies.experimental_ok():
+                with experimental_ok():
                     axes = plot(study)
             except (ValueError, RuntimeError) as exc:  # e.g. no parameter varied
                 log.info("tune: no %s plot: %s", name, exc)

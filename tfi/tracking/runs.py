@@ -257,6 +257,24 @@ class StageRun:
         self.client.log_figure(self.id, figure, path)
         figure.clear()
 
+    def log_outputs(self, outputs: Mapping[str, Any]) -> None:
+        """Each output under its artifact path, logged as its suffix says: ``.json`` a dict or
+        list, ``.md`` / ``.csv`` text, ``.parquet`` a table, ``.png`` a figure."""
+        loggers = {
+            ".json": self.log_dict,
+            ".md": self.log_text,
+            ".csv": self.log_text,
+            ".parquet": self.log_table,
+            ".png": self.log_figure,
+        }
+        for path, payload in outputs.items():
+            suffix = Path(path).suffix
+            if suffix not in loggers:
+                raise ValueError(
+                    f"no way to log {path}: suffix {suffix!r} is not one of {list(loggers)}"
+                )
+            loggers[suffix](payload, path)
+
     @critical_section
     def log_artifact(self, local_path: str | Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.id, str(local_path), folder)

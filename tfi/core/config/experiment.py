@@ -45,6 +45,17 @@ __all__ = [  # the tuning section's names, re-exported: every section is importa
 DEFAULT_CONFIG = "experiments/default.yaml"
 MIN_CLASS_SHARE = 0.05  # the smallest intended class share the label quantiles may give
 SYNTHETIC = "synthetic"
+EXTENDS = "extends"
+_REPLACED_WHOLE = frozenset({"search_space", "fixed_params"})
+# Keys of earlier versions and where they live now: an old file stops with the new name.
+RENAMED = {
+    "tuning.decision": "decision.rule",
+    "tuning.decision_window": "decision.window",
+    "tuning.decision_min_rows": "decision.min_rows",
+    "selection.patience": "selection.alpha_patience",
+    "selection.on_empty": "selection.on_too_few",
+    **{f"tuning.{name}": f"execution.{name}" for name in ExecutionConfig.model_fields},
+}
 
 
 class SyntheticSpec(StrictModel):
@@ -166,7 +177,7 @@ class SelectionConfig(StrictModel):
     target: Literal["class", "imbalance"] = "class"
     n_alphas: int = Field(40, ge=3)
     eps: float = Field(1e-3, gt=0, lt=1, description="smallest alpha as a share of the largest")
-    patience: int | None = Field(
+    alpha_patience: int | None = Field(
         5,
         ge=1,
         description="stop the folds' paths once their mean validation error has not improved "
@@ -179,7 +190,7 @@ class SelectionConfig(StrictModel):
         description="features kept whatever LASSO says, where the data has them (the "
         "persistence rule's input in regime-free units, tfi.core.data.bars)",
     )
-    on_empty: Literal["path", "error"] = Field(
+    on_too_few: Literal["path", "error"] = Field(
         "path",
         description="when LASSO keeps fewer than min_features: take the first features to "
         "enter along the path ('path') or stop with an error",
@@ -205,6 +216,25 @@ class TrainingConfig(StrictModel):
     )
     contribution_rows: int = Field(
         300, ge=10, description="test rows sampled for the pred_contrib summary (TreeSHAP is slow)"
+    )
+
+
+class DecisionConfig(StrictModel):
+    """How the model's class probabilities become a class: in CV, on test and when served."""
+
+    rule: Literal["fitted", "prior", "argmax", "shares"] = Field(
+        "shares",
+        description="'fitted' = per-class weights that maximise the metric on out-of-fold "
+        "predictions (in CV, each fold's weights come from the folds before it); 'prior' = "
+        "divide by the training class shares; 'shares' = the prior weights, re-chosen hourly so "
+        "that the trailing `window` scored rows are decided in the training class shares; "
+        "'argmax'",
+    )
+    window: int = Field(
+        10_080, ge=60, description="'shares': trailing rows held at the training class shares"
+    )
+    min_rows: int = Field(
+        1_440, ge=0, description="'shares': rows scored with the prior weights before they move"
     )
 
 
@@ -288,6 +318,7 @@ class ExperimentConfig(StrictModel):
     selection: SelectionConfig = SelectionConfig()
     tuning: TuningConfig
     execution: ExecutionConfig = ExecutionConfig()
+    decision: DecisionConfig = DecisionConfig()
     training: TrainingConfig = TrainingConfig()
     registry: RegistryConfig = RegistryConfig()
     backtest: BacktestConfig = BacktestConfig()
@@ -332,6 +363,43 @@ class ExperimentConfig(StrictModel):
 def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
     """Read, validate and override an experiment file. Raises ConfigError with every problem."""
     path = Path(path)
+    config = _validate(_read_tree(path, chain=()), origin=str(path))
+    return config.with_overrides(**overrides) if overrides else config
+
+
+def _read_tree(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The file's mapping, laid over the file it ``extends`` (resolved from its folder)."""
+    raw = _read_yaml(path)
+    base = raw.pop(EXTENDS, None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"config file {path}: {EXTENDS} must name another experiment file")
+    if "name" not in raw:
+        raise ConfigError(
+            f"config file {path} extends {base} but gives no name of its own: the two would "
+            "share their studies and runs"
+        )
+    parent = (path.parent / base).resolve()
+    if parent in chain or parent == path.resolve():
+        raise ConfigError(f"config file {path}: {EXTENDS} {base} leads back to itself")
+    return _laid_over(_read_tree(parent, (*chain, path.resolve())), raw)
+
+
+def _laid_over(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """``own`` over ``base``: mappings merge key by key, other values replace. A search space
+    and fixed parameters replace whole: the union of two designs is neither."""
+    merged = dict(base)
+    for key, value in own.items():
+        below = merged.get(key)
+        if isinstance(value, dict) and isinstance(below, dict) and key not in _REPLACED_WHOLE:
+            merged[key] = _laid_over(below, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
@@ -344,8 +412,7 @@ def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections")
-    config = _validate(raw, origin=str(path))
-    return config.with_overrides(**overrides) if overrides else config
+    return raw
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -364,6 +431,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _validate(raw: dict[str, Any], origin: str) -> ExperimentConfig:
+    renamed = [f"  {old}: now {new}" for old, new in RENAMED.items() if _holds(raw, old.split("."))]
+    if renamed:
+        raise ConfigError(f"invalid config {origin} (renamed keys):\n" + "\n".join(renamed))
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
@@ -375,3 +445,11 @@ def _validate(raw: dict[str, Any], origin: str) -> ExperimentConfig:
                 message = "unknown key"
             problems.append(f"  {where}: {message}")
         raise ConfigError(f"invalid config {origin}:\n" + "\n".join(problems)) from None
+
+
+def _holds(tree: Any, path: list[str]) -> bool:
+    for part in path:
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True

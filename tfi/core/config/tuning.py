@@ -161,34 +161,6 @@ class TuningConfig(StrictModel):
     max_bin: int = Field(
         63, ge=4, description="histogram bins per feature (docs/performance.md: 63 against 255)"
     )
-    decision: Literal["fitted", "prior", "argmax", "shares"] = Field(
-        "shares",
-        description="how class probabilities become a class: 'fitted' = per-class weights that "
-        "maximise the metric on out-of-fold predictions (in CV, each fold's weights come from "
-        "the folds before it); 'prior' = divide by the training class shares; 'shares' = the "
-        "prior weights, re-chosen hourly so that the trailing decision_window scored rows are "
-        "decided in the training class shares; 'argmax'",
-    )
-    decision_window: int = Field(
-        10_080, ge=60, description="'shares': trailing rows held at the training class shares"
-    )
-    decision_min_rows: int = Field(
-        1_440, ge=0, description="'shares': rows scored with the prior weights before they move"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _moved_to_execution(cls, values: Any) -> Any:
-        if not isinstance(values, dict):
-            return values
-        moved = sorted(set(values) & set(ExecutionConfig.model_fields))
-        if moved:
-            names = ", ".join(f"tuning.{name}" for name in moved)
-            raise ValueError(
-                f"{names} moved to the execution section (execution.{moved[0]}: ...): how a "
-                "study runs is kept apart from what it searches"
-            )
-        return values
 
     @field_validator("search_space")
     @classmethod

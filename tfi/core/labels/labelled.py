@@ -137,9 +137,9 @@ def prepare_labels(data: MarketData, config: ExperimentConfig) -> LabelledData:
         pd.Timestamp(config.split.test_start),
         pd.Timedelta(minutes=config.split.embargo_minutes),
     )
-    rolling = labels.thresholds == "rolling"
-    if rolling:
-        row_thresholds = rolling_thresholds(
+    rolling = None
+    if labels.thresholds == "rolling":
+        rolling = rolling_thresholds(
             data.timestamps,
             imbalance.values,
             imbalance.window_end,
@@ -149,12 +149,14 @@ def prepare_labels(data: MarketData, config: ExperimentConfig) -> LabelledData:
             labels.rolling_min_labels,
         )
         # Rows whose thresholds are still warming up have no class: not trained or scored on.
-        period[np.isnan(row_thresholds.low) & (period != UNLABELLED)] = UNLABELLED
+        period[np.isnan(rolling.low) & (period != UNLABELLED)] = UNLABELLED
         _require_period_rows(period, data.timestamps, labels.rolling_min_labels)
     train = period == TRAIN
+    # Recorded in both modes; with fixed thresholds, also every row's.
     thresholds = fit_thresholds(imbalance.values[train], labels.low_quantile, labels.high_quantile)
-    if not rolling:
-        row_thresholds = RowThresholds.constant(thresholds, len(period))
+    row_thresholds = (
+        rolling if rolling is not None else RowThresholds.constant(thresholds, len(period))
+    )
     target = classify(imbalance.values, row_thresholds)
     target[period == UNLABELLED] = np.nan
     require_classes(target[train], "the training period", LABELS)
@@ -166,7 +168,7 @@ def prepare_labels(data: MarketData, config: ExperimentConfig) -> LabelledData:
         period,
         thresholds,
         row_thresholds,
-        rolling,
+        rolling is not None,
         imbalance.zero_volume,
     )
 

@@ -16,7 +16,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
-from tfi.core.config.experiment import TuningConfig
+from tfi.core.config.experiment import DecisionConfig, TuningConfig
 from tfi.core.errors import StageError
 from tfi.core.evaluation.metrics import classification_metrics
 from tfi.core.labels.split import Fold
@@ -193,23 +193,25 @@ def cross_validate(
     rounds: int,
     folds: Sequence[FoldData],
     config: TuningConfig,
+    decision: DecisionConfig,
     out_of_fold: OutOfFold,
 ) -> Iterator[FoldScore]:
     """Fold by fold, the fold's score; each fold's predictions are appended to ``out_of_fold``.
 
-    Each fold is decided the way the final model will be (``tuning.decision``), with weights
+    Each fold is decided the way the final model will be (``decision.rule``), with weights
     fitted only on the folds before it: CV scores what is reported, and no fold sees itself.
     """
     for fold in folds:
         fit = fit_fold(params, rounds, fold, config.early_stopping_rounds)
-        decision = decide(config, fold.train.get_label(), out_of_fold)
+        decided = decide(decision, config.metric, fold.train.get_label(), out_of_fold)
         out_of_fold.append((fold.y_valid, fit.proba))
-        yield score_fold(fold, fit, decision)
+        yield score_fold(fold, fit, decided)
 
 
 def reference_cv(
     folds: Sequence[FoldData],
     config: TuningConfig,
+    decision: DecisionConfig,
     num_threads: int,
     out_of_fold: OutOfFold | None = None,
 ) -> list[FoldScore]:
@@ -222,4 +224,4 @@ def reference_cv(
     """
     params, rounds = lightgbm_params({}, num_threads, config.seed)
     kept: OutOfFold = [] if out_of_fold is None else out_of_fold
-    return list(cross_validate(params, rounds, folds, config, kept))
+    return list(cross_validate(params, rounds, folds, config, decision, kept))

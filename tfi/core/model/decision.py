@@ -8,9 +8,9 @@ probabilities themselves are left as they are.
 - ``argmax``: weights 1, 1, 1.
 - ``prior``: one over each class's share of the training rows (no fitting).
 - ``shares``: the ``prior`` weights, re-chosen every hour of scored rows so that the trailing
-  ``tuning.decision_window`` rows are decided in the training class shares
+  ``decision.window`` rows are decided in the training class shares
   (:mod:`tfi.core.model.class_shares`): causal, no labels, and it follows the probabilities' drift
-  when activity changes. The first ``tuning.decision_min_rows`` rows get the prior weights.
+  when activity changes. The first ``decision.min_rows`` rows get the prior weights.
 - ``fitted``: the weights that maximise the metric on out-of-fold predictions
   (:func:`fit_weights`, a coarse-to-fine grid search over the sell and buy weights relative to
   neutral). In CV, fold ``i`` is decided with weights fitted on the folds before it, so no fold is
@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 
 from tfi.core.classes import INDICES
-from tfi.core.config.tuning import TuningConfig
+from tfi.core.config.experiment import DecisionConfig
 from tfi.core.evaluation.metrics import score
 from tfi.core.model.class_shares import decide_log_odds, log_odds, trailing_share_classes
 
@@ -70,27 +70,28 @@ def prior_decision(y_train: np.ndarray) -> Decision:
 
 
 def decide(
-    tuning: TuningConfig,
+    config: DecisionConfig,
+    metric: str,
     y_train: np.ndarray,
     out_of_fold: Sequence[tuple[np.ndarray, np.ndarray]],
 ) -> Decision:
-    """The decision (``tuning.decision``) of a model trained on ``y_train``, given earlier
-    out-of-fold predictions.
+    """The decision (``decision.rule``) of a model trained on ``y_train`` and tuned for
+    ``metric``, given earlier out-of-fold predictions.
 
     ``out_of_fold`` holds (true class, probabilities) pairs of models that did not train on
     those rows. ``fitted`` falls back to ``prior`` when there are none.
     """
-    rule = tuning.decision
+    rule = config.rule
     if rule == "argmax":
         return ARGMAX
     prior = prior_decision(y_train)
     if rule == "shares":
-        return Decision("shares", prior.weights, tuning.decision_window, tuning.decision_min_rows)
+        return Decision("shares", prior.weights, config.window, config.min_rows)
     if rule == "prior" or not out_of_fold:
         return prior
     y = np.concatenate([pair[0] for pair in out_of_fold])
     proba = np.concatenate([pair[1] for pair in out_of_fold])
-    return Decision("fitted", fit_weights(y, proba, tuning.metric))
+    return Decision("fitted", fit_weights(y, proba, metric))
 
 
 def fit_weights(y: np.ndarray, proba: np.ndarray, metric: str) -> tuple[float, float, float]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,50 +85,59 @@ def block_moments(
     take each feature's mean over the shortest of the training prefixes ``[0, train_stop)``
     (each one a boundary) that holds a value of it, else over all rows.
     """
-    p = X.shape[1]
+    blocks = list(itertools.pairwise(boundaries))
 
-    def chunk_of(lo: int, hi: int) -> np.ndarray:
-        return X[lo:hi] if rows is None else X[rows[lo:hi]]
-
-    sums = np.zeros((len(boundaries) - 1, p))
-    counts = np.zeros((len(boundaries) - 1, p))
-    extent = np.zeros((len(boundaries) - 1, p))
-    for b, (start, stop) in enumerate(itertools.pairwise(boundaries)):
+    def chunks(start: int, stop: int) -> Iterator[tuple[int, int, np.ndarray]]:
         for lo in range(start, stop, _CHUNK_ROWS):
-            chunk = chunk_of(lo, min(lo + _CHUNK_ROWS, stop))
+            hi = min(lo + _CHUNK_ROWS, stop)
+            yield lo, hi, X[lo:hi] if rows is None else X[rows[lo:hi]]
+
+    sums, counts, extent = (np.zeros((len(blocks), X.shape[1])) for _ in range(3))
+    for b, (start, stop) in enumerate(blocks):
+        for _, _, chunk in chunks(start, stop):
             sums[b] += np.nansum(chunk, axis=0, dtype=np.float64)
             counts[b] += np.count_nonzero(~np.isnan(chunk), axis=0)
             extent[b] = np.fmax(extent[b], np.nanmax(np.abs(chunk), axis=0, initial=0.0))
-    prefix_blocks = [boundaries.index(stop) for stop in train_stops]
-    fill = _fill_values(sums, counts, prefix_blocks)
-    center = fill.astype(np.float32)
+    fill = _fill_values(sums, counts, [boundaries.index(stop) for stop in train_stops])
     # In each block, each feature is divided by a bound on its |value - centre| before the
     # float32 products, so no square overflows (one 1e20 in a column made ZᵀZ inf); the moments
     # are scaled back in float64. Per block, so a block's moments depend on its rows alone.
     bound = extent + np.abs(fill)
     scales = np.where(bound > 0, bound, 1.0)
-    y_center = y.mean(axis=0)
+    center, y_center = fill.astype(np.float32), y.mean(axis=0)
+    return [
+        _scaled_moments(chunks(start, stop), y, center, scale, y_center)
+        for (start, stop), scale in zip(blocks, scales, strict=True)
+    ]
 
-    blocks = []
-    for (start, stop), scale in zip(itertools.pairwise(boundaries), scales, strict=True):
-        inverse = (1.0 / scale).astype(np.float32)
-        sx, xx = np.zeros(p), np.zeros((p, p))
-        xy, sy, yy = np.zeros((p, y.shape[1])), np.zeros(y.shape[1]), np.zeros(y.shape[1])
-        for lo in range(start, stop, _CHUNK_ROWS):
-            hi = min(lo + _CHUNK_ROWS, stop)
-            z = (chunk_of(lo, hi) - center) * inverse
-            np.nan_to_num(z, copy=False, nan=0.0)
-            v = y[lo:hi] - y_center
-            sx += z.sum(axis=0, dtype=np.float64)
-            # Zᵀ passed as a Fortran (p, rows) view: no copy; upper triangle of ZᵀZ.
-            xx += ssyrk(1.0, z.T, trans=0)
-            xy += z.T.astype(np.float64) @ v
-            sy += v.sum(axis=0)
-            yy += np.einsum("ij,ij->j", v, v)
-        upper = np.triu(xx)
-        xx = (upper + np.triu(upper, 1).T) * np.outer(scale, scale)
-        blocks.append(Moments(float(stop - start), sx * scale, sy, xx, xy * scale[:, None], yy))
-    return blocks
+
+def _scaled_moments(
+    chunks: Iterator[tuple[int, int, np.ndarray]],
+    y: np.ndarray,
+    center: np.ndarray,
+    scale: np.ndarray,
+    y_center: np.ndarray,
+) -> Moments:
+    """One block's moments, accumulated in float32 on ``(x - center) / scale``, then scaled
+    back in float64."""
+    p, targets = len(scale), y.shape[1]
+    inverse = (1.0 / scale).astype(np.float32)
+    n, sx, xx = 0, np.zeros(p), np.zeros((p, p))
+    xy, sy, yy = np.zeros((p, targets)), np.zeros(targets), np.zeros(targets)
+    for lo, hi, chunk in chunks:
+        z = (chunk - center) * inverse
+        np.nan_to_num(z, copy=False, nan=0.0)
+        v = y[lo:hi] - y_center
+        n += hi - lo
+        sx += z.sum(axis=0, dtype=np.float64)
+        # Zᵀ passed as a Fortran (p, rows) view: no copy; upper triangle of ZᵀZ.
+        xx += ssyrk(1.0, z.T, trans=0)
+        xy += z.T.astype(np.float64) @ v
+        sy += v.sum(axis=0)
+        yy += np.einsum("ij,ij->j", v, v)
+    upper = np.triu(xx)
+    xx = (upper + np.triu(upper, 1).T) * np.outer(scale, scale)
+    return Moments(float(n), sx * scale, sy, xx, xy * scale[:, None], yy)
 
 
 def extreme_columns(blocks: Sequence[Moments]) -> np.ndarray:

@@ -1,7 +1,7 @@
 """LASSO feature selection over purged walk-forward folds (the maths: :mod:`.lasso`).
 
 Alpha is chosen by the folds' validation error, the path is fitted on every training row, and
-the rules (``max_features``, ``min_features``, ``on_empty``) turn it into a feature list.
+the rules (``max_features``, ``min_features``, ``on_too_few``) turn it into a feature list.
 With the class target each fold has its own classes (thresholds from its own training rows):
 ``Xᵀy`` is accumulated for every fold's target in the same pass.
 
@@ -15,7 +15,7 @@ cannot matter to them. A feature with no value in any fold's training rows takes
 the whole range, used only by the final fits on all rows.
 
 Each fold's path stops once the folds' mean validation error has not improved for
-``patience`` alphas (coordinate descent is slowest at the small alphas, past the chosen one).
+``alpha_patience`` alphas (coordinate descent is slowest at the small alphas, past the chosen one).
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def _select(
          span(fold.valid_start, fold.valid_stop).target(column))
         for fold, column in zip(problem.folds, problem.fold_columns(first_column), strict=True)
     ]  # fmt: skip
-    cv_mse, best = _cross_validated_path(fold_problems, alphas, config.patience)
+    cv_mse, best = _cross_validated_path(fold_problems, alphas, config.alpha_patience)
     path = _full_path(full, alphas, cv_mse.shape[1], best, config.min_features)
     alphas = alphas[: path.shape[1]]
     cv_mse = np.pad(cv_mse, ((0, 0), (0, len(alphas) - cv_mse.shape[1])), constant_values=np.nan)
@@ -268,10 +268,10 @@ def _apply_rules(
     coef = path[:, best]
     kept = int(np.count_nonzero(coef))
     if kept < config.min_features:
-        if config.on_empty == "error":
+        if config.on_too_few == "error":
             raise SelectionError(
                 f"LASSO kept {kept} features at alpha={alphas[best]:.4g} "
-                f"(selection.min_features={config.min_features}, on_empty=error)"
+                f"(selection.min_features={config.min_features}, on_too_few=error)"
             )
         entered = np.where(path != 0, np.arange(path.shape[1])[None, :], path.shape[1])
         entry = entered.min(axis=1)
