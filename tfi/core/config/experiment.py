@@ -1,9 +1,11 @@
 """Experiment configuration: one typed, validated object loaded from a YAML file.
 
-An experiment file under ``experiments/`` is the single place where defaults and choices live.
-:func:`load_config` reads it once, rejects unknown keys and bad values with one readable message,
-and applies command-line overrides (``--data``, ``--n-trials``, ...) to single fields. Stages
-receive the resulting :class:`ExperimentConfig` and never read YAML themselves.
+The code's defaults here are the recommended settings; an experiment file under ``experiments/``
+lists only what differs from them, or from the file it ``extends``. :func:`load_config` reads it
+once, rejects unknown keys and bad values with one readable message (a key of an earlier
+version, :data:`RENAMED`, with its new name), and applies command-line overrides (``--data``,
+``--n-trials``, ...) to single fields. Stages receive the resulting :class:`ExperimentConfig`
+and never read YAML themselves.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ``tuning`` section of an experiment: the search space and how the study runs.
+"""The ``tuning`` and ``execution`` sections: what a study searches and scores, and how it runs.
 
 Part of :mod:`tfi.core.config.experiment` (which re-exports these names); pure pydantic models.
 """
