@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 from tfi import pipeline
 from tfi.core.data import synthetic
 from tfi.core.errors import TrackingError
+from tfi.core.evaluation.metrics import score as macro_f1
 from tfi.stages.session import Session
 
 SMOKE_NAME = "tfi-classifier"
@@ -87,6 +88,34 @@ def test_a_champion_is_compared_only_on_rows_neither_model_trained_on(store, smo
     assert late.promotion.alias == "challenger"
     assert "cannot be compared on unseen rows" in late.promotion.reason
     assert MlflowClient().get_model_version_by_alias(SMOKE_NAME, "champion").version == champion
+
+
+def test_both_models_decide_the_compared_rows_from_the_first_of_them(store, smoke_config):
+    """Under ``shares`` the candidate's classes on the rows compared with the champion are
+    decided from the first compared row, as the champion's are: not carried over from the
+    candidate's earlier test rows, which the champion trained on."""
+    from tfi.core.classes import lightgbm_classes
+    from tfi.core.model.decision import Decision
+
+    shares = {"decision.rule": "shares", "decision.window": 240, "decision.min_rows": 60}
+    # A few hours of test rows bound little: a weak confidence lets the first version through.
+    shares["registry.confidence"] = 0.55
+    first = _main(smoke_config, **shares, **{"split.test_start": "2023-03-03 15:00"})
+    assert first.promotion.alias == "champion"
+    second = _main(smoke_config, **shares, **{"split.test_start": "2023-03-03 12:00"})
+    assert second.promotion.champion_version == first.promotion.version
+    evaluated = pd.read_parquet(
+        mlflow.artifacts.download_artifacts(f"runs:/{second.run_id}/test_predictions.parquet")
+    )
+    compared = evaluated[evaluated["timestamp"] >= pd.Timestamp("2023-03-03 15:00")]
+    proba = compared[["p_sell", "p_neutral", "p_buy"]].to_numpy()
+    described = _decision(second)
+    decision = Decision(described.pop("rule"), tuple(described.pop("weights")), **described)
+    y = lightgbm_classes(compared["target"].to_numpy())
+    afresh = macro_f1(y, decision.classes(proba))
+    carried = macro_f1(y, lightgbm_classes(compared["prediction"].to_numpy()))
+    assert second.promotion.score == pytest.approx(afresh)
+    assert afresh != pytest.approx(carried)  # the trailing window made a difference here
 
 
 def test_an_explicit_study_name_is_not_reused_for_other_inputs(store, smoke_config):

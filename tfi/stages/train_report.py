@@ -273,7 +273,8 @@ def compare_with_champion(
     metric: str,
     higher_is_better: bool,
 ) -> Comparison:
-    """Both models' ``metric`` on the test rows neither trained on, with the same labels."""
+    """Both models' ``metric`` on the test rows neither trained on, with the same labels, each
+    deciding those rows from the first of them."""
     tags = champion.tags
     if tags.get(tracking.DATA_DIGEST) != session.digest:
         raise StageError(f"champion v{champion.version} was trained on other data")
@@ -306,14 +307,17 @@ def compare_with_champion(
     their_proba = answer[list(PROBABILITY_COLUMNS)].to_numpy()
     their_classes = lightgbm_classes(answer["prediction"].to_numpy())
     theirs = classification_metrics(y_true, their_proba, predicted=their_classes)
-    ours = classification_metrics(
-        y_true, candidate.proba[unseen], predicted=candidate.predicted[unseen]
-    )
+    # The candidate decides the compared rows afresh, as the champion just did: a decision that
+    # follows earlier rows (shares) would otherwise carry history from before them that the
+    # champion's lacks.
+    our_proba = candidate.proba[unseen]
+    our_classes = candidate.decision.classes(our_proba)
+    ours = classification_metrics(y_true, our_proba, predicted=our_classes)
     improvement = _gain(
         session.config,
         y_true,
         labelled.timestamps[rows],
-        (candidate.predicted[unseen], candidate.proba[unseen]),
+        (our_classes, our_proba),
         (their_classes, their_proba),
     )
     return Comparison(
