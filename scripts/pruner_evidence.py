@@ -25,7 +25,6 @@ from optuna.trial import TrialState
 
 from tfi import pipeline
 from tfi.core.config.experiment import load_config
-from tfi.core.model.cv import reference_cv
 from tfi.search.candidates import record_defaults
 from tfi.search.strategy import sampler_and_pruner
 from tfi.stages import train
@@ -60,7 +59,7 @@ def main() -> None:
         session = Session.open(config)
         prepared, selected = pipeline.upstream(session)
         setup = cv_setup(session, prepared, selected)
-        reference = reference_cv(setup.objective.folds, config.tuning, session.threads)
+        reference = setup.cross_validate_defaults(session.threads)
         unpruned_best, replay = None, []
         for name in ["none", *args.pruners]:
             pruner_name, _, margin = name.partition(":")  # e.g. paired:0.005
