@@ -109,8 +109,7 @@ def test_both_models_decide_the_compared_rows_from_the_first_of_them(store, smok
     )
     compared = evaluated[evaluated["timestamp"] >= pd.Timestamp("2023-03-03 15:00")]
     proba = compared[["p_sell", "p_neutral", "p_buy"]].to_numpy()
-    described = _decision(second)
-    decision = Decision(described.pop("rule"), tuple(described.pop("weights")), **described)
+    decision = Decision.from_dict(_decision(second))
     y = lightgbm_classes(compared["target"].to_numpy())
     afresh = macro_f1(y, decision.classes(proba))
     carried = macro_f1(y, lightgbm_classes(compared["prediction"].to_numpy()))

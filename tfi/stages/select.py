@@ -117,14 +117,11 @@ def _log(
 def select_every(data: MarketData, labelled: LabelledData, cfg: ExperimentConfig) -> Selections:
     """The champion's selection and each CV fold's, from one pass over the training rows."""
     started = time.perf_counter()
+    problems = selection_problems(labelled, cfg.cv, cfg.selection)
     selection, *per_fold = select_nested(
-        data.features,
-        selection_problems(labelled, cfg.cv, cfg.selection),
-        data.feature_names,
-        cfg.selection,
-        labelled.rows(TRAIN),
+        data.features, problems, data.feature_names, cfg.selection, labelled.rows(TRAIN)
     )
-    folds = training_folds(labelled, cfg.cv)
+    folds = list(problems[0].folds)  # the champion's problem holds the CV folds
     return Selections(selection, per_fold, folds, time.perf_counter() - started)
 
 

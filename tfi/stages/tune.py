@@ -77,11 +77,12 @@ def run(
             parent,
         )
     job = WorkerJob.of(session, prepared, selected, parent)
+    config = session.config
     try:
-        execution = session.config.execution
-        with workers.spawned(execution.workers - 1, functools.partial(_work_in_process, job)):
-            _work(shared, setup.objective, session.tracker, parent, session.config,
-                  wait_for_all=True)  # fmt: skip
+        with workers.spawned(
+            config.execution.workers - 1, functools.partial(_work_in_process, job)
+        ):
+            _work(shared, setup.objective, session.tracker, parent, config, wait_for_all=True)
     except BaseException:
         # Stopped: unless other workers are still running trials, the parent is not RUNNING
         # any more. Its waiting trials stay queued for the next command to resume.

@@ -36,10 +36,9 @@ class ServedModel:
             raise StageError("the model has no named input signature: not a tfi model")
         self.features: list[str] = list(schema.input_names())
         config = self._model.model_config or {}
-        described = dict(config.get("decision", {"rule": "argmax", "weights": [1.0, 1.0, 1.0]}))
         # The class decision the model applies to the rows of one predict call.
-        self.decision = Decision(
-            str(described.pop("rule")), tuple(described.pop("weights")), **described
+        self.decision = Decision.from_dict(
+            config.get("decision", {"rule": "argmax", "weights": [1.0, 1.0, 1.0]})
         )
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:

@@ -370,7 +370,9 @@ def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
 
 
 def _read_tree(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
-    """The file's mapping, laid over the file it ``extends`` (resolved from its folder)."""
+    """The file's mapping, laid over the file it ``extends`` (resolved from its folder);
+    ``chain`` holds the files that extend it."""
+    chain = (*chain, path.resolve())
     raw = _read_yaml(path)
     base = raw.pop(EXTENDS, None)
     if base is None:
@@ -383,9 +385,9 @@ def _read_tree(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
             "share their studies and runs"
         )
     parent = (path.parent / base).resolve()
-    if parent in chain or parent == path.resolve():
+    if parent in chain:
         raise ConfigError(f"config file {path}: {EXTENDS} {base} leads back to itself")
-    return _laid_over(_read_tree(parent, (*chain, path.resolve())), raw)
+    return _laid_over(_read_tree(parent, chain), raw)
 
 
 def _laid_over(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:

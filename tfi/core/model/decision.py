@@ -21,9 +21,9 @@ Pure: arrays in, weights and classes out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -51,6 +51,17 @@ class Decision:
         if self.rule == "shares":
             return trailing_share_classes(proba, self.weights, self.window, self.min_rows)
         return np.argmax(proba * np.asarray(self.weights), axis=1)
+
+    @classmethod
+    def from_dict(cls, described: Mapping[str, Any]) -> Decision:
+        """The decision :meth:`as_dict` described (a logged model's config, ``decision.json``)."""
+        sell, neutral, buy = (float(w) for w in described["weights"])
+        return cls(
+            str(described["rule"]),
+            (sell, neutral, buy),
+            int(described.get("window", 0)),
+            int(described.get("min_rows", 0)),
+        )
 
     def as_dict(self) -> dict[str, object]:
         described: dict[str, object] = {"rule": self.rule, "weights": list(self.weights)}
