@@ -24,6 +24,9 @@ from pathlib import Path
 from .helpers import PYTHON
 
 PASSWORD = "s3cret-pw"
+# The database role's: unencoded "/" and "?" in a URI's password, which PostgreSQL accepts and
+# a URL parser takes for the start of the path (it was written in clear once).
+DB_PASSWORD = "pa/ss?w0rd9"
 
 
 def free_port() -> int:
@@ -76,10 +79,10 @@ def postgres(databases: tuple[str, ...]) -> Iterator[Postgres]:
              "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"])  # fmt: skip
         psql = [str(binaries / "psql"), "-h", str(folder), "-p", str(port), "-U", "postgres",
                 "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"]  # fmt: skip
-        run([*psql, f"CREATE ROLE tfi LOGIN PASSWORD '{PASSWORD}'"])
+        run([*psql, f"CREATE ROLE tfi LOGIN PASSWORD '{DB_PASSWORD}'"])
         for database in databases:
             run([*psql, f"CREATE DATABASE {database} OWNER tfi"])
-        yield Postgres(port, "tfi", PASSWORD)
+        yield Postgres(port, "tfi", DB_PASSWORD)
     finally:
         subprocess.run(
             [*as_owner, str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from tfi.search.trial_loop import WORKER_ATTR
 
 from .helpers import PYTHON, SMOKE, claim_concurrently, subprocess_env
-from .services import PASSWORD, mlflow_server, postgres, postgres_bin
+from .services import DB_PASSWORD, PASSWORD, mlflow_server, postgres, postgres_bin
 
 STUDY = "scale-out"
 BUDGET = 30
@@ -124,7 +124,7 @@ def test_two_workers_one_study_one_parent_champion_through_the_server(services):
         texts += [*run.data.params.values(), *run.data.tags.values()]
         texts += _artifact_texts(client, run.info.run_id, services["folder"])
     texts += [champion.description or "", *champion.tags.values()]
-    leaks = [text[:200] for text in texts if PASSWORD in text]
+    leaks = [text[:200] for text in texts if PASSWORD in text or DB_PASSWORD in text]
     assert not leaks
 
 

@@ -21,7 +21,7 @@ from tfi.core.config.experiment import ExperimentConfig
 from tfi.core.data import sources as data_io
 from tfi.core.data.sources import MarketData
 from tfi.runtime import logs
-from tfi.runtime.uris import inside, sqlite_path
+from tfi.runtime.uris import inside, sqlite_path, with_sqlite_path
 from tfi.search import storage as optuna_storage
 from tfi.tracking import store
 from tfi.tracking.runs import Tracker
@@ -152,7 +152,8 @@ def resolve_storage(config: ExperimentConfig, override: str | None) -> str:
     if config.execution.storage:
         path = sqlite_path(config.execution.storage)
         if path is not None:  # a config file may not write outside the output location
-            return f"sqlite:///{inside(config.output_dir, path, 'execution.storage')}"
+            inner = inside(config.output_dir, path, "execution.storage")
+            return with_sqlite_path(config.execution.storage, inner)
         return config.execution.storage
     tracking_file = sqlite_path(store.tracking_uri())
     folder = tracking_file.parent if tracking_file else Path(config.output_dir)
