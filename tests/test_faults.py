@@ -362,3 +362,47 @@ def test_a_result_recorded_before_the_worker_died_ends_its_run_as_the_worker_wou
     assert ended["0"].data.metrics["cv_f1_macro"] == 0.45
     assert ended["1"].data.metrics["partial_cv_f1_macro"] == 0.45
     assert close() == 0  # each run ends once
+
+
+def test_a_killed_backtest_leaves_no_run_running(store):
+    """Issue 38: kill -9 of `tfi backtest` left `backtest` and `backtest-window` RUNNING for good;
+    the next command ends them KILLED, as it does for `mlflow run`'s runs."""
+    command = [
+        PYTHON, "-m", "tfi", "backtest", "--config", str(SMOKE), "--windows", "3",
+        "--window-days", "0.3", "--n-trials", "3",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command, cwd=store, env=subprocess_env(store), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    client = MlflowClient()
+
+    def running_stages() -> set[str]:
+        try:
+            runs = client.search_runs(
+                [e.experiment_id for e in client.search_experiments()],
+                "attributes.status = 'RUNNING'",
+            )
+        except Exception:  # the store's tables may not exist yet
+            return set()
+        return {run.data.tags.get("tfi.stage", "") for run in runs}
+
+    deadline = time.monotonic() + 300
+    while running_stages() != {"backtest", "backtest-window"}:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert running_stages() == {"backtest", "backtest-window"}  # nobody lived to end them
+
+    again = subprocess.run(
+        [PYTHON, "-m", "tfi", "prepare", "--config", str(SMOKE)], cwd=store,
+        env=subprocess_env(store), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert running_stages() == set()
+    experiment = client.get_experiment_by_name("tfi-smoke")
+    killed = client.search_runs([experiment.experiment_id], "attributes.status = 'KILLED'")
+    assert {run.data.tags["tfi.stage"] for run in killed} == {"backtest", "backtest-window"}
+    assert all("died" in run.data.tags["tfi.error"] for run in killed)

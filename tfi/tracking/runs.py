@@ -35,7 +35,7 @@ from tfi.core.errors import TfiError
 from tfi.runtime.interrupts import critical, critical_section
 from tfi.runtime.uris import mask_text
 from tfi.tracking.datasets import dataset_input
-from tfi.tracking.store import ERROR, EXPERIMENT_KIND, MODEL_TRAINING
+from tfi.tracking.store import ERROR, EXPERIMENT_KIND, LAUNCHER, MODEL_TRAINING, this_process
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +111,12 @@ class Tracker:
         run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
     ) -> Iterator[StageRun]:
-        """A stage run, new or given (``mlflow run``'s); FAILED with the reason on error."""
+        """A stage run, new or given (``mlflow run``'s); FAILED with the reason on error. It
+        names this process, so that a later command ends it KILLED if the process dies."""
         with critical():
-            run = self.open(stage, inputs, parent_id, run_id, tags)
+            run = self.open(
+                stage, inputs, parent_id, run_id, {**(tags or {}), LAUNCHER: this_process()}
+            )
         status = "FINISHED"
         try:
             yield run

@@ -97,14 +97,20 @@ def adoptable(run_id: str | None) -> str | None:
 LAUNCHER = keys.LAUNCHER
 
 
+def this_process() -> str:
+    """``host:pid``: the value of :data:`LAUNCHER` for runs this process owns."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def mark_launcher(run_id: str) -> None:
     """Record which process works for ``mlflow run``'s run, so that a later command can tell
     it died (``kill -9`` leaves the run RUNNING: neither mlflow nor tfi lived to end it)."""
-    MlflowClient().set_tag(run_id, LAUNCHER, f"{socket.gethostname()}:{os.getpid()}")
+    MlflowClient().set_tag(run_id, LAUNCHER, this_process())
 
 
 def close_dead_launchers(experiment_name: str) -> list[str]:
-    """End (KILLED) the RUNNING `mlflow run` runs whose tfi process on this host is gone."""
+    """End (KILLED) the RUNNING runs whose tfi process on this host is gone: `mlflow run`'s
+    and every run a stage opened and would have ended itself (a backtest and its windows)."""
     client = MlflowClient()
     experiments = [DEFAULT_EXPERIMENT_ID]
     found = client.get_experiment_by_name(experiment_name)
@@ -124,7 +130,7 @@ def close_dead_launchers(experiment_name: str) -> list[str]:
         client.set_terminated(run.info.run_id, "KILLED")
         closed.append(run.info.run_id)
     if closed:
-        log.info("closed %d mlflow run(s) whose tfi process died: %s", len(closed), closed)
+        log.info("closed %d run(s) whose tfi process died: %s", len(closed), closed)
     return closed
 
 
