@@ -115,3 +115,57 @@ def test_a_backtest_logs_a_parent_and_a_run_per_window(store, smoke_config):
     assert result.pooled["persistence"].difference == pytest.approx(np.mean(per_window))
     # A backtest measures; it registers nothing.
     assert client.search_registered_models() == []
+
+
+def test_a_window_in_a_data_gap_is_left_out_before_any_compute(smoke_config, caplog):
+    """Issue 38: a window in a gap failed after the earlier windows had been computed."""
+    stamps = pd.date_range("2024-01-01", periods=10 * 1440, freq="min")
+    gapped = stamps[(stamps < "2024-01-08") | (stamps >= "2024-01-09")]
+    config = smoke_config.backtest.model_copy(update={"windows": 3, "window_days": 1.0})
+    with caplog.at_level("WARNING"):
+        windows = walk_forward_windows(gapped, config)
+    assert [w.start for w in windows] == [pd.Timestamp("2024-01-09"), pd.Timestamp("2024-01-10")]
+    assert [w.index for w in windows] == [1, 2]
+    assert "fall in a gap of the data" in caplog.text
+
+
+
+@pytest.mark.parametrize(("windows", "days"), [(2_000, 1.0), (100_000, 36_500.0), (1, 11.0)])
+def test_windows_beyond_the_data_are_one_clear_error(smoke_config, windows, days):
+    stamps = pd.date_range("2024-01-01", periods=10 * 1440, freq="min")
+    config = smoke_config.backtest.model_copy(update={"windows": windows, "window_days": days})
+    with pytest.raises(SplitError, match="reach back before the data's first bar"):
+        walk_forward_windows(stamps, config)
+
+
+def test_too_few_training_rows_name_train_days(smoke_config):
+    config = smoke_config.with_overrides(**TWO_WINDOWS, **{"backtest.train_days": 0.01})
+    data = data_io.load(config.data)
+    window = walk_forward_windows(data.timestamps, config.backtest)[0]
+    with pytest.raises(SplitError, match=r"backtest.train_days 0.01 keeps only the last"):
+        evaluate_window(config, data, window, None, 1)
+
+
+def test_a_window_with_one_class_is_pooled_with_a_warning(smoke_config, caplog):
+    from tfi.core.evaluation.backtest import (
+        REFERENCES,
+        TFI,
+        Window,
+        WindowScores,
+        pooled_differences,
+    )
+
+    stamps = pd.date_range("2024-01-01", periods=2880, freq="min")
+    rng = np.random.default_rng(0)
+    models = (TFI, *REFERENCES)
+    mixed = WindowScores(
+        Window(0, stamps[0], stamps[1440]),
+        stamps[:1440],
+        rng.integers(0, 3, 1440),
+        {m: rng.integers(0, 3, 1440) for m in models},
+    )
+    one = WindowScores(Window(1, stamps[1440], stamps[-1]), stamps[1440:],
+                       np.ones(1440, dtype=int), {m: rng.integers(0, 3, 1440) for m in models})  # fmt: skip
+    with caplog.at_level("WARNING"):
+        pooled_differences([mixed, one], smoke_config.backtest)
+    assert "hold only some classes" in caplog.text and "[1]" in caplog.text

@@ -163,6 +163,19 @@ def test_split_date_with_an_offset_is_read_as_utc(smoke_config):
         ({"tuning.decision": "prior"}, "tuning.decision: now decision.rule"),
         ({"selection.on_empty": "error"}, "selection.on_empty: now selection.on_too_few"),
         ({"selection.patience": 3}, "selection.patience: now selection.alpha_patience"),
+        # issue 38: checked at load, not after the compute
+        ({"backtest.block": "banana"}, "'banana' is not a fixed-length pandas offset"),
+        ({"registry.block": "banana"}, "'banana' is not a fixed-length pandas offset"),
+        ({"registry.block": "1M"}, "'1M' is not a fixed-length pandas offset"),
+        ({"backtest.block": "-1D"}, "not a positive length of time"),
+        ({"tuning.n_trials": True}, "n_trials: true is a boolean, not a number"),
+        ({"backtest.windows": True}, "windows: true is a boolean, not a number"),
+        ({"labels.horizon": False}, "horizon: false is a boolean, not a number"),
+        ({"backtest.window_days": float("inf")}, "backtest.window_days: Input should be a finite"),
+        ({"backtest.window_days": 1e6}, "backtest.window_days: Input should be less than"),
+        ({"backtest.windows": 2_000_000}, "backtest.windows: Input should be less than"),
+        ({"backtest.train_days": float("nan")}, "backtest.train_days: Input should be a finite"),
+        ({"backtest.window_days": 0.0001}, "a window shorter than one bar"),
     ],
 )
 def test_settings_that_cannot_work_are_refused(smoke_config, override, message):
@@ -184,7 +197,11 @@ def test_a_key_given_twice_is_refused(tmp_path):
         ({"registry.champion_alias": "v2"}, "reserved by MLflow"),
         ({"registry.champion_alias": "best model"}, "only letters, digits"),
         ({"registry.challenger_alias": "champion"}, "both 'champion'"),
-        ({"registry.model_name": "team/tfi"}, "not a registered model name"),
+        ({"registry.model_name": "team/tfi"}, "not a model name a models:/ URI can carry"),
+        ({"registry.model_name": "tfi-classifier?x"}, "not a model name a models:/ URI can"),
+        ({"registry.model_name": "tfi#2"}, "not a model name a models:/ URI can carry"),
+        ({"registry.model_name": ".."}, "not a model name a models:/ URI can carry"),
+        ({"registry.model_name": "a..b"}, "not a model name a models:/ URI can carry"),
         ({"mlflow_experiment": ""}, "mlflow_experiment"),
     ],
 )
@@ -212,3 +229,50 @@ def test_how_a_study_runs_does_not_change_which_study_it_is(store, smoke_config)
     assert Session.open(busy).study_name == plain.study_name
     tuned_otherwise = smoke_config.with_overrides(**{"tuning.early_stopping_rounds": 9})
     assert Session.open(tuned_otherwise).study_name != plain.study_name
+
+
+def test_a_boolean_stays_a_boolean_where_one_is_meant(smoke_config):
+    assert smoke_config.with_overrides(**{"data.bar_features": True}).data.bar_features
+
+
+def test_a_yaml_infinity_is_refused_at_load(tmp_path):
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw.pop("backtest", None)
+    path = tmp_path / "inf.yaml"
+    path.write_text(yaml.safe_dump(raw) + "backtest: {window_days: .inf}\n")
+    with pytest.raises(ConfigError, match="window_days: Input should be a finite number"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"tuning": {"n_trails": 3}}, "tuning.n_trails: unknown key (in {base})"),
+        ({"selection": {"patience": 3}}, "selection.patience: now selection.alpha_patience (in"),
+        ({"labels": {"horizon": 0}}, "labels.horizon: Input should be greater than or equal to 1"
+         " (in {base})"),
+    ],
+)  # fmt: skip
+def test_a_problem_in_an_extended_file_names_that_file(tmp_path, section, message):
+    raw = yaml.safe_load(SMOKE.read_text())
+    for key, value in section.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(raw))
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base.yaml\nname: child\n")
+    with pytest.raises(ConfigError, match=re.escape(message.format(base=base))):
+        load_config(child)
+    # and in the file itself, no file is named beside the key
+    with pytest.raises(ConfigError) as own:
+        load_config(base)
+    assert "(in " not in str(own.value)
+
+
+def test_a_deep_extends_chain_is_refused_with_its_length(tmp_path):
+    (tmp_path / "base.yaml").write_text(SMOKE.read_text())
+    for i in range(200):
+        parent = f"c{i + 1}.yaml" if i < 199 else "base.yaml"
+        (tmp_path / f"c{i}.yaml").write_text(f"extends: {parent}\nname: c{i}\n")
+    with pytest.raises(ConfigError, match="its extends chain is longer than 32 files"):
+        load_config(tmp_path / "c0.yaml")

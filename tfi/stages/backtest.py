@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial
 from tfi.core import keys
 from tfi.core.config.experiment import ExperimentConfig
 from tfi.core.data.sources import MarketData
-from tfi.core.errors import StageError
+from tfi.core.errors import SplitError, StageError
 from tfi.core.evaluation import report as ev
 from tfi.core.evaluation.backtest import (
     REFERENCES,
@@ -121,11 +121,15 @@ def evaluate_window(
     """Train on the rows before ``window`` (tuning unless ``fixed`` is given), score it."""
     window_cfg = cfg.with_overrides(**{"split.test_start": window.start.to_pydatetime()})
     labelled = restrict(prepare_labels(data, window_cfg), window, cfg.backtest.train_days)
-    selections = select_every(data, labelled, cfg)
-    selection, selected = selections.champion, selections.as_selected("")
-    setup = build_cv(
-        data.subset(selected.tuning_features), labelled, selected.fold_features, cfg, threads
-    )
+    try:
+        selections = select_every(data, labelled, cfg)
+        selected = selections.as_selected("")
+        setup = build_cv(
+            data.subset(selected.tuning_features), labelled, selected.fold_features, cfg, threads
+        )
+    except SplitError as exc:
+        raise SplitError(f"backtest window {window.label()}: {_limited(exc, cfg)}") from None
+    selection = selections.champion
     study = optuna.create_study(direction=cfg.tuning.direction)
     candidates.record_defaults(study, setup.cross_validate_defaults(threads))
     defaults = candidates.defaults_trial(study, cfg.tuning.metric)
@@ -149,6 +153,16 @@ def evaluate_window(
         {TFI: champion.predicted, **{k: report.references[k].predicted for k in REFERENCES}},
     )
     return WindowResult(scores, best, champion, report, len(selection.selected))
+
+
+def _limited(problem: SplitError, cfg: ExperimentConfig) -> str:
+    """The folds' message, naming ``backtest.train_days`` where it is what keeps rows out."""
+    if cfg.backtest.train_days is None:
+        return str(problem)
+    return (
+        f"{problem} (backtest.train_days {cfg.backtest.train_days:g} keeps only the last "
+        f"{cfg.backtest.train_days:g} days before each window: raise it, or null for all rows)"
+    )
 
 
 def _tune(

@@ -15,10 +15,11 @@ import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import pandas as pd
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from tfi.core.classes import NAMES
 from tfi.core.config.tuning import (
@@ -48,6 +49,9 @@ DEFAULT_CONFIG = "experiments/default.yaml"
 MIN_CLASS_SHARE = 0.05  # the smallest intended class share the label quantiles may give
 SYNTHETIC = "synthetic"
 EXTENDS = "extends"
+MAX_EXTENDS = 32  # files in one extends chain: deeper is a mistake, not a design
+# Bounds that keep window arithmetic inside pandas' timestamps (about 292 years).
+MAX_DAYS, MAX_WINDOWS = 36_500.0, 100_000
 _REPLACED_WHOLE = frozenset({"search_space", "fixed_params"})
 # Keys of earlier versions and where they live now: an old file stops with the new name.
 RENAMED = {
@@ -58,6 +62,22 @@ RENAMED = {
     "selection.on_empty": "selection.on_too_few",
     **{f"tuning.{name}": f"execution.{name}" for name in ExecutionConfig.model_fields},
 }
+
+
+def _fixed_period(value: str) -> str:
+    """A bootstrap block: a fixed-length pandas offset ('1D', '6h'), checked before any compute."""
+    try:
+        length = pd.Timedelta(pd.tseries.frequencies.to_offset(value))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{value!r} is not a fixed-length pandas offset such as '1D', '12h' or '30min'"
+        ) from None
+    if length <= pd.Timedelta(0):
+        raise ValueError(f"{value!r} is not a positive length of time")
+    return value
+
+
+BlockLength = Annotated[str, AfterValidator(_fixed_period)]
 
 
 class SyntheticSpec(StrictModel):
@@ -253,14 +273,20 @@ class RegistryConfig(StrictModel):
         description="promotion needs the one-sided lower bound of the paired test difference "
         "(to the champion, and to persistence) at this confidence above zero",
     )
-    block: str = Field("1D", description="bootstrap block of those differences (pandas offset)")
+    block: BlockLength = Field(
+        "1D", description="bootstrap block of those differences (pandas offset)"
+    )
 
     @field_validator("model_name")
     @classmethod
     def _model_name(cls, name: str) -> str:
-        # MLflow's own rule, checked before any compute rather than after the whole pipeline.
-        if not name.strip() or "/" in name or ":" in name:
-            raise ValueError(f"{name!r} is not a registered model name (no '/' or ':', not blank)")
+        # What a `models:/NAME@alias` URI can carry (MLflow accepts more, then cannot load it
+        # back: '?' or '#' end the name, '..' walks out of it), checked before any compute.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}", name) or ".." in name:
+            raise ValueError(
+                f"{name!r} is not a model name a models:/ URI can carry: letters, digits, '_', "
+                "'-' and '.', starting with a letter or digit, no '..'"
+            )
         return name
 
     @field_validator("champion_alias", "challenger_alias")
@@ -291,10 +317,18 @@ class RegistryConfig(StrictModel):
 class BacktestConfig(StrictModel):
     """Walk-forward evaluation: the last ``windows`` windows, each trained on what precedes it."""
 
-    windows: int = Field(4, ge=1, description="how many test windows, the last ones of the data")
-    window_days: float = Field(7.0, gt=0, description="length of each test window")
+    windows: int = Field(
+        4, ge=1, le=MAX_WINDOWS, description="how many test windows, the last ones of the data"
+    )
+    window_days: float = Field(
+        7.0, gt=0, le=MAX_DAYS, allow_inf_nan=False, description="length of each test window"
+    )
     train_days: float | None = Field(
-        None, gt=0, description="train on only the last train_days before a window (null: all)"
+        None,
+        gt=0,
+        le=MAX_DAYS,
+        allow_inf_nan=False,
+        description="train on only the last train_days before a window (null: all)",
     )
     retune: Literal["every", "first", "never"] = Field(
         "first",
@@ -302,7 +336,9 @@ class BacktestConfig(StrictModel):
         "train its candidate's parameters on every window; 'never': take the candidate of the "
         "study named by execution.study (or this config's default study) in the Optuna storage",
     )
-    block: str = Field("1D", description="bootstrap block length (a pandas offset: whole days)")
+    block: BlockLength = Field(
+        "1D", description="bootstrap block length (a pandas offset: whole days)"
+    )
     confidence: float = Field(0.95, gt=0.5, lt=1)
     replicates: int = Field(2000, ge=100, description="bootstrap replicates")
 
@@ -339,6 +375,16 @@ class ExperimentConfig(StrictModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _windows_hold_bars(self) -> ExperimentConfig:
+        minutes = self.backtest.window_days * 1440
+        if minutes < self.data.bar_minutes:
+            raise ValueError(
+                f"backtest.window_days {self.backtest.window_days:g} is {minutes:g} minutes, a "
+                f"window shorter than one bar ({self.data.bar_minutes} minute(s))"
+            )
+        return self
+
     def digest(self, *sections: str) -> str:
         """Stable hash of the named sections: the identity of a stage's inputs."""
         payload = {name: self.model_dump(mode="json")[name] for name in sections}
@@ -365,18 +411,25 @@ class ExperimentConfig(StrictModel):
 def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
     """Read, validate and override an experiment file. Raises ConfigError with every problem."""
     path = Path(path)
-    config = _validate(_read_tree(path, chain=()), origin=str(path))
+    tree, origins = _read_tree(path, chain=())
+    config = _validate(tree, origin=str(path), origins=origins)
     return config.with_overrides(**overrides) if overrides else config
 
 
-def _read_tree(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
-    """The file's mapping, laid over the file it ``extends`` (resolved from its folder);
-    ``chain`` holds the files that extend it."""
+def _read_tree(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The file's mapping, laid over the file it ``extends`` (resolved from its folder), and
+    which file gave each key (dotted); ``chain`` holds the files that extend it."""
     chain = (*chain, path.resolve())
+    if len(chain) > MAX_EXTENDS:
+        raise ConfigError(
+            f"config file {chain[0]}: its {EXTENDS} chain is longer than {MAX_EXTENDS} files "
+            f"(reached {path})"
+        )
     raw = _read_yaml(path)
     base = raw.pop(EXTENDS, None)
+    own = {key: path for key in _dotted_keys(raw)}
     if base is None:
-        return raw
+        return raw, own
     if not isinstance(base, str) or not base.strip():
         raise ConfigError(f"config file {path}: {EXTENDS} must name another experiment file")
     if "name" not in raw:
@@ -387,7 +440,18 @@ def _read_tree(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     parent = (path.parent / base).resolve()
     if parent in chain:
         raise ConfigError(f"config file {path}: {EXTENDS} {base} leads back to itself")
-    return _laid_over(_read_tree(parent, chain), raw)
+    below, origins = _read_tree(parent, chain)
+    return _laid_over(below, raw), {**origins, **own}
+
+
+def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        keys.append(dotted)
+        if isinstance(value, dict):
+            keys += _dotted_keys(value, f"{dotted}.")
+    return keys
 
 
 def _laid_over(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
@@ -434,8 +498,25 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _validate(raw: dict[str, Any], origin: str) -> ExperimentConfig:
-    renamed = [f"  {old}: now {new}" for old, new in RENAMED.items() if _holds(raw, old.split("."))]
+def _validate(
+    raw: dict[str, Any], origin: str, origins: dict[str, Path] | None = None
+) -> ExperimentConfig:
+    """Validate a merged tree; each problem names the file its key came from (``origins``),
+    where that is not ``origin`` itself (a file it extends)."""
+
+    def where(dotted: str) -> str:
+        parts = dotted.split(".")
+        for end in range(len(parts), 0, -1):
+            holder = (origins or {}).get(".".join(parts[:end]))
+            if holder is not None:
+                return "" if holder.resolve() == Path(origin).resolve() else f" (in {holder})"
+        return ""
+
+    renamed = [
+        f"  {old}: now {new}{where(old)}"
+        for old, new in RENAMED.items()
+        if _holds(raw, old.split("."))
+    ]
     if renamed:
         raise ConfigError(f"invalid config {origin} (renamed keys):\n" + "\n".join(renamed))
     try:
@@ -443,11 +524,11 @@ def _validate(raw: dict[str, Any], origin: str) -> ExperimentConfig:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            dotted = ".".join(str(part) for part in error["loc"])
             message = error["msg"].removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
                 message = "unknown key"
-            problems.append(f"  {where}: {message}")
+            problems.append(f"  {dotted or '(top level)'}: {message}{where(dotted)}")
         raise ConfigError(f"invalid config {origin}:\n" + "\n".join(problems)) from None
 
 

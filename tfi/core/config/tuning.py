@@ -5,15 +5,39 @@ Part of :mod:`tfi.core.config.experiment` (which re-exports these names); pure p
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class StrictModel(BaseModel):
-    """A config section: unknown keys are errors, values are immutable."""
+    """A config section: unknown keys are errors, values are immutable, and ``true``/``false``
+    is no number (pydantic would read ``n_trials: true`` as 1)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            for name, value in raw.items():
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field and not _takes_bool(field.annotation):
+                    raise ValueError(f"{name}: {str(value).lower()} is a boolean, not a number")
+        return raw
+
+
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field's type admits a boolean (bool itself, a union or literal holding one)."""
+    if annotation is bool or annotation is Any:
+        return True
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return any(isinstance(choice, bool) for choice in get_args(annotation))
+    if origin is Union or origin is types.UnionType or origin is Annotated:
+        return any(_takes_bool(arg) for arg in get_args(annotation))
+    return False
 
 
 # LightGBM parameters an experiment may tune or fix, under the scikit-learn names the seed used

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from tfi.core.config.experiment import BacktestConfig
 from tfi.core.errors import SplitError
 from tfi.core.evaluation import bootstrap
-from tfi.core.evaluation.metrics import score
+from tfi.core.evaluation.metrics import N_CLASSES, score
 from tfi.core.labels.labelled import LabelledData
 from tfi.core.labels.split import TEST, TRAIN, UNLABELLED
 
@@ -47,20 +47,36 @@ class Window:
 
 def walk_forward_windows(timestamps: pd.DatetimeIndex, config: BacktestConfig) -> list[Window]:
     """The last ``config.windows`` windows of the data, oldest first; the last ends after the
-    last bar."""
-    length = pd.Timedelta(days=config.window_days)
+    last bar. A window without a bar (it falls in a gap of the data) is left out with a
+    warning, before anything is computed (the last window always holds the last bar)."""
     end = timestamps[-1] + pd.Timedelta(minutes=1)
+    too_long = SplitError(
+        f"{config.windows} windows of {config.window_days:g} days reach back before the "
+        f"data's first bar ({timestamps[0]}): no rows are left to train on; "
+        "use fewer or shorter windows (backtest.windows, backtest.window_days)"
+    )
+    # In minutes first: a span beyond the data (or beyond pandas' dates) is refused before a
+    # Timedelta could overflow.
+    if config.windows * config.window_days * 1440.0 >= (end - timestamps[0]) / pd.Timedelta("1min"):
+        raise too_long
+    length = pd.Timedelta(days=config.window_days)
     starts = [(end - length * (config.windows - i)).floor("min") for i in range(config.windows)]
     if starts[0] <= timestamps[0]:
-        raise SplitError(
-            f"{config.windows} windows of {config.window_days:g} days reach back to {starts[0]}, "
-            f"before the data's first bar ({timestamps[0]}): no rows are left to train on; "
-            "use fewer or shorter windows (backtest.windows, backtest.window_days)"
-        )
+        raise too_long
     stops = [*starts[1:], end]
-    return [
+    windows = [
         Window(i, start, stop) for i, (start, stop) in enumerate(zip(starts, stops, strict=True))
     ]
+    bars = np.searchsorted(timestamps, stops) - np.searchsorted(timestamps, starts)
+    empty = [window.label() for window, count in zip(windows, bars, strict=True) if count == 0]
+    if empty:
+        log.warning(
+            "backtest: windows %s fall in a gap of the data (no bar): left out, the other "
+            "%d are pooled",
+            empty,
+            len(windows) - len(empty),
+        )
+    return [window for window, count in zip(windows, bars, strict=True) if count > 0]
 
 
 def restrict(labelled: LabelledData, window: Window, train_days: float | None) -> LabelledData:
@@ -105,6 +121,17 @@ def pooled_differences(
 ) -> dict[str, bootstrap.Interval]:
     """tfi minus each reference, the mean over windows, with its interval (blocks in windows)."""
     out = {}
+    one_sided = {
+        part.window.label(): sorted(np.unique(part.y).tolist())
+        for part in scores
+        if len(np.unique(part.y)) < N_CLASSES
+    }
+    if one_sided:
+        log.warning(
+            "backtest: windows %s hold only some classes (class indices present): every "
+            "model's macro-F1 there is capped and says little; they are pooled with the rest",
+            one_sided,
+        )
     few = [part.window.label() for part in scores if len(np.unique(day_of(part, config))) < 5]
     if few:
         log.warning(
