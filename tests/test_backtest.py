@@ -129,7 +129,6 @@ def test_a_window_in_a_data_gap_is_left_out_before_any_compute(smoke_config, cap
     assert "fall in a gap of the data" in caplog.text
 
 
-
 @pytest.mark.parametrize(("windows", "days"), [(2_000, 1.0), (100_000, 36_500.0), (1, 11.0)])
 def test_windows_beyond_the_data_are_one_clear_error(smoke_config, windows, days):
     stamps = pd.date_range("2024-01-01", periods=10 * 1440, freq="min")
@@ -164,8 +163,12 @@ def test_a_window_with_one_class_is_pooled_with_a_warning(smoke_config, caplog):
         rng.integers(0, 3, 1440),
         {m: rng.integers(0, 3, 1440) for m in models},
     )
-    one = WindowScores(Window(1, stamps[1440], stamps[-1]), stamps[1440:],
-                       np.ones(1440, dtype=int), {m: rng.integers(0, 3, 1440) for m in models})  # fmt: skip
+    one = WindowScores(
+        Window(1, stamps[1440], stamps[-1]),
+        stamps[1440:],
+        np.ones(1440, dtype=int),
+        {m: rng.integers(0, 3, 1440) for m in models},
+    )
     with caplog.at_level("WARNING"):
         pooled_differences([mixed, one], smoke_config.backtest)
     assert "hold only some classes" in caplog.text and "[1]" in caplog.text
