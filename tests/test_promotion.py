@@ -291,3 +291,34 @@ def test_the_shares_decision_is_served_as_the_run_evaluated_it(store, smoke_conf
     prior = Decision("prior", tuple(decision["weights"])).classes(proba) - 1
     np.testing.assert_array_equal(evaluated["prediction"][:60], prior[:60])
     assert (evaluated["prediction"][60:] != prior[60:]).any()  # the weights moved
+
+
+@pytest.mark.parametrize("removed", ["alias", "version"])
+def test_a_removed_champion_is_said_and_tags_agree_with_aliases(store, smoke_config, removed):
+    """Issue 38: after the champion's alias (or version) was deleted, the next version said
+    "first version: champion" and the old one's tag still said champion beside it."""
+    from tfi.tracking.registry import register_and_promote
+
+    first = _main(smoke_config)
+    client = MlflowClient()
+    old = client.get_model_version(SMOKE_NAME, first.promotion.version)
+    assert old.tags["tfi.promotion"] == "champion"
+    if removed == "alias":
+        client.delete_registered_model_alias(SMOKE_NAME, "champion")
+    else:
+        client.delete_model_version(SMOKE_NAME, old.version)
+
+    def never_called(_):
+        raise AssertionError("no champion to compare with")
+
+    promotion = register_and_promote(old.source, smoke_config.registry, never_called, {}, "")
+    assert promotion.alias == "champion"
+    assert "first version" not in promotion.reason
+    assert "no version holds alias 'champion'" in promotion.reason
+    versions = client.search_model_versions(f"name = '{SMOKE_NAME}'")
+    tagged = [v.version for v in versions if v.tags.get("tfi.promotion") == "champion"]
+    assert tagged == [promotion.version]  # one champion, in tags as in aliases
+    if removed == "alias":
+        assert f"v{old.version} lost it" in promotion.reason
+        lost = client.get_model_version(SMOKE_NAME, old.version)
+        assert lost.tags["tfi.promotion"] == "champion alias removed"

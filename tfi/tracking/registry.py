@@ -203,7 +203,9 @@ def _decide(
     except MlflowException:
         current = None
     if current is None:
-        return decide_promotion(config, version, None, None, blocked)
+        return decide_promotion(
+            config, version, None, _why_no_champion(client, config, version), blocked
+        )
     try:
         compared: Comparison | str = compare(
             ChampionVersion(current.name, current.version, dict(current.tags or {}))
@@ -211,6 +213,33 @@ def _decide(
     except StageError as exc:
         compared = str(exc)
     return decide_promotion(config, version, current.version, compared, blocked)
+
+
+def _why_no_champion(client: MlflowClient, config: RegistryConfig, version: str) -> str | None:
+    """None for a model's first version; else what became of its champion. A version whose
+    tag still says champion though the alias is gone gets a tag that agrees with the aliases."""
+    others = [
+        found
+        for found in client.search_model_versions(f"name = '{config.model_name}'")
+        if found.version != version
+    ]
+    if not others and version == "1":  # numbers go on after a deletion: v2 had a v1
+        return None
+    orphaned = sorted(
+        (found for found in others if found.tags.get(keys.PROMOTION) == config.champion_alias),
+        key=lambda found: int(found.version),
+    )
+    for found in orphaned:
+        client.set_model_version_tag(
+            config.model_name, found.version, keys.PROMOTION, "champion alias removed"
+        )
+    if orphaned:
+        names = ", ".join(f"v{found.version}" for found in orphaned)
+        return f"no version holds alias {config.champion_alias!r} ({names} lost it)"
+    return (
+        f"no version holds alias {config.champion_alias!r} (the champion's version was "
+        "deleted or its alias removed)"
+    )
 
 
 def decide_promotion(
@@ -223,16 +252,19 @@ def decide_promotion(
     """Which alias a new version gets, and why (pure).
 
     ``champion_version`` is the current champion (None: there is none); ``compared`` the
-    comparison with it, or why there is none (other data, labels, too few unseen rows);
+    comparison with it, or why there is none (other data, labels, too few unseen rows), or,
+    without a champion, what became of it (None: this is the first version);
     ``blocked`` why the version may not be champion at all (the CV gate, the persistence floor).
     Champion only when nothing blocks it and, with a champion in place, the lower bound of its
     improvement on the rows neither model trained on is above zero.
     """
     champion, challenger = config.champion_alias, config.challenger_alias
     if champion_version is None:
+        situation = compared if isinstance(compared, str) else "first version"
         if blocked:
-            return Promotion(version, challenger, None, None, None, f"{blocked}: {challenger}")
-        return Promotion(version, champion, None, None, None, "first version: champion")
+            reason = f"{situation}; {blocked}: {challenger}"
+            return Promotion(version, challenger, None, None, None, reason)
+        return Promotion(version, champion, None, None, None, f"{situation}: {champion}")
     if not isinstance(compared, Comparison):
         reason = (
             f"champion v{champion_version} cannot be compared on unseen rows ({compared}); "
