@@ -122,6 +122,10 @@ def test_mlflow_run_bench_reports_into_its_own_run(store):
         (["--set", "tuning.pruner"], "--set takes KEY=VALUE, got 'tuning.pruner'"),
         (["--features", "30"], "--features must be at least 40"),
         (["--draws", "2", "--data", "x.parquet"], "--draws generates its data"),
+        # issue 38: a pydantic dump and a negative count before
+        (["--rows", "50"], "--rows: Input should be greater than or equal to 100"),
+        (["--rows", "-5"], "argument --rows: must be a whole number, 0 (the default) or more"),
+        (["--signal", "-1"], "--signal: Input should be greater than 0"),
     ],
 )
 def test_a_bad_bench_option_is_one_clear_error(store, options, message):
@@ -223,3 +227,38 @@ def test_several_draws_report_the_spread_and_the_paired_difference(store):
         # Wall time from the child's start: more than the stages it timed itself.
         for draw in draws:
             assert draw[side]["wall_seconds"] > draw[side]["total_seconds"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [("nosuch.key=1", "nosuch: unknown section"), ("tuning.nosuch=1", "tuning.nosuch: unknown")],
+)
+def test_an_unknown_setting_is_one_clear_error(store, setting, message):
+    done = subprocess.run(
+        _bench("--set", setting), cwd=store, env=subprocess_env(store), capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bench_on_given_data_records_that_data(store):
+    """Issue 38: `--data` recorded the generator's 525,600 x 780 and signal 1.0."""
+    from .helpers import bars
+
+    path = store / "given.parquet"
+    bars(4000, start="2023-03-01").to_parquet(path)
+    output = store / "bench.json"
+    done = subprocess.run(
+        _bench("--data", str(path), "--n-trials", "2", "--output", str(output),
+               "--set", "split.test_start=2023-03-03T12:00"),
+        cwd=store, env=subprocess_env(store), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(output.read_text())
+    assert report["data"]["rows"] == 4000
+    assert report["data"]["features"] == report["tfi"]["features"] > 0
+    assert "signal" not in report["data"]
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("tfi-bench").experiment_id])
+    assert run.data.params["rows"] == "4000" and run.data.params["signal"] == "none (given data)"

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from tfi.bench.quality import time_to_quality, trial_summary
 from tfi.core.config.experiment import ExperimentConfig, SyntheticSpec, load_config
@@ -109,6 +110,11 @@ def main(argv: Sequence[str], run_id: str | None = None) -> int:
         )
     if args.draws > 1 and args.data:
         parser.error("--draws generates its data: it cannot be combined with --data")
+    if not args.data:
+        try:
+            _spec(args, seed=0)
+        except ValidationError as exc:
+            parser.error("; ".join(_problem(error) for error in exc.errors()))
 
     try:
         args.set = dict(_setting(part) for item in args.set for part in item.split())
@@ -130,7 +136,16 @@ def main(argv: Sequence[str], run_id: str | None = None) -> int:
 
 
 def _count(value: str) -> int:
-    return int(float(value))
+    """A count where 0 means the default."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not number.is_integer() or number < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number, 0 (the default) or more: {value}"
+        )
+    return int(number)
 
 
 def _setting(item: str) -> tuple[str, str]:
@@ -140,18 +155,28 @@ def _setting(item: str) -> tuple[str, str]:
     return key, value
 
 
-def _data(args: argparse.Namespace, config: ExperimentConfig, folder: Path) -> tuple[Path, str]:
-    """The parquet file to benchmark on and its split date: ``--data``, or generated."""
-    if args.data:
-        return Path(args.data).resolve(), config.split.test_start.isoformat()
-    spec = SyntheticSpec(
+def _spec(args: argparse.Namespace, seed: int) -> SyntheticSpec:
+    """The generated data's shape: 16 informative and 24 collinear columns among the rest."""
+    return SyntheticSpec(
         rows=args.rows,
         features=args.features,
         informative=16,
         collinear=24,
-        seed=config.tuning.seed,
+        seed=seed,
         signal=args.signal,
     )
+
+
+def _problem(error: Any) -> str:
+    option = f"--{error['loc'][0]}" if error["loc"] else "the generated data"
+    return f"{option}: {error['msg']}"
+
+
+def _data(args: argparse.Namespace, config: ExperimentConfig, folder: Path) -> tuple[Path, str]:
+    """The parquet file to benchmark on and its split date: ``--data``, or generated."""
+    if args.data:
+        return Path(args.data).resolve(), config.split.test_start.isoformat()
+    spec = _spec(args, config.tuning.seed)
     data_path = folder / "bench.parquet"
     log.info("bench: writing %d x %d synthetic rows to %s", args.rows, args.features + 5, data_path)
     _in_child(_generate, spec.model_dump(mode="json"), str(data_path))
@@ -190,6 +215,12 @@ def _compare(
     overrides["tuning.seed"] = config.tuning.seed
     report["seed"] = config.tuning.seed
     report["tfi"] = _in_child(_run_tfi, args.config, overrides, str(folder / "tfi"))
+    if args.data:  # what was read, not the generator's settings
+        report["data"] = {
+            "source": args.data,
+            "rows": report["tfi"]["rows"],
+            "features": report["tfi"]["features"],
+        }
     if args.reference == "true":
         for search, side in REFERENCE_SIDES.items():
             log.info("bench: the seed's approach (%s), %d trials", search, n_trials)
@@ -305,7 +336,7 @@ def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[st
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     session = Session.open(config)
-    session.data()
+    loaded = session.data()
     seconds["load"] = time.perf_counter() - started
 
     def timed(stage: str, step: Callable[[], Any]) -> Any:
@@ -326,6 +357,8 @@ def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[st
     assert shared is not None  # tune.run made it
     before_tune = seconds["load"] + seconds["label"] + seconds["select"]
     return {
+        "rows": loaded.n_rows,
+        "features": int(loaded.features.shape[1]),
         "seconds": seconds,
         "total_seconds": sum(seconds.values()),
         "n_features": len(selected.features),
@@ -369,7 +402,7 @@ def _log_report(report: dict[str, Any], output: str, run_id: str | None) -> None
         first = report["draws"][0] if "draws" in report else report
         run.log_params(
             {"rows": first["data"]["rows"], "features": first["data"]["features"],
-             "signal": first["data"]["signal"],
+             "signal": first["data"].get("signal", "none (given data)"),
              "n_trials": first["n_trials"], "config": first["config"],
              "data": first["data"]["source"],
              "reference": str("reference" in first).lower(),

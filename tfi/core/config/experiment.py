@@ -402,7 +402,10 @@ class ExperimentConfig(StrictModel):
                 continue
             node = tree
             *parents, leaf = dotted.split(".")
-            for part in parents:
+            for depth, part in enumerate(parents):
+                if not isinstance(node.get(part), dict):
+                    known = ".".join(parents[: depth + 1])
+                    raise ConfigError(f"invalid config overrides:\n  {known}: unknown section")
                 node = node[part]
             node[leaf] = value
         return _validate(tree, origin="overrides")
