@@ -38,6 +38,7 @@ import pandas as pd
 from tfi.core.classes import PROBABILITY_COLUMNS
 from tfi.core.config.experiment import ExperimentConfig, load_config
 from tfi.core.data import sources as data_io
+from tfi.core.errors import TfiError
 from tfi.core.evaluation import bootstrap
 from tfi.core.evaluation.backtest import REFERENCES, TFI, Window
 from tfi.core.evaluation.metrics import score
@@ -138,7 +139,12 @@ def _strata(frames: Sequence[pd.DataFrame], a: str, b: str, other: Sequence[pd.D
     return parts
 
 
-def summarise(rows: list[dict[str, object]], output: Path, compare: Path | None) -> str:
+class PanelError(TfiError):
+    """A panel that cannot run or be compared as asked: one line, exit status 2."""
+
+
+def summarise(rows: list[dict[str, object]], output: Path) -> tuple[str, dict[str, object]]:
+    """This run's table and pooled differences: ``panel.md`` and ``panel.json``."""
     table = pd.DataFrame(rows).set_index("case")
     frames = [pd.read_parquet(output / "cases" / f"{_slug(name)}.parquet") for name in table.index]
     lines = ["| case | test rows | " + " | ".join(MODELS) + " | tfi − persistence (95%) | "
@@ -175,37 +181,77 @@ def summarise(rows: list[dict[str, object]], output: Path, compare: Path | None)
         "pooled": {ref: interval.as_dict() for ref, interval in pooled.items()},
         "rows": rows,
     }
-    if compare is not None:
-        others = [pd.read_parquet(compare / "cases" / f"{_slug(n)}.parquet") for n in table.index]
-        for frame, other in zip(frames, others, strict=True):
-            if not frame["timestamp"].equals(other["timestamp"]):
-                raise SystemExit(f"{compare}: other test rows than this run's")
-        versus = bootstrap.paired_difference(_strata(frames, TFI, TFI, others))
-        better = sum(
-            bootstrap.paired_difference(_strata([f], TFI, TFI, [o])).difference > 0
-            for f, o in zip(frames, others, strict=True)
-        )
-        lines += ["", f"tfi here minus tfi in {compare}: {versus.text()}; better in {better} of "
-                  f"{len(table)} cases."]  # fmt: skip
-        summary["versus_other"] = {"other": str(compare), **versus.as_dict(), "better": better}
     text = "\n".join(lines) + "\n"
+    _write(output, text, summary)
+    return text, summary
+
+
+def _write(output: Path, text: str, summary: dict[str, object]) -> None:
     (output / "panel.md").write_text(text)
     (output / "panel.json").write_text(json.dumps(summary, indent=2, default=str))
-    return text
+
+
+def check_comparable(names: Sequence[str], other: Path) -> None:
+    """Before any case runs: ``other`` holds a predictions file for every case."""
+    missing = [name for name in names if not (other / "cases" / f"{_slug(name)}.parquet").is_file()]
+    if missing:
+        raise PanelError(f"--compare {other}: no predictions of cases {missing} there")
+
+
+def compare(names: Sequence[str], output: Path, other: Path) -> tuple[str, dict[str, object]]:
+    """tfi here minus tfi in ``other`` on the same rows: refused unless both runs scored the
+    same rows with the same labels (other label settings would score one model on the other's
+    classes)."""
+    frames = [pd.read_parquet(output / "cases" / f"{_slug(n)}.parquet") for n in names]
+    others = [pd.read_parquet(other / "cases" / f"{_slug(n)}.parquet") for n in names]
+    for name, frame, theirs in zip(names, frames, others, strict=True):
+        if not frame["timestamp"].equals(theirs["timestamp"]):
+            raise PanelError(f"--compare {other}: case {name} has other test rows than this run's")
+        differ = int((frame["y"].to_numpy() != theirs["y"].to_numpy()).sum())
+        if differ:
+            raise PanelError(
+                f"--compare {other}: case {name} has other labels on {differ} of {len(frame)} "
+                "test rows (other label settings): the two runs cannot be compared on one truth"
+            )
+    versus = bootstrap.paired_difference(_strata(frames, TFI, TFI, others))
+    better = sum(
+        bootstrap.paired_difference(_strata([f], TFI, TFI, [o])).difference > 0
+        for f, o in zip(frames, others, strict=True)
+    )
+    text = (
+        f"\ntfi here minus tfi in {other}: {versus.text()}; better in {better} of "
+        f"{len(names)} cases.\n"
+    )
+    return text, {"other": str(other), **versus.as_dict(), "better": better}
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return number
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="folder of kline files")
     parser.add_argument("--config", default="experiments/binance.yaml")
-    parser.add_argument("--n-trials", type=int, default=10)
+    parser.add_argument("--n-trials", type=_positive, default=10)
     parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
-    parser.add_argument("--jobs", type=int, default=1, help="cases at once (threads split)")
+    parser.add_argument("--jobs", type=_positive, default=1, help="cases at once (threads split)")
     parser.add_argument("--output", type=Path, default=Path("panel-out"))
     parser.add_argument("--compare", type=Path, help="another run's --output to compare with")
     parser.add_argument("--cases", help="only cases whose name contains this text")
     args = parser.parse_args(argv)
     configure_logging()
+    try:
+        return _run(args)
+    except TfiError as exc:
+        log.error("%s", exc)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     overrides: dict[str, object] = {"tuning.n_trials": args.n_trials}
     for item in args.set:
         key, _, value = item.partition("=")
@@ -216,21 +262,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.jobs > 1:
         overrides["execution.num_threads"] = max(1, available_cores() // args.jobs)
     config = load_config(args.config, **overrides)
-    cases = [c for c in find_cases(args.data) if not args.cases or args.cases in c.name]
+    cases = select_cases(args.data, args.cases)
+    if args.compare is not None:
+        check_comparable([case.name for case in cases], args.compare)
     (args.output / "cases").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     log.info("panel: %d cases, %d at once", len(cases), args.jobs)
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(run_case, cases, [config] * len(cases), [args.output] * len(cases)))
-    text = summarise(rows, args.output, args.compare)
+    text, summary = summarise(rows, args.output)
     seconds = time.perf_counter() - started
-    (args.output / "panel.md").write_text(
-        text + f"\n{len(cases)} cases in {seconds / 60:.1f} min, {args.jobs} at once; "
+    text += (
+        f"\n{len(cases)} cases in {seconds / 60:.1f} min, {args.jobs} at once; "
         f"config {args.config}, overrides {overrides}.\n"
     )
+    _write(args.output, text, summary)  # this run's own table, whatever the comparison says
     print(text)  # noqa: T201 - a script's report
-    print(f"{len(cases)} cases in {seconds / 60:.1f} min")  # noqa: T201
+    if args.compare is not None:
+        versus_text, summary["versus_other"] = compare(
+            [case.name for case in cases], args.output, args.compare
+        )
+        _write(args.output, text + versus_text, summary)
+        print(versus_text)  # noqa: T201
     return 0
+
+
+def select_cases(folder: Path, contains: str | None) -> list[Case]:
+    """The cases to run, or why there are none."""
+    if not folder.is_dir():
+        raise PanelError(f"--data {folder} is not a folder")
+    found = find_cases(folder)
+    if not found:
+        raise PanelError(f"--data {folder} holds no kline files named SYMBOL-1m-YYYY-MM.csv(.gz)")
+    cases = [case for case in found if not contains or contains in case.name]
+    if not cases:
+        raise PanelError(
+            f"--cases {contains!r} matches none of the {len(found)} cases "
+            f"({', '.join(case.name for case in found[:5])}, ...)"
+        )
+    return cases
 
 
 if __name__ == "__main__":
