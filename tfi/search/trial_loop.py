@@ -79,7 +79,8 @@ def skip_waiting(shared: SharedStudy, reason: str) -> int:
 
 
 def was_skipped(trial: FrozenTrial) -> bool:
-    """Taken off the queue by :func:`skip_waiting`: never run, though Optuna calls it pruned."""
+    """Taken off the queue by :func:`skip_waiting`: never run, though Optuna stores it as
+    failed (FAIL, so that no sampler learns from it); ``SKIPPED_ATTR`` tells it apart."""
     return SKIPPED_ATTR in trial.user_attrs
 
 
