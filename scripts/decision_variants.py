@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tfi.core.classes import PROBABILITY_COLUMNS
-from tfi.core.evaluation import bootstrap
+from tfi.core.evaluation import intervals
 from tfi.core.evaluation.metrics import score
 from tfi.core.model.class_shares import decide_log_odds, log_odds, trailing_share_classes
 
@@ -99,9 +99,9 @@ def main(folder: Path) -> int:
             y, persistence = frame["y"].to_numpy(), frame["persistence"].to_numpy()
             decided = variant(frame[list(PROBABILITY_COLUMNS)].to_numpy(), weights)
             won += score(y, decided) > score(y, persistence)
-            blocks = bootstrap.day_blocks(frame["timestamp"])
-            strata.append(bootstrap.Scored(y, decided, persistence, blocks))
-        pooled = bootstrap.paired_difference(strata)
+            blocks = intervals.calendar_blocks(frame["timestamp"])
+            strata.append(intervals.Scored(y, decided, persistence, blocks))
+        pooled = intervals.paired_difference(strata)
         print(f"| {name} | {pooled.text()} | {won} / {len(cases)} |")  # noqa: T201 - a report
     return 0
 

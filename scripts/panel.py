@@ -39,7 +39,7 @@ from tfi.core.classes import PROBABILITY_COLUMNS
 from tfi.core.config.experiment import ExperimentConfig, load_config
 from tfi.core.data import sources as data_io
 from tfi.core.errors import TfiError
-from tfi.core.evaluation import bootstrap
+from tfi.core.evaluation import intervals
 from tfi.core.evaluation.backtest import REFERENCES, TFI, Window
 from tfi.core.evaluation.metrics import score
 from tfi.stages.backtest import evaluate_window
@@ -129,11 +129,11 @@ def _strata(frames: Sequence[pd.DataFrame], a: str, b: str, other: Sequence[pd.D
     for i, frame in enumerate(frames):
         b_values = other[i][TFI] if other else frame[b]
         parts.append(
-            bootstrap.Scored(
+            intervals.Scored(
                 frame["y"].to_numpy(),
                 frame[a].to_numpy(),
                 np.asarray(b_values),
-                bootstrap.day_blocks(frame["timestamp"]),
+                intervals.calendar_blocks(frame["timestamp"]),
             )
         )
     return parts
@@ -152,7 +152,7 @@ def summarise(rows: list[dict[str, object]], output: Path) -> tuple[str, dict[st
     per_case = {}
     for name, frame in zip(table.index, frames, strict=True):
         versus = {
-            ref: bootstrap.paired_difference(_strata([frame], TFI, ref))
+            ref: intervals.paired_difference(_strata([frame], TFI, ref))
             for ref in ("persistence", "lightgbm_defaults")
         }
         per_case[name] = versus
@@ -162,7 +162,7 @@ def summarise(rows: list[dict[str, object]], output: Path) -> tuple[str, dict[st
             + f" | {versus['persistence'].text()} | {versus['lightgbm_defaults'].text()} | "
             + f"{table.loc[name, 'candidate']} |"
         )  # fmt: skip
-    pooled = {ref: bootstrap.paired_difference(_strata(frames, TFI, ref)) for ref in REFERENCES}
+    pooled = {ref: intervals.paired_difference(_strata(frames, TFI, ref)) for ref in REFERENCES}
     won = {
         ref: sum(per_case[name][ref].difference > 0 for name in table.index)
         for ref in ("persistence", "lightgbm_defaults")
@@ -213,9 +213,9 @@ def compare(names: Sequence[str], output: Path, other: Path) -> tuple[str, dict[
                 f"--compare {other}: case {name} has other labels on {differ} of {len(frame)} "
                 "test rows (other label settings): the two runs cannot be compared on one truth"
             )
-    versus = bootstrap.paired_difference(_strata(frames, TFI, TFI, others))
+    versus = intervals.paired_difference(_strata(frames, TFI, TFI, others))
     better = sum(
-        bootstrap.paired_difference(_strata([f], TFI, TFI, [o])).difference > 0
+        intervals.paired_difference(_strata([f], TFI, TFI, [o])).difference > 0
         for f, o in zip(frames, others, strict=True)
     )
     text = (

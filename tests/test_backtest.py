@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from tfi import pipeline
 from tfi.core.data import sources as data_io
-from tfi.core.errors import SplitError
+from tfi.core.errors import SplitError, StageError
 from tfi.core.evaluation.backtest import walk_forward_windows
 from tfi.stages.backtest import evaluate_window
 from tfi.stages.session import Session
@@ -22,7 +22,6 @@ TWO_WINDOWS = {
     "backtest.windows": 2,
     "backtest.window_days": 0.3,
     "backtest.block": "1h",
-    "backtest.replicates": 200,
 }
 
 
@@ -172,3 +171,52 @@ def test_a_window_with_one_class_is_pooled_with_a_warning(smoke_config, caplog):
     with caplog.at_level("WARNING"):
         pooled_differences([mixed, one], smoke_config.backtest)
     assert "hold only some classes" in caplog.text and "[1]" in caplog.text
+
+
+NEVER = {**TWO_WINDOWS, "backtest.retune": "never", "execution.study": "tuned-once"}
+
+
+@pytest.fixture
+def tuned_before_the_windows(store, smoke_config):
+    """A study tuned on rows before the first window (it starts 2023-03-03 04:16)."""
+    config = smoke_config.with_overrides(
+        **NEVER, **{"split.test_start": "2023-03-03 00:00", "tuning.n_trials": 2}
+    )
+    pipeline.run_tune(Session.open(config), None)
+    return config
+
+
+def test_retune_never_uses_a_clean_study_and_records_it(tuned_before_the_windows):
+    result = pipeline.run_backtest(Session.open(tuned_before_the_windows), None)
+    client = MlflowClient()
+    parent = client.get_run(result.run_id)
+    assert parent.data.params["backtest.study"] == "tuned-once"
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{result.run_id}'"
+    )
+    assert len(children) == 2
+    assert all("of study tuned-once" in c.data.params["candidate"] for c in children)
+    assert not any("first window" in c.data.params["candidate"] for c in children)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"split.test_start": "2023-03-03 12:00"}, "other inputs"),
+        ({"labels.horizon": 10}, "other inputs"),
+        ({"tuning.metric": "log_loss"}, "needs minimize: it was tuned for another metric"),
+    ],
+)
+def test_retune_never_refuses_a_study_it_cannot_trust(tuned_before_the_windows, change, message):
+    """Issue 37: a study whose CV covered the windows was used without a warning, and one
+    tuned for log_loss was compared with F1."""
+    config = tuned_before_the_windows.with_overrides(**change)
+    with pytest.raises(StageError, match=message):
+        pipeline.run_backtest(Session.open(config), None)
+
+
+def test_retune_never_refuses_a_study_tuned_on_the_windows(store, smoke_config):
+    config = smoke_config.with_overrides(**NEVER, **{"tuning.n_trials": 2})  # split 12:00
+    pipeline.run_tune(Session.open(config), None)
+    with pytest.raises(StageError, match="its parameters have seen the windows"):
+        pipeline.run_backtest(Session.open(config), None)

@@ -91,3 +91,44 @@ def test_a_round_whose_every_trial_is_pruned_still_trains_and_registers_a_model(
     assert not any(key == "lgb.min_child_samples" for key in train.data.params)
     assert str(trained.promotion.version) == "1"
     assert client.get_model_version("tfi-classifier", "1").status == "READY"
+
+
+def _trial(folds: list[float]) -> optuna.trial.FrozenTrial:
+    return optuna.trial.create_trial(
+        value=sum(folds) / len(folds),
+        params={"num_leaves": 8},
+        distributions={"num_leaves": optuna.distributions.IntDistribution(2, 64)},
+        user_attrs={FOLDS_ATTR: [{"f1_macro": value} for value in folds]},
+    )
+
+
+def test_the_margin_grows_with_the_luck_of_the_best_of_many_trials(smoke_config):
+    """Issue 37: a fixed 0.002 compared the best of N trials with one defaults run; the
+    expected maximum of 15 noise draws is about 1.7 standard errors, more than the margin."""
+    defaults = [0.40, 0.42, 0.41, 0.43, 0.40]
+    worse = [[value - 0.01 for value in defaults]] * 14  # and the best: 15 complete trials
+    noisy = [0.415, 0.41, 0.425, 0.435, 0.395]  # +0.004 on average, fold gains spread 0.01
+    steady = [value + 0.004 for value in defaults]  # +0.004 on every fold
+    chosen, why = candidates.best_candidate(
+        _with(_study(defaults, []), [*worse, noisy]), smoke_config.tuning
+    )
+    assert candidates.is_defaults(chosen)
+    assert "what the best of 15 trials gains by luck: 1.74 x" in why
+    chosen, why = candidates.best_candidate(
+        _with(_study(defaults, []), [*worse, steady]), smoke_config.tuning
+    )
+    assert not candidates.is_defaults(chosen), why
+    assert candidates.expected_maximum(15) == pytest.approx(1.74, abs=0.01)
+
+
+def _with(study: optuna.Study, trials: list[list[float]]) -> optuna.Study:
+    for folds in trials:
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=sum(folds) / len(folds),
+                params={"num_leaves": 8},
+                distributions={"num_leaves": optuna.distributions.IntDistribution(2, 64)},
+                user_attrs={FOLDS_ATTR: [{"f1_macro": value} for value in folds]},
+            )
+        )
+    return study

@@ -163,7 +163,7 @@ def test_no_tuning_fold_trains_on_features_chosen_with_its_validation_rows(store
 
 
 def _comparison(difference: float, low: float):
-    from tfi.core.evaluation.bootstrap import Interval
+    from tfi.core.evaluation.intervals import Interval
     from tfi.tracking.registry import Comparison
 
     interval = Interval(difference, low, difference + (difference - low), 0.8, 20)
@@ -322,3 +322,54 @@ def test_a_removed_champion_is_said_and_tags_agree_with_aliases(store, smoke_con
         assert f"v{old.version} lost it" in promotion.reason
         lost = client.get_model_version(SMOKE_NAME, old.version)
         assert lost.tags["tfi.promotion"] == "champion alias removed"
+
+
+def test_repeated_comparisons_on_the_same_rows_spend_one_error_budget(smoke_config):
+    """Issue 37: five retrains compared on the same test rows at a 10% false-promotion rate
+    each promoted a model that is not better 41% of the time. With the error spent as
+    6/(pi^2 k^2) of it on the k-th attempt, all attempts together stay at the nominal rate."""
+    from tfi.core.evaluation.intervals import Scored, paired_difference
+
+    registry = smoke_config.registry  # one-sided 90%
+    spent = sum((1 - registry.two_sided(k)) / 2 for k in range(1, 10_000))
+    assert spent <= 1 - registry.confidence
+    # the first comparison already spends only 6/pi^2 of it: a one-sided 93.9% bound
+    assert (1 + registry.two_sided(1)) / 2 == pytest.approx(1 - 0.1 * 6 / np.pi**2)
+
+    rng = np.random.default_rng(0)
+    days, rows, runs, promoted_ever, promoted_naive = 30, 200, 300, 0, 0
+    y = rng.integers(0, 3, (days, rows))
+    blocks = np.repeat(np.arange(days), rows)
+    for _ in range(runs):
+        champion = np.where(rng.random(y.shape) < 0.5, y, (y + 1) % 3)
+        ever = naive = False
+        for attempt in range(1, 6):  # five retrains, each no better than the champion
+            candidate = np.where(rng.random(y.shape) < 0.5, y, (y + 2) % 3)
+            part = Scored(y.ravel(), candidate.ravel(), champion.ravel(), blocks)
+            ever |= paired_difference([part], confidence=registry.two_sided(attempt)).low > 0
+            naive |= paired_difference([part], confidence=registry.two_sided()).low > 0
+        promoted_ever += ever
+        promoted_naive += naive
+    assert promoted_ever / runs <= 0.12
+    assert promoted_naive > promoted_ever  # the budget is what holds the rate
+
+
+def test_retrains_on_the_same_rows_are_counted_on_the_champion(store, smoke_config):
+    """Each comparison on the same rows is recorded on the champion and held to a stricter
+    bound; retrains that are not better leave the alias where it was."""
+    first = _main(smoke_config)
+    assert first.promotion.alias == "champion"
+    reasons = []
+    for seed in (1, 2, 3):
+        again = _main(smoke_config, **{"tuning.seed": seed, "tuning.n_trials": 2})
+        reasons.append(again.promotion.reason)
+        assert again.promotion.champion_version == first.promotion.version
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias(SMOKE_NAME, "champion")
+    if str(champion.version) == str(first.promotion.version):
+        made = json.loads(champion.tags["tfi.comparisons"])
+        assert list(made.values()) == [3]
+        assert "comparison 2 with it on these rows" in reasons[1]
+        assert "comparison 3 with it on these rows" in reasons[2]
+    else:  # a retrain really was better, by the strict bound: said so in its reason
+        assert any("beats champion" in reason for reason in reasons)

@@ -38,6 +38,7 @@ PROMOTION_REASON = "tfi.promotion_reason"
 TRAIN_RUN = "tfi.run_id"
 TEST_START = "tfi.test_start"
 LABELS = "tfi.labels"  # a version's label settings: only versions with equal ones compare
+COMPARISONS = "tfi.comparisons"  # a champion's comparisons so far, by compared rows (JSON)
 
 
 def champion_score(metric: str) -> str:

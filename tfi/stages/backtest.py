@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import optuna
+import pandas as pd
 from optuna.trial import FrozenTrial
 
 from tfi.core import keys
@@ -39,7 +40,7 @@ from tfi.core.evaluation.backtest import (
     window_differences,
     window_table,
 )
-from tfi.core.evaluation.bootstrap import Interval
+from tfi.core.evaluation.intervals import Interval
 from tfi.core.labels.labelled import prepare_labels
 from tfi.core.model.cv import OutOfFold
 from tfi.search import candidates
@@ -78,7 +79,8 @@ def run(session: Session, run_id: str | None = None) -> BacktestResult:
     cfg = session.config
     data = session.data()
     windows = walk_forward_windows(data.timestamps, cfg.backtest)
-    fixed = _study_candidate(session) if cfg.backtest.retune == "never" else None
+    fixed = _study_candidate(session, windows[0]) if cfg.backtest.retune == "never" else None
+    source = f"study {session.study_name}" if fixed is not None else "the first window"
     with session.tracker.run(
         "backtest", run_id=run_id, tags={tracking.DATA_DIGEST: session.digest}
     ) as parent:
@@ -88,13 +90,14 @@ def run(session: Session, run_id: str | None = None) -> BacktestResult:
                 **{f"backtest.{k}": v for k, v in cfg.backtest.model_dump().items()},
                 "n_trials": cfg.tuning.n_trials,
                 "metric": cfg.tuning.metric,
+                **({"backtest.study": session.study_name} if fixed is not None else {}),
             }
         )
         results = []
         for window in windows:
             tags = {tracking.DATA_DIGEST: session.digest, keys.WINDOW: str(window.index)}
             with session.tracker.run("backtest-window", parent_id=parent.id, tags=tags) as child:
-                result = evaluate_window(cfg, data, window, fixed, session.threads)
+                result = evaluate_window(cfg, data, window, fixed, session.threads, source)
                 _log_window(child, window, result)
             log.info(
                 "backtest: window %s: tfi %.4f, defaults %.4f, persistence %.4f (%s)",
@@ -117,8 +120,10 @@ def evaluate_window(
     window: Window,
     fixed: FrozenTrial | None,
     threads: int,
+    source: str = "the first window",
 ) -> WindowResult:
-    """Train on the rows before ``window`` (tuning unless ``fixed`` is given), score it."""
+    """Train on the rows before ``window`` (tuning unless ``fixed`` is given: the candidate
+    of ``source``), score it."""
     window_cfg = cfg.with_overrides(**{"split.test_start": window.start.to_pydatetime()})
     labelled = restrict(prepare_labels(data, window_cfg), window, cfg.backtest.train_days)
     try:
@@ -138,13 +143,21 @@ def evaluate_window(
     elif candidates.is_defaults(fixed):
         best, out_of_fold = defaults, setup.defaults_oof
     else:
-        best, out_of_fold = _refit_folds(cfg, setup, fixed, threads)
+        best, out_of_fold = _refit_folds(cfg, setup, fixed, threads, source)
     tuned = Tuned("", "backtest", best, setup.baselines, out_of_fold, defaults)
     champion_data = data.subset(selection.selected)
     split = TrainTest.of(champion_data, labelled)
     champion = fit_champion(window_cfg, tuned, split, out_of_fold)
     report = build_report(
-        window_cfg, champion_data, labelled, split, tuned, champion, setup.baselines
+        window_cfg,
+        champion_data,
+        labelled,
+        split,
+        tuned,
+        champion,
+        setup.baselines,
+        cfg.backtest.block,
+        cfg.backtest.confidence,
     )
     scores = WindowScores(
         window,
@@ -179,9 +192,10 @@ def _tune(
 
 
 def _refit_folds(
-    cfg: ExperimentConfig, setup: CVSetup, fixed: FrozenTrial, threads: int
+    cfg: ExperimentConfig, setup: CVSetup, fixed: FrozenTrial, threads: int, source: str
 ) -> tuple[FrozenTrial, OutOfFold]:
-    """A given candidate's parameters on this window's folds: its trees and its decision."""
+    """A given candidate's parameters (from ``source``) on this window's folds: its trees and
+    its decision."""
     scores, out_of_fold = setup.cross_validate(fixed, threads)
     trial = optuna.trial.create_trial(
         value=float(np.mean([getattr(s, cfg.tuning.metric) for s in scores])),
@@ -189,24 +203,49 @@ def _refit_folds(
         distributions=fixed.distributions,
         user_attrs={
             FOLDS_ATTR: [asdict(s) for s in scores],
-            candidates.CANDIDATE_ATTR: f"{candidates.describe(fixed)} of the first window",
+            candidates.CANDIDATE_ATTR: f"{candidates.describe(fixed)} of {source}",
         },
     )
     return trial, out_of_fold
 
 
-def _study_candidate(session: Session) -> FrozenTrial:
-    """``retune: never``: the candidate of the configured (or default) study."""
-    shared = studies.load_study(session.storage(), session.study_name)
+def _study_candidate(session: Session, first: Window) -> FrozenTrial:
+    """``retune: never``: the candidate of the configured (or default) study, refused unless
+    it was tuned for this config's metric, on the same data, labels, features and decision,
+    and on rows before the first window."""
+    name, cfg = session.study_name, session.config
+    shared = studies.load_study(session.storage(), name)
     if shared is None:
         raise StageError(
             f"backtest.retune is 'never' but the Optuna storage holds no study "
-            f"{session.study_name}: run `tune` first or name one with --study"
+            f"{name}: run `tune` first or name one with --study"
         )
-    best, why = candidates.best_candidate(shared.study, session.config.tuning)
+    study = shared.study
+    if study.direction.name.lower() != cfg.tuning.direction:
+        raise StageError(
+            f"study {name} {study.direction.name.lower()}s its objective, but "
+            f"tuning.metric {cfg.tuning.metric} needs {cfg.tuning.direction}: it was tuned for "
+            "another metric"
+        )
+    recorded = study.user_attrs.get(studies.INPUTS_ATTR)
+    if recorded != session.study_inputs:
+        raise StageError(
+            f"study {name} was tuned on other inputs (data, labels, split, features, metric "
+            f"or decision: {recorded}; this backtest's are {session.study_inputs}): its "
+            "parameters were not chosen for these windows; tune with this config first, or "
+            "use backtest.retune: first"
+        )
+    if pd.Timestamp(cfg.split.test_start) > first.start:
+        raise StageError(
+            f"study {name} was tuned on rows up to {cfg.split.test_start}, after the first "
+            f"window's start {first.start}: its parameters have seen the windows "
+            f"(look-ahead); tune with split.test_start at or before {first.start:%Y-%m-%d}, "
+            "or use backtest.retune: first"
+        )
+    best, why = candidates.best_candidate(study, cfg.tuning)
     if best is None:
         raise StageError(f"study {session.study_name} has no candidate: {why}")
-    log.info("backtest: parameters of study %s, %s", session.study_name, why)
+    log.info("backtest: parameters of study %s, %s", name, why)
     return best
 
 

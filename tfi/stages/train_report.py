@@ -23,10 +23,10 @@ from tfi.core.classes import NAMES, PROBABILITY_COLUMNS, labels_of, lightgbm_cla
 from tfi.core.config.experiment import ExperimentConfig
 from tfi.core.data.sources import MarketData
 from tfi.core.errors import StageError, TfiError
-from tfi.core.evaluation import bootstrap, figures
+from tfi.core.evaluation import figures, intervals
 from tfi.core.evaluation import references as rules
 from tfi.core.evaluation import report as ev
-from tfi.core.evaluation.bootstrap import Interval
+from tfi.core.evaluation.intervals import Interval
 from tfi.core.evaluation.metrics import classification_metrics
 from tfi.core.labels.imbalance import trailing_imbalance
 from tfi.core.labels.labelled import LabelledData
@@ -40,7 +40,7 @@ from tfi.stages.outputs import Tuned
 from tfi.stages.session import Session, available_cores
 from tfi.tracking import runs as tracking
 from tfi.tracking.loaded_models import ServedModel
-from tfi.tracking.registry import ChampionVersion, Comparison
+from tfi.tracking.registry import ChampionVersion, Comparison, comparisons_made
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class Report:
     cv_f1: float
     baselines: dict[str, float]
     references: dict[str, Reference]
-    # tfi minus each reference on the test rows (macro-F1), with a day-block bootstrap interval.
+    # tfi minus each reference on the test rows (macro-F1), with its interval over blocks.
     differences: dict[str, Interval]
     table: pd.DataFrame
     periods: pd.DataFrame
@@ -96,8 +96,19 @@ class Report:
     def references_markdown(self) -> str:
         """``references.md``: the references table, then the differences with intervals."""
         return (
-            f"{ev.markdown(self.table)}\n\nDifferences in test macro-F1, day-block "
-            f"bootstrap:\n\n{ev.markdown(self.differences_table())}\n"
+            f"{ev.markdown(self.table)}\n\nDifferences in test macro-F1 ({intervals.METHOD}; "
+            f"no interval on fewer than {intervals.MIN_BLOCKS} blocks):\n\n"
+            f"{ev.markdown(self.differences_table())}\n{self._thin()}"
+        )
+
+    def _thin(self) -> str:
+        thin = [key for key, interval in self.differences.items() if not interval.available]
+        if not thin:
+            return ""
+        blocks = self.differences[thin[0]].blocks
+        return (
+            f"\nNo interval for {', '.join(thin)}: too few days for an interval ({blocks} "
+            f"blocks, {intervals.MIN_BLOCKS} needed).\n"
         )
 
     def differences_table(self) -> pd.DataFrame:
@@ -119,18 +130,23 @@ def build_report(
     tuned: Tuned,
     champion: Champion,
     baselines: dict[str, float],
+    block: str | None = None,
+    confidence: float = 0.95,
 ) -> Report:
-    """The references on the test period, the per-period table, and the CV gate's verdict."""
+    """The references on the test period, the per-period table, and the CV gate's verdict.
+
+    The differences' intervals use ``block`` (default ``registry.block``) at ``confidence``."""
     carried = _persistence(data, labelled, split, cfg)
     references = _references(split, carried, tuned, champion, cfg)
     table = rules.reference_table(
         {TUNED: champion.evaluation.metrics, **{r.label: r.metrics for r in references.values()}}
     )
     stamps = labelled.timestamps[split.test_rows]
-    blocks = bootstrap.day_blocks(stamps)
+    blocks = intervals.calendar_blocks(stamps, block or cfg.registry.block)
     differences = {
-        key: bootstrap.paired_difference(
-            [bootstrap.Scored(split.y_test, champion.predicted, reference.predicted, blocks)]
+        key: intervals.paired_difference(
+            [intervals.Scored(split.y_test, champion.predicted, reference.predicted, blocks)],
+            confidence=confidence,
         )
         for key, reference in references.items()
     }
@@ -182,8 +198,14 @@ def _persistence_floor(
         (champion.predicted, champion.proba),
         (persistence.predicted, persistence.proba),
     )
-    if interval.low > 0:
+    if interval.available and interval.low > 0:
         return None
+    if not interval.available:
+        return (
+            f"test {metric}: its gain over persistence {interval.difference:+.4f} rests on "
+            f"{interval.blocks} blocks of {cfg.registry.block}, too few for a bound "
+            f"({intervals.MIN_BLOCKS} needed): evidence too thin to serve it as champion"
+        )
     return (
         f"test {metric}: its gain over persistence {interval.difference:+.4f} has a "
         f"{cfg.registry.confidence:.0%} lower bound of {interval.low:+.4f}, not above zero: "
@@ -313,15 +335,28 @@ def compare_with_champion(
     our_proba = candidate.proba[unseen]
     our_classes = candidate.decision.classes(our_proba)
     ours = classification_metrics(y_true, our_proba, predicted=our_classes)
+    compared_stamps = labelled.timestamps[rows]
+    rows_key = (
+        f"{compared_stamps[0]:%Y-%m-%dT%H:%M}..{compared_stamps[-1]:%Y-%m-%dT%H:%M}/{len(rows)}"
+    )
+    attempt = comparisons_made(tags).get(rows_key, 0) + 1
     improvement = _gain(
         session.config,
         y_true,
-        labelled.timestamps[rows],
+        compared_stamps,
         (our_classes, our_proba),
         (their_classes, their_proba),
+        attempt,
     )
     return Comparison(
-        ours[metric], theirs[metric], int(unseen.sum()), metric, higher_is_better, improvement
+        ours[metric],
+        theirs[metric],
+        int(unseen.sum()),
+        metric,
+        higher_is_better,
+        improvement,
+        rows_key,
+        attempt,
     )
 
 
@@ -331,12 +366,14 @@ def _gain(
     stamps: pd.DatetimeIndex,
     ours: tuple[np.ndarray, np.ndarray],
     theirs: tuple[np.ndarray, np.ndarray],
+    attempt: int = 1,
 ) -> Interval:
     """Promotion's evidence: how much better ``ours`` scores in ``tuning.metric``, with the
-    interval whose lower end is the one-sided bound at ``registry.confidence``."""
-    blocks = bootstrap.day_blocks(stamps, cfg.registry.block)
-    return bootstrap.improvement(
-        y, ours, theirs, blocks, cfg.tuning.metric, cfg.registry.two_sided()
+    interval whose lower end is the one-sided bound at ``registry.confidence``, made stricter
+    for the ``attempt``-th comparison on the same rows (:meth:`RegistryConfig.two_sided`)."""
+    blocks = intervals.calendar_blocks(stamps, cfg.registry.block)
+    return intervals.improvement(
+        y, ours, theirs, blocks, cfg.tuning.metric, cfg.registry.two_sided(attempt)
     )
 
 

@@ -13,6 +13,7 @@ alias never points at an incomplete version.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +34,7 @@ from tfi.core import keys
 from tfi.core.classes import PROBABILITY_COLUMNS
 from tfi.core.config.experiment import RegistryConfig
 from tfi.core.errors import StageError
-from tfi.core.evaluation.bootstrap import Interval
+from tfi.core.evaluation.intervals import MIN_BLOCKS, Interval
 from tfi.core.model import class_shares
 from tfi.runtime.interrupts import critical_section
 
@@ -114,6 +115,7 @@ class Promotion:
     champion_score: float | None
     reason: str
     metric: str = "f1_macro"  # what score and champion_score measure
+    comparison: Comparison | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ class ChampionVersion:
 class Comparison:
     """Candidate and champion on the same test rows, unseen by both: ``metric`` of each, and
     the candidate's improvement (its metric minus the champion's, the reverse for a loss) with
-    its block-bootstrap interval."""
+    its interval over blocks (:mod:`tfi.core.evaluation.intervals`)."""
 
     score: float
     champion_score: float
@@ -141,11 +143,14 @@ class Comparison:
     metric: str
     higher_is_better: bool
     improvement: Interval
+    rows_key: str = ""  # which rows were compared (first, last, count)
+    attempt: int = 1  # the how-manieth comparison with this champion on these rows
 
     @property
     def better(self) -> bool:
-        """Evidence, not a point estimate: the improvement's lower bound is above zero."""
-        return self.improvement.low > 0
+        """Evidence, not a point estimate: the improvement has a lower bound (enough blocks
+        for an interval) and it is above zero."""
+        return self.improvement.available and self.improvement.low > 0
 
 
 @critical_section
@@ -179,6 +184,8 @@ def register_and_promote(
         # The alias moves last: before it, a failure leaves only a version we delete below.
         client.set_registered_model_alias(config.model_name, promotion.alias, created.version)
         replaced = promotion.champion_version
+        if promotion.comparison is not None and replaced is not None:
+            _count_comparison(client, config, replaced, promotion.comparison)
         if promotion.alias == config.champion_alias and replaced is not None:
             # The tags agree with the aliases: the former champion says who replaced it.
             client.set_model_version_tag(
@@ -189,6 +196,28 @@ def register_and_promote(
         client.delete_model_version(config.model_name, created.version)
         raise
     return promotion
+
+
+def comparisons_made(tags: Mapping[str, str]) -> dict[str, int]:
+    """How often a champion was compared on each set of rows (its ``tfi.comparisons`` tag)."""
+    try:
+        made = json.loads(tags.get(keys.COMPARISONS, "{}"))
+    except json.JSONDecodeError:
+        return {}
+    return {str(rows): int(count) for rows, count in made.items()} if isinstance(made, dict) else {}
+
+
+def _count_comparison(
+    client: MlflowClient, config: RegistryConfig, version: str, comparison: Comparison
+) -> None:
+    """Record one more comparison on these rows on the champion: the next one on the same
+    rows is held to a stricter bound (:meth:`RegistryConfig.two_sided`)."""
+    current = client.get_model_version(config.model_name, version)
+    made = comparisons_made(dict(current.tags or {}))
+    made[comparison.rows_key] = max(made.get(comparison.rows_key, 0), comparison.attempt)
+    client.set_model_version_tag(
+        config.model_name, version, keys.COMPARISONS, json.dumps(made, sort_keys=True)
+    )
 
 
 def _decide(
@@ -275,11 +304,22 @@ def decide_promotion(
         return Promotion(version, challenger, None, champion_version, None, reason)
     verdict = "beats" if compared.better else "does not beat"
     level = f"{config.confidence:.0%}"
+    gain = compared.improvement
+    if compared.attempt > 1:
+        level = (
+            f"comparison {compared.attempt} with it on these rows, "
+            f"{1 - (1 - gain.confidence) / 2:.2%}"
+        )
+    bound = (
+        f"{level} lower bound {gain.low:+.4f}"
+        if gain.available
+        else f"evidence too thin for a bound: {gain.blocks} blocks of {config.block}, "
+        f"{MIN_BLOCKS} needed"
+    )
     versus = (
         f"test {compared.metric} {compared.score:.4f} {verdict} champion v{champion_version}'s "
         f"{compared.champion_score:.4f} on {compared.rows} test rows neither trained on "
-        f"(improvement {compared.improvement.difference:+.4f}, {level} lower bound "
-        f"{compared.improvement.low:+.4f})"
+        f"(improvement {gain.difference:+.4f}, {bound})"
     )
     alias = champion if compared.better and not blocked else challenger
     reason = f"{blocked}; {versus}: {alias}" if blocked else f"{versus}: {alias}"
@@ -291,4 +331,5 @@ def decide_promotion(
         compared.champion_score,
         reason,
         compared.metric,
+        compared,
     )

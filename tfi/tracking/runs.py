@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -234,9 +235,14 @@ class StageRun:
 
     @critical_section
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Finite values only: an interval's bounds are NaN where the evidence is too thin
+        for one, and such a bound is absent, not a number."""
         now = now_ms()
         self.client.log_batch(
-            self.id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
+            self.id,
+            metrics=[
+                Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)
+            ],
         )
 
     @critical_section

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,11 +62,12 @@ RENAMED = {
     "selection.patience": "selection.alpha_patience",
     "selection.on_empty": "selection.on_too_few",
     **{f"tuning.{name}": f"execution.{name}" for name in ExecutionConfig.model_fields},
+    "backtest.replicates": "removed (intervals are no longer bootstrapped: delete the key)",
 }
 
 
 def _fixed_period(value: str) -> str:
-    """A bootstrap block: a fixed-length pandas offset ('1D', '6h'), checked before any compute."""
+    """An interval's block: a fixed-length pandas offset ('1D', '6h'), checked at load."""
     try:
         length = pd.Timedelta(pd.tseries.frequencies.to_offset(value))
     except (TypeError, ValueError):
@@ -271,10 +273,14 @@ class RegistryConfig(StrictModel):
         gt=0.5,
         lt=1,
         description="promotion needs the one-sided lower bound of the paired test difference "
-        "(to the champion, and to persistence) at this confidence above zero",
+        "(to the champion, and to persistence) at this confidence above zero; comparisons "
+        "with one champion on the same rows share it (the k-th spends 6/(pi^2 k^2) of the "
+        "error 1 - confidence)",
     )
     block: BlockLength = Field(
-        "1D", description="bootstrap block of those differences (pandas offset)"
+        "1D",
+        description="block of those differences' intervals (pandas offset); fewer than 10 "
+        "blocks of compared rows: no promotion",
     )
 
     @field_validator("model_name")
@@ -309,9 +315,14 @@ class RegistryConfig(StrictModel):
             )
         return self
 
-    def two_sided(self) -> float:
-        """The two-sided level whose lower end is the one-sided bound at ``confidence``."""
-        return 2 * self.confidence - 1
+    def two_sided(self, attempt: int = 1) -> float:
+        """The two-sided level whose lower end is the one-sided bound of the ``attempt``-th
+        comparison with one champion on the same rows: the error ``1 - confidence`` is spent
+        as ``6 / (pi^2 k^2)`` of it on the k-th attempt, so that all attempts together pass a
+        model that is not better at most ``1 - confidence`` of the time (Bonferroni), however
+        often a user retrains on the same test rows."""
+        spent = (1 - self.confidence) * 6 / (math.pi**2 * attempt**2)
+        return 1 - 2 * spent
 
 
 class BacktestConfig(StrictModel):
@@ -337,10 +348,9 @@ class BacktestConfig(StrictModel):
         "study named by execution.study (or this config's default study) in the Optuna storage",
     )
     block: BlockLength = Field(
-        "1D", description="bootstrap block length (a pandas offset: whole days)"
+        "1D", description="block of the intervals (a pandas offset: whole days)"
     )
     confidence: float = Field(0.95, gt=0.5, lt=1)
-    replicates: int = Field(2000, ge=100, description="bootstrap replicates")
 
 
 class ExperimentConfig(StrictModel):

@@ -1,1 +1,1 @@
-"""Metrics, reports, block-bootstrap intervals and the backtest's windows."""
+"""Metrics, reports, intervals over blocks of days and the backtest's windows."""

@@ -7,8 +7,9 @@ label horizon, as the train/test split does), optionally only the last ``train_d
 window's own rows are only scored, and rows from ``stop`` on are not used at all.
 
 The aggregate pools the windows: each model's macro-F1 and accuracy per window, and tfi's paired
-difference to every reference, the mean over windows with a block-bootstrap interval (blocks of
-whole days drawn within each window, :mod:`tfi.core.evaluation.bootstrap`).
+difference to every reference, the mean over windows with its interval over calendar blocks
+(:mod:`tfi.core.evaluation.intervals`: the windows' blocks form one series, so persistence across
+windows counts).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from matplotlib.figure import Figure
 
 from tfi.core.config.experiment import BacktestConfig
 from tfi.core.errors import SplitError
-from tfi.core.evaluation import bootstrap
+from tfi.core.evaluation import intervals
 from tfi.core.evaluation.metrics import N_CLASSES, score
 from tfi.core.labels.labelled import LabelledData
 from tfi.core.labels.split import TEST, TRAIN, UNLABELLED
@@ -118,7 +119,7 @@ def window_table(scores: Sequence[WindowScores]) -> pd.DataFrame:
 
 def pooled_differences(
     scores: Sequence[WindowScores], config: BacktestConfig, metric: str = "f1_macro"
-) -> dict[str, bootstrap.Interval]:
+) -> dict[str, intervals.Interval]:
     """tfi minus each reference, the mean over windows, with its interval (blocks in windows)."""
     out = {}
     one_sided = {
@@ -132,44 +133,47 @@ def pooled_differences(
             "model's macro-F1 there is capped and says little; they are pooled with the rest",
             one_sided,
         )
-    few = [part.window.label() for part in scores if len(np.unique(day_of(part, config))) < 5]
+    few = [
+        part.window.label()
+        for part in scores
+        if len(np.unique(day_of(part, config))) < intervals.MIN_BLOCKS
+    ]
     if few:
-        log.warning(
-            "backtest: windows %s hold fewer than 5 blocks of %s: their intervals are too "
-            "narrow to mean much (backtest.block)",
+        log.info(
+            "backtest: windows %s hold fewer than %d blocks of %s: no interval of their own "
+            "(too few days); the pooled interval spans all windows (backtest.block)",
             few,
+            intervals.MIN_BLOCKS,
             config.block,
         )
     for reference in REFERENCES:
         strata = [_versus(part, reference, config) for part in scores]
-        out[reference] = bootstrap.paired_difference(
-            strata, metric, config.confidence, config.replicates
-        )
+        out[reference] = intervals.paired_difference(strata, metric, config.confidence)
     return out
 
 
 def day_of(part: WindowScores, config: BacktestConfig) -> np.ndarray:
-    return bootstrap.day_blocks(part.timestamps, config.block)
+    return intervals.calendar_blocks(part.timestamps, config.block)
 
 
-def _versus(part: WindowScores, reference: str, config: BacktestConfig) -> bootstrap.Scored:
+def _versus(part: WindowScores, reference: str, config: BacktestConfig) -> intervals.Scored:
     """tfi and ``reference`` on one window's rows, in the window's blocks."""
-    return bootstrap.Scored(
+    return intervals.Scored(
         part.y, part.predicted[TFI], part.predicted[reference], day_of(part, config)
     )
 
 
 def window_differences(
     part: WindowScores, config: BacktestConfig, reference: str = "persistence"
-) -> bootstrap.Interval:
+) -> intervals.Interval:
     """tfi minus ``reference`` in one window, with its interval."""
-    return bootstrap.paired_difference(
-        [_versus(part, reference, config)], "f1_macro", config.confidence, config.replicates
+    return intervals.paired_difference(
+        [_versus(part, reference, config)], "f1_macro", config.confidence
     )
 
 
 def difference_figure(
-    labels: Sequence[str], intervals: Sequence[bootstrap.Interval], pooled: bootstrap.Interval
+    labels: Sequence[str], intervals: Sequence[intervals.Interval], pooled: intervals.Interval
 ) -> Figure:
     """tfi minus persistence per window with its interval, and the pooled difference."""
     figure = Figure(figsize=(9, 4.5))
@@ -181,7 +185,8 @@ def difference_figure(
     above = np.array([i.high for i in every]) - centre
     colors = ["tab:blue"] * len(intervals) + ["tab:green"]
     for x, y, low, high, color in zip(positions, centre, below, above, colors, strict=True):
-        axis.errorbar(x, y, yerr=[[low], [high]], fmt="o", capsize=4, color=color)
+        bars = [[low], [high]] if np.isfinite(low) else None  # too few days: the point alone
+        axis.errorbar(x, y, yerr=bars, fmt="o", capsize=4, color=color)
     axis.axhline(0.0, color="grey", lw=1)
     axis.set_xticks(positions, [*labels, "pooled"], rotation=30, ha="right", fontsize=8)
     axis.set_ylabel("macro-F1, tfi minus persistence")

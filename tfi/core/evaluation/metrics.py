@@ -1,7 +1,7 @@
 """Classification metrics: the one home of macro-F1, macro precision and accuracy.
 
 :func:`from_confusion` computes them from confusion counts (any leading shape: the decision's
-grid search scores one confusion per point, the bootstrap thousands of resampled ones at once);
+grid search scores one confusion per point, the intervals nine perturbed ones at once);
 :func:`score` is the same on classes; :func:`classification_metrics` is the full report
 (scikit-learn's, with weighted F1 and log-loss) that runs and tables record.
 """
