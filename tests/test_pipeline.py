@@ -194,7 +194,9 @@ def test_registered_version_carries_its_report(smoke_run):
     # LightGBM's defaults as CV scored them: trees from their folds' early stopping.
     (defaults,) = [m for m in models if m.startswith("lightgbm defaults")]
     assert re.fullmatch(r"lightgbm defaults \(\d+ rounds, prior\)", defaults)
-    assert models - {defaults} == {
+    (best_window,) = [m for m in models if m.startswith("persistence over")]
+    assert re.fullmatch(r"persistence over (1|5|15|60) min \(chosen on CV\)", best_window)
+    assert models - {defaults, best_window} == {
         "tfi (tuned)",
         "persistence",
         "majority class",

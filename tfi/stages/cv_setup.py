@@ -41,7 +41,7 @@ class CVSetup:
     objective: CVObjective
     data: MarketData
     fold_thresholds: list[dict[str, Any]]
-    baselines: dict[str, float]  # persistence and majority class CV macro-F1
+    baselines: dict[str, float]  # persistence (two windows) and majority class CV scores
     # LightGBM's defaults' out-of-fold predictions, when this process cross-validated them.
     defaults_oof: OutOfFold = field(default_factory=list)
 
@@ -103,11 +103,17 @@ def build_cv(
     position = {name: j for j, name in enumerate(data.feature_names)}
     columns = [np.array([position[name] for name in own]) for own in fold_features]
     built = build_folds(X, fold_y, folds, config.tuning.max_bin, threads, columns)
-    trailing = trailing_imbalance(
-        data.flow["buy_qty"], data.flow["sell_qty"], data.flow["volume"], config.labels.horizon
-    )[rows]
+    horizon = config.labels.horizon
+    trailing = {
+        minutes: trailing_imbalance(
+            data.flow["buy_qty"], data.flow["sell_qty"], data.flow["volume"], minutes
+        )[rows]
+        for minutes in references.persistence_windows(horizon)
+    }
     baselines = references.cv_baselines(
         trailing,
+        horizon,
+        config.tuning.metric,
         labelled.row_thresholds[rows],
         folds,
         [(own.target, own.thresholds) for own in labels],

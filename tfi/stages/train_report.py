@@ -136,8 +136,16 @@ def build_report(
     """The references on the test period, the per-period table, and the CV gate's verdict.
 
     The differences' intervals use ``block`` (default ``registry.block``) at ``confidence``."""
-    carried = _persistence(data, labelled, split, cfg)
+    carried = _persistence(data, labelled, split, cfg.labels.horizon)
+    best_minutes = int(baselines[rules.BEST_PERSISTENCE_MINUTES])
+    best_carried = _persistence(data, labelled, split, best_minutes)
     references = _references(split, carried, tuned, champion, cfg)
+    references["best_persistence"] = _reference(
+        f"persistence over {best_minutes} min (chosen on CV)",
+        split.y_test,
+        best_carried[1],
+        best_carried[0],
+    )
     table = rules.reference_table(
         {TUNED: champion.evaluation.metrics, **{r.label: r.metrics for r in references.values()}}
     )
@@ -157,7 +165,7 @@ def build_report(
     cv_f1 = float(np.mean([s.f1_macro for s in folds]))
     cv_score = float(np.mean([getattr(s, cfg.tuning.metric) for s in folds]))
     blocked = _cv_gate(cfg, cv_score, baselines) or _persistence_floor(
-        cfg, stamps, split.y_test, champion, references["persistence"]
+        cfg, stamps, split.y_test, champion, references["best_persistence"], best_minutes
     )
     if blocked:
         log.warning("train: %s", blocked)
@@ -168,15 +176,20 @@ def _cv_gate(cfg: ExperimentConfig, cv_score: float, baselines: dict[str, float]
     """Why the candidate may not become champion on CV evidence (``tuning.metric``), or None."""
     metric = cfg.tuning.metric
     sign = 1.0 if cfg.tuning.direction == "maximize" else -1.0
-    rules = {
-        "persistence": baselines[f"reference_persistence_cv_{metric}"],
-        "the majority class": baselines[f"reference_majority_class_cv_{metric}"],
+    minutes = int(baselines[rules.BEST_PERSISTENCE_MINUTES])
+    references = {  # the best persistence window on CV: the stronger of the two
+        "persistence": (
+            baselines[f"reference_best_persistence_cv_{metric}"],
+            f" (over {minutes} min, its best window on CV)",
+        ),
+        "the majority class": (baselines[f"reference_majority_class_cv_{metric}"], ""),
     }
-    for name, value in rules.items():
+    for name, (value, detail) in references.items():
         if not sign * cv_score > sign * value:
             return (
-                f"CV {metric} {cv_score:.4f} does not beat {name}'s {value:.4f} on the same "
-                "folds: a one-line rule does as well, so this model is not served as champion"
+                f"CV {metric} {cv_score:.4f} does not beat {name}'s {value:.4f}{detail} on the "
+                "same folds: a one-line rule does as well, so this model is not served as "
+                "champion"
             )
     return None
 
@@ -187,9 +200,11 @@ def _persistence_floor(
     y_test: np.ndarray,
     champion: Champion,
     persistence: Reference,
+    minutes: int,
 ) -> str | None:
     """Why the candidate may not become champion on the test period's evidence, or None: the
-    one-sided lower bound of its paired difference to persistence is not above zero."""
+    one-sided lower bound of its paired difference to persistence (over the trailing window
+    chosen on CV, ``minutes``) is not above zero."""
     metric = cfg.tuning.metric
     interval = _gain(
         cfg,
@@ -202,23 +217,26 @@ def _persistence_floor(
         return None
     if not interval.available:
         return (
-            f"test {metric}: its gain over persistence {interval.difference:+.4f} rests on "
+            f"test {metric}: its gain over persistence ({minutes} min) "
+            f"{interval.difference:+.4f} rests on "
             f"{interval.blocks} blocks of {cfg.registry.block}, too few for a bound "
             f"({intervals.MIN_BLOCKS} needed): evidence too thin to serve it as champion"
         )
     return (
-        f"test {metric}: its gain over persistence {interval.difference:+.4f} has a "
+        f"test {metric}: its gain over persistence ({minutes} min) {interval.difference:+.4f} "
+        "has a "
         f"{cfg.registry.confidence:.0%} lower bound of {interval.low:+.4f}, not above zero: "
         "no evidence that it beats the one-line rule"
     )
 
 
 def _persistence(
-    data: MarketData, labelled: LabelledData, split: TrainTest, cfg: ExperimentConfig
+    data: MarketData, labelled: LabelledData, split: TrainTest, minutes: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Persistence's classes and probabilities on the test rows, with the labels' thresholds."""
+    """Persistence's classes and probabilities on the test rows over the trailing ``minutes``,
+    with the labels' thresholds."""
     trailing = trailing_imbalance(
-        data.flow["buy_qty"], data.flow["sell_qty"], data.flow["volume"], cfg.labels.horizon
+        data.flow["buy_qty"], data.flow["sell_qty"], data.flow["volume"], minutes
     )
     return rules.persistence(
         trailing[split.test_rows],

@@ -33,7 +33,7 @@ from tfi.core.labels.split import TEST, TRAIN, UNLABELLED
 log = logging.getLogger(__name__)
 
 TFI = "tfi"
-REFERENCES = ("lightgbm_defaults", "persistence", "majority_class")
+REFERENCES = ("lightgbm_defaults", "persistence", "best_persistence", "majority_class")
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,14 @@
 """The references a model must beat, on the test period and on the CV folds: the majority
 class and persistence (the current imbalance class carried forward, with the thresholds the
-labels of the same rows use). LightGBM's defaults, the third reference, are a model
+labels of the same rows use), over the label horizon and, as a careful quant would try it, over
+the trailing window among :data:`PERSISTENCE_WINDOWS` and the horizon that scores best on the
+training rows' CV (``best_persistence``). LightGBM's defaults, the other reference, are a model
 (:mod:`tfi.search.candidates`). Pure: arrays in, classes, probabilities and scores out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,13 @@ from tfi.core.classes import INDICES as LABELS
 from tfi.core.evaluation.metrics import classification_metrics
 from tfi.core.labels.imbalance import RowThresholds, Thresholds, classify
 from tfi.core.labels.split import Fold
+
+PERSISTENCE_WINDOWS = (1, 15, 60)  # minutes, tried beside the label horizon
+BEST_PERSISTENCE_MINUTES = "best_persistence_minutes"  # the chosen window, in the baselines
+
+
+def persistence_windows(horizon: int) -> tuple[int, ...]:
+    return tuple(sorted({horizon, *PERSISTENCE_WINDOWS}))
 
 
 def majority_proba(y_train: np.ndarray, n: int) -> np.ndarray:
@@ -51,39 +60,63 @@ def carried_class(trailing: np.ndarray, thresholds: RowThresholds | Thresholds) 
 
 
 def cv_baselines(
-    trailing: np.ndarray,
+    trailing: Mapping[int, np.ndarray],
+    horizon: int,
+    metric: str,
     row_thresholds: RowThresholds,
     folds: Sequence[Fold],
     fold_targets: Sequence[tuple[np.ndarray, Thresholds | None]],
 ) -> dict[str, float]:
     """Mean CV metrics of persistence and the majority class on the tuning folds.
 
-    Arrays are indexed in training rows. ``fold_targets[i]`` is fold ``i``'s classes (-1/0/1,
+    Arrays are indexed in training rows; ``trailing`` holds the trailing imbalance over each of
+    :func:`persistence_windows` minutes. ``fold_targets[i]`` is fold ``i``'s classes (-1/0/1,
     rows up to its validation stop) and its own fixed thresholds (None: the rows' rolling
     ones), so persistence is scored with the thresholds that fold's labels use. Each rule's
     probabilities (for log-loss) are its fold's training frequencies, as on the test period.
-    Keys: ``reference_{persistence,majority_class}_cv_{metric}`` for every metric.
+    Keys: ``reference_{persistence,best_persistence,majority_class}_cv_{metric}`` for every
+    metric (persistence over ``horizon`` minutes; the best window by ``metric``), and
+    :data:`BEST_PERSISTENCE_MINUTES`.
     """
-    scores: dict[str, list[dict[str, float]]] = {"persistence": [], "majority_class": []}
+    scores: dict[str, list[dict[str, float]]] = {"majority_class": []}
     for fold, (target, own) in zip(folds, fold_targets, strict=True):
         train, valid = slice(0, fold.train_stop), slice(fold.valid_start, fold.valid_stop)
         y_train = (target[train] + 1).astype(int)
         y_valid = (target[valid] + 1).astype(int)
         known = ~np.isnan(target[train])
-        carried, proba = persistence(
-            trailing[valid],
-            own if own is not None else row_thresholds[valid],
-            y_train[known],
-            trailing[train][known],
-            own if own is not None else row_thresholds[train][known],
-        )
-        scores["persistence"].append(classification_metrics(y_valid, proba, predicted=carried))
+        for minutes, imbalance in trailing.items():
+            carried, proba = persistence(
+                imbalance[valid],
+                own if own is not None else row_thresholds[valid],
+                y_train[known],
+                imbalance[train][known],
+                own if own is not None else row_thresholds[train][known],
+            )
+            scores.setdefault(f"persistence_{minutes}", []).append(
+                classification_metrics(y_valid, proba, predicted=carried)
+            )
         majority = majority_proba(y_train[known], len(y_valid))
         scores["majority_class"].append(classification_metrics(y_valid, majority))
-    return {
-        f"reference_{rule}_cv_{metric}": float(np.mean([fold[metric] for fold in folds_scores]))
+    means = {
+        rule: {
+            name: float(np.mean([fold[name] for fold in folds_scores])) for name in folds_scores[0]
+        }
         for rule, folds_scores in scores.items()
-        for metric in folds_scores[0]
+    }
+    sign = -1.0 if metric == "log_loss" else 1.0
+    best = max(trailing, key=lambda minutes: sign * means[f"persistence_{minutes}"][metric])
+    named = {
+        "persistence": means[f"persistence_{horizon}"],
+        "best_persistence": means[f"persistence_{best}"],
+        "majority_class": means["majority_class"],
+    }
+    return {
+        **{
+            f"reference_{rule}_cv_{name}": value
+            for rule, values in named.items()
+            for name, value in values.items()
+        },
+        BEST_PERSISTENCE_MINUTES: float(best),
     }
 
 
