@@ -12,7 +12,10 @@ tuning, the champion and the references, trained on the rows before the test per
 the test period as its one window. Nothing is written to MLflow.
 
 Writes ``panel.md`` (case x model macro-F1, tfi's differences with 95% intervals, cases won, the
-pooled differences: the mean over cases of each case's difference, days drawn within cases) and
+pooled differences: the mean over cases of each case's difference, with the within-case interval
+over calendar days that cases share (:mod:`tfi.core.evaluation.intervals`) and the between-case
+interval over the cases, for all cases and for the two parts of ``--held-out-from``: settings are
+chosen on the earlier part (``--part choosing``) and reported on the later one) and
 ``panel.json``, and each case's test predictions and tfi's probabilities (``cases/*.parquet``),
 so that ``--compare`` can put a variant's tfi against another run's on the same rows, with the
 same pooled interval, and ``scripts/decision_variants.py`` can try other class decisions.
@@ -143,47 +146,83 @@ class PanelError(TfiError):
     """A panel that cannot run or be compared as asked: one line, exit status 2."""
 
 
-def summarise(rows: list[dict[str, object]], output: Path) -> tuple[str, dict[str, object]]:
-    """This run's table and pooled differences: ``panel.md`` and ``panel.json``."""
+def summarise(
+    rows: list[dict[str, object]], output: Path, held_out_from: pd.Timestamp | None = None
+) -> tuple[str, dict[str, object]]:
+    """This run's table and pooled differences (``panel.md``, ``panel.json``): over all cases
+    and, with ``held_out_from``, over the cases tested before it (the part settings are chosen
+    on) and from it (the held-out part) separately."""
     table = pd.DataFrame(rows).set_index("case")
     frames = [pd.read_parquet(output / "cases" / f"{_slug(name)}.parquet") for name in table.index]
     lines = ["| case | test rows | " + " | ".join(MODELS) + " | tfi − persistence (95%) | "
              "tfi − defaults (95%) | candidate |", "|---" * (len(MODELS) + 5) + "|"]  # fmt: skip
-    per_case = {}
-    for name, frame in zip(table.index, frames, strict=True):
-        versus = {
-            ref: intervals.paired_difference(_strata([frame], TFI, ref))
-            for ref in ("persistence", "lightgbm_defaults")
-        }
-        per_case[name] = versus
+    per_case = {
+        name: {ref: intervals.paired_difference(_strata([frame], TFI, ref)) for ref in REFERENCES}
+        for name, frame in zip(table.index, frames, strict=True)
+    }
+    for name in table.index:
+        versus = per_case[name]
         cells = [f"{table.loc[name, model]:.4f}" for model in MODELS]
         lines.append(
             f"| {name} | {table.loc[name, 'test_rows']} | " + " | ".join(cells)
             + f" | {versus['persistence'].text()} | {versus['lightgbm_defaults'].text()} | "
             + f"{table.loc[name, 'candidate']} |"
         )  # fmt: skip
-    pooled = {ref: intervals.paired_difference(_strata(frames, TFI, ref)) for ref in REFERENCES}
-    won = {
-        ref: sum(per_case[name][ref].difference > 0 for name in table.index)
-        for ref in ("persistence", "lightgbm_defaults")
-    }
     means = " | ".join(f"{table[model].mean():.4f}" for model in MODELS)
     lines.append(f"| **mean of {len(table)} cases** | | {means} | | | |")
-    lines += ["", "| pooled over cases (mean of case differences) | macro-F1 (95% interval) |",
-              "|---|---|"]  # fmt: skip
-    lines += [f"| tfi − {ref} | {interval.text()} |" for ref, interval in pooled.items()]
-    lines += ["", f"Cases won (point estimate above zero): over persistence {won['persistence']} "
-              f"of {len(table)}, over LightGBM's defaults {won['lightgbm_defaults']} of "
-              f"{len(table)}."]  # fmt: skip
-    summary = {
-        "cases": len(table),
-        "won_over": won,
-        "pooled": {ref: interval.as_dict() for ref, interval in pooled.items()},
-        "rows": rows,
-    }
+    parts = {"all cases": list(table.index)}
+    if held_out_from is not None:
+        starts = {n: f["timestamp"].iloc[0] for n, f in zip(table.index, frames, strict=True)}
+        parts[f"choosing part (tested before {held_out_from:%Y-%m-%d})"] = [
+            n for n in table.index if starts[n] < held_out_from
+        ]
+        parts[f"held-out part (tested from {held_out_from:%Y-%m-%d})"] = [
+            n for n in table.index if starts[n] >= held_out_from
+        ]
+    summary: dict[str, object] = {"cases": len(table), "rows": rows, "parts": {}}
+    for label, names in parts.items():
+        if not names:
+            continue
+        part_lines, part_summary = _pooled(label, names, table, frames, per_case)
+        lines += part_lines
+        summary["parts"][label] = part_summary  # type: ignore[index]
+        if label == "all cases":
+            summary |= part_summary
     text = "\n".join(lines) + "\n"
     _write(output, text, summary)
     return text, summary
+
+
+def _pooled(
+    label: str,
+    names: Sequence[str],
+    table: pd.DataFrame,
+    frames: Sequence[pd.DataFrame],
+    per_case: dict[str, dict[str, intervals.Interval]],
+) -> tuple[list[str], dict[str, object]]:
+    """One part's pooled differences: within its cases (calendar days shared by cases drawn
+    together) and between them (what a new market can expect)."""
+    chosen = [frames[list(table.index).index(name)] for name in names]
+    within = {ref: intervals.paired_difference(_strata(chosen, TFI, ref)) for ref in REFERENCES}
+    between = {
+        ref: intervals.between_cases([per_case[name][ref].difference for name in names])
+        for ref in REFERENCES
+    }
+    won = {ref: sum(per_case[name][ref].difference > 0 for name in names) for ref in REFERENCES}
+    lines = ["", f"**{label}: {len(names)} cases**", "",
+             "| tfi minus | within these cases (95%) | between cases: a new market (95%) | "
+             "cases won |", "|---|---|---|---|"]  # fmt: skip
+    lines += [
+        f"| {ref} | {within[ref].text()} | {between[ref].text()} | {won[ref]} of {len(names)} |"
+        for ref in REFERENCES
+    ]
+    summary = {
+        "cases": len(names),
+        "won_over": won,
+        "pooled": {ref: interval.as_dict() for ref, interval in within.items()},
+        "between_cases": {ref: interval.as_dict() for ref, interval in between.items()},
+    }
+    return lines, summary
 
 
 def _write(output: Path, text: str, summary: dict[str, object]) -> None:
@@ -242,6 +281,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("panel-out"))
     parser.add_argument("--compare", type=Path, help="another run's --output to compare with")
     parser.add_argument("--cases", help="only cases whose name contains this text")
+    parser.add_argument(
+        "--held-out-from",
+        type=pd.Timestamp,
+        default=pd.Timestamp("2025-01-01"),
+        help="cases tested from this date are the held-out part, the earlier ones the part "
+        "settings are chosen on; both are pooled apart (default 2025-01-01)",
+    )
+    parser.add_argument(
+        "--part",
+        choices=["all", "choosing", "held-out"],
+        default="all",
+        help="run only the cases of one part (choose settings on 'choosing' alone)",
+    )
     args = parser.parse_args(argv)
     configure_logging()
     try:
@@ -262,7 +314,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.jobs > 1:
         overrides["execution.num_threads"] = max(1, available_cores() // args.jobs)
     config = load_config(args.config, **overrides)
-    cases = select_cases(args.data, args.cases)
+    cases = select_cases(args.data, args.cases, args.part, args.held_out_from)
     if args.compare is not None:
         check_comparable([case.name for case in cases], args.compare)
     (args.output / "cases").mkdir(parents=True, exist_ok=True)
@@ -270,7 +322,7 @@ def _run(args: argparse.Namespace) -> int:
     log.info("panel: %d cases, %d at once", len(cases), args.jobs)
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(run_case, cases, [config] * len(cases), [args.output] * len(cases)))
-    text, summary = summarise(rows, args.output)
+    text, summary = summarise(rows, args.output, args.held_out_from)
     seconds = time.perf_counter() - started
     text += (
         f"\n{len(cases)} cases in {seconds / 60:.1f} min, {args.jobs} at once; "
@@ -287,14 +339,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def select_cases(folder: Path, contains: str | None) -> list[Case]:
-    """The cases to run, or why there are none."""
+def select_cases(
+    folder: Path, contains: str | None, part: str = "all", held_out_from: pd.Timestamp | None = None
+) -> list[Case]:
+    """The cases to run (those of ``part``), or why there are none."""
     if not folder.is_dir():
         raise PanelError(f"--data {folder} is not a folder")
     found = find_cases(folder)
     if not found:
         raise PanelError(f"--data {folder} holds no kline files named SYMBOL-1m-YYYY-MM.csv(.gz)")
     cases = [case for case in found if not contains or contains in case.name]
+    if part != "all" and held_out_from is not None:
+        held_out = part == "held-out"
+        cases = [case for case in cases if (case.test_start >= held_out_from) == held_out]
     if not cases:
         raise PanelError(
             f"--cases {contains!r} matches none of the {len(found)} cases "

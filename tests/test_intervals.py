@@ -147,3 +147,16 @@ def test_metric_from_is_the_metric_of_the_summed_table():
     assert metric_from(table, "f1_macro") == pytest.approx(
         f1_score(part.y, part.predicted_a, average="macro")
     )
+
+
+def test_the_between_case_interval_is_a_t_interval_over_the_cases():
+    from scipy import stats
+
+    from tfi.core.evaluation.intervals import between_cases
+
+    values = [0.01, 0.03, -0.01, 0.02, 0.04]
+    interval = between_cases(values)
+    half = stats.t.ppf(0.975, 4) * np.std(values, ddof=1) / np.sqrt(5)
+    assert interval.difference == pytest.approx(0.018)
+    assert (interval.low, interval.high) == pytest.approx((0.018 - half, 0.018 + half))
+    assert not between_cases([0.02]).available

@@ -77,7 +77,7 @@ def _case_file(folder, name, y, tfi, seed):
     stamps = pd.date_range("2024-01-01", periods=len(y), freq="min")
     (folder / "cases").mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame({"timestamp": stamps, "y": y, "tfi": tfi})
-    for model in ("lightgbm_defaults", "persistence", "majority_class"):
+    for model in ("lightgbm_defaults", "persistence", "best_persistence", "majority_class"):
         frame[model] = rng.integers(0, 3, len(y))
     frame.to_parquet(folder / "cases" / f"{name}.parquet")
 
@@ -111,13 +111,14 @@ def test_own_table_is_written_before_the_comparison(tmp_path, monkeypatch):
     row = {"case": "NEAR 2024-01", "test_rows": len(y), "candidate": "defaults",
            **{m: 0.5 for m in panel.MODELS}}  # fmt: skip
     case = panel.Case("NEAR 2024-01", (), pd.Timestamp("2024-01-01"))
-    monkeypatch.setattr(panel, "select_cases", lambda folder, contains: [case])
+    monkeypatch.setattr(panel, "select_cases", lambda *_: [case])
     monkeypatch.setattr(panel, "ProcessPoolExecutor", _InProcess)
     monkeypatch.setattr(panel, "run_case", lambda case, config, output: row)
     status = panel.main(["--data", str(tmp_path), "--config", str(SMOKE), "--output",
                          str(output), "--compare", str(other)])  # fmt: skip
     assert status == 2
     assert "| NEAR 2024-01 |" in (output / "panel.md").read_text()
+    assert "between cases: a new market" in (output / "panel.md").read_text()
     assert json.loads((output / "panel.json").read_text())["cases"] == 1
 
 

@@ -201,6 +201,22 @@ def long_run_variance(series: np.ndarray) -> tuple[float, float]:
     return max(prewhitened, independent), phi
 
 
+def between_cases(differences: Sequence[float], confidence: float = 0.95) -> Interval:
+    """What a new market can expect: the mean of per-case differences with a Student t
+    interval over the cases (each case one draw of a market and month), as opposed to the
+    within-case interval, which describes these cases' own rows."""
+    values = np.asarray(differences, dtype=float)
+    mean = float(values.mean()) if len(values) else math.nan
+    if len(values) < 2:
+        return Interval(mean, math.nan, math.nan, confidence, len(values))
+    half = float(
+        stats.t.ppf(1 - (1 - confidence) / 2, len(values) - 1)
+        * values.std(ddof=1)
+        / math.sqrt(len(values))
+    )
+    return Interval(mean, mean - half, mean + half, confidence, len(values))
+
+
 def improvement(
     y: np.ndarray,
     ours: tuple[np.ndarray, np.ndarray | None],
