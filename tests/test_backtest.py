@@ -220,3 +220,14 @@ def test_retune_never_refuses_a_study_tuned_on_the_windows(store, smoke_config):
     pipeline.run_tune(Session.open(config), None)
     with pytest.raises(StageError, match="its parameters have seen the windows"):
         pipeline.run_backtest(Session.open(config), None)
+
+
+def test_the_backtest_reports_a_between_window_interval(store, smoke_config):
+    config = smoke_config.with_overrides(**TWO_WINDOWS)
+    result = pipeline.run_backtest(Session.open(config), None)
+    summary = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/backtest_summary.json")
+    between = summary["between_windows_f1_macro_minus"]["persistence"]
+    assert between["blocks"] == 2  # two windows: a t interval over two differences
+    assert between["difference"] == pytest.approx(result.pooled["persistence"].difference)
+    table = mlflow.artifacts.load_text(f"runs:/{result.run_id}/backtest_windows.md")
+    assert "between windows" in table

@@ -27,6 +27,7 @@ from tfi.core import keys
 from tfi.core.config.experiment import ExperimentConfig
 from tfi.core.data.sources import MarketData
 from tfi.core.errors import SplitError, StageError
+from tfi.core.evaluation import intervals
 from tfi.core.evaluation import report as ev
 from tfi.core.evaluation.backtest import (
     REFERENCES,
@@ -281,16 +282,30 @@ def _log_aggregate(
     table = window_table(scores)
     pooled = pooled_differences(scores, cfg.backtest)
     per_window = [window_differences(part, cfg.backtest) for part in scores]
+    between = {
+        key: intervals.between_cases(
+            [window_differences(part, cfg.backtest, key).difference for part in scores],
+            cfg.backtest.confidence,
+        )
+        for key in pooled
+    }
     summary = {
         "windows": len(results),
         "tfi_wins_over_persistence": int(sum(i.difference > 0 for i in per_window)),
         "pooled_f1_macro_minus": {key: interval.as_dict() for key, interval in pooled.items()},
+        "between_windows_f1_macro_minus": {k: i.as_dict() for k, i in between.items()},
         "per_window_minus_persistence": [i.as_dict() for i in per_window],
     }
     run.log_dict(summary, "backtest_summary.json")
     run.log_table(table.reset_index(), "backtest_windows.parquet")
-    lines = [f"| tfi minus {key} | {interval.text()} |" for key, interval in pooled.items()]
-    pooled_md = "| pooled over windows | macro-F1 difference |\n|---|---|\n" + "\n".join(lines)
+    lines = [
+        f"| tfi minus {key} | {interval.text()} | {between[key].text()} |"
+        for key, interval in pooled.items()
+    ]
+    pooled_md = (
+        "| pooled over windows | macro-F1 difference, within the windows | between windows |\n"
+        "|---|---|---|\n" + "\n".join(lines)
+    )
     run.log_text(f"{ev.markdown(table)}\n\n{pooled_md}\n", "backtest_windows.md")
     run.log_figure(
         difference_figure(list(table.index), per_window, pooled["persistence"]),
