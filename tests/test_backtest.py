@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 
 import mlflow
 import numpy as np
@@ -96,6 +97,10 @@ def test_a_backtest_logs_a_parent_and_a_run_per_window(store, smoke_config):
     for child in children:
         assert {"test_f1_macro", "reference_persistence_test_f1_macro"} <= set(child.data.metrics)
         assert child.data.params["candidate"]
+        # 7-8 hourly blocks (backtest.block) per window: no zero-width interval, but the reason
+        assert "test_f1_macro_minus_persistence_low" not in child.data.metrics
+        references = mlflow.artifacts.load_text(f"runs:/{child.info.run_id}/references.md")
+        assert re.search(r"too few days for an interval \([78] blocks, 10 needed\)", references)
     artifacts = {item.path for item in client.list_artifacts(parent.info.run_id)}
     assert {
         "backtest_windows.md",
@@ -231,3 +236,18 @@ def test_the_backtest_reports_a_between_window_interval(store, smoke_config):
     assert between["difference"] == pytest.approx(result.pooled["persistence"].difference)
     table = mlflow.artifacts.load_text(f"runs:/{result.run_id}/backtest_windows.md")
     assert "between windows" in table
+
+
+def test_window_intervals_use_the_backtests_block(store, smoke_config):
+    """Issue 37: window runs ignored backtest.block and backtest.confidence."""
+    config = smoke_config.with_overrides(**{**TWO_WINDOWS, "backtest.block": "15min"})
+    result = pipeline.run_backtest(Session.open(config), None)
+    client = MlflowClient()
+    children = client.search_runs(
+        [client.get_run(result.run_id).info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{result.run_id}'",
+    )
+    for child in children:
+        low = child.data.metrics["test_f1_macro_minus_persistence_low"]
+        high = child.data.metrics["test_f1_macro_minus_persistence_high"]
+        assert low < child.data.metrics["test_f1_macro_minus_persistence"] < high

@@ -378,3 +378,24 @@ def test_retrains_on_the_same_rows_are_counted_on_the_champion(store, smoke_conf
         assert "comparison 3 with it on these rows" in reasons[2]
     else:  # a retrain really was better, by the strict bound: said so in its reason
         assert any("beats champion" in reason for reason in reasons)
+
+
+def test_a_comparison_on_too_few_blocks_does_not_promote(smoke_config):
+    """Issue 37: 100 unseen rows were one block, and the "90% lower bound" equalled the point
+    estimate (+0.0110 and +0.0110): the version was promoted on a point estimate."""
+    from tfi.core.evaluation.intervals import Scored, calendar_blocks, paired_difference
+    from tfi.tracking.registry import Comparison, decide_promotion
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 100)
+    better = np.where(rng.random(100) < 0.7, y, (y + 1) % 3)
+    worse = np.where(rng.random(100) < 0.5, y, (y + 1) % 3)
+    stamps = pd.date_range("2024-01-01", periods=100, freq="min")
+    gain = paired_difference(
+        [Scored(y, better, worse, calendar_blocks(stamps, "1D"))], confidence=0.8
+    )
+    assert gain.difference > 0 and not gain.available
+    compared = Comparison(0.6, 0.5, 100, "f1_macro", True, gain)
+    promotion = decide_promotion(smoke_config.registry, "2", "1", compared, None)
+    assert promotion.alias == "challenger"
+    assert "evidence too thin for a bound: 1 blocks" in promotion.reason
