@@ -17,7 +17,6 @@ from tfi.core.classes import lightgbm_classes
 from tfi.core.config.experiment import ExperimentConfig
 from tfi.core.data.sources import MarketData
 from tfi.core.evaluation import references
-from tfi.core.labels.imbalance import trailing_imbalance
 from tfi.core.labels.labelled import LabelledData, fold_labels, training_folds
 from tfi.core.labels.split import TRAIN
 from tfi.core.model.cv import (
@@ -103,16 +102,14 @@ def build_cv(
     position = {name: j for j, name in enumerate(data.feature_names)}
     columns = [np.array([position[name] for name in own]) for own in fold_features]
     built = build_folds(X, fold_y, folds, config.tuning.max_bin, threads, columns)
-    horizon = config.labels.horizon
+    windows = references.persistence_inputs(data.timestamps, data.flow, config.labels)
     trailing = {
-        minutes: trailing_imbalance(
-            data.flow["buy_qty"], data.flow["sell_qty"], data.flow["volume"], minutes
-        )[rows]
-        for minutes in references.persistence_windows(horizon)
+        minutes: (imbalance[rows], None if bounds is None else bounds[rows])
+        for minutes, (imbalance, bounds) in windows.items()
     }
     baselines = references.cv_baselines(
         trailing,
-        horizon,
+        config.labels.horizon,
         config.tuning.metric,
         labelled.row_thresholds[rows],
         folds,

@@ -28,7 +28,7 @@ from tfi.core.evaluation import references as rules
 from tfi.core.evaluation import report as ev
 from tfi.core.evaluation.intervals import Interval
 from tfi.core.evaluation.metrics import classification_metrics
-from tfi.core.labels.imbalance import trailing_imbalance
+from tfi.core.labels.imbalance import RowThresholds
 from tfi.core.labels.labelled import LabelledData
 from tfi.core.model.cv import lightgbm_params
 from tfi.core.model.decision import prior_decision
@@ -136,9 +136,10 @@ def build_report(
     """The references on the test period, the per-period table, and the CV gate's verdict.
 
     The differences' intervals use ``block`` (default ``registry.block``) at ``confidence``."""
-    carried = _persistence(data, labelled, split, cfg.labels.horizon)
+    windows = rules.persistence_inputs(data.timestamps, data.flow, cfg.labels)
+    carried = _persistence(labelled, split, *windows[cfg.labels.horizon])
     best_minutes = int(baselines[rules.BEST_PERSISTENCE_MINUTES])
-    best_carried = _persistence(data, labelled, split, best_minutes)
+    best_carried = _persistence(labelled, split, *windows[best_minutes])
     references = _references(split, carried, tuned, champion, cfg)
     references["best_persistence"] = _reference(
         f"persistence over {best_minutes} min (chosen on CV)",
@@ -231,19 +232,20 @@ def _persistence_floor(
 
 
 def _persistence(
-    data: MarketData, labelled: LabelledData, split: TrainTest, minutes: int
+    labelled: LabelledData,
+    split: TrainTest,
+    trailing: np.ndarray,
+    thresholds: RowThresholds | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Persistence's classes and probabilities on the test rows over the trailing ``minutes``,
-    with the labels' thresholds."""
-    trailing = trailing_imbalance(
-        data.flow["buy_qty"], data.flow["sell_qty"], data.flow["volume"], minutes
-    )
+    """Persistence's classes and probabilities on the test rows for one trailing imbalance,
+    with its own thresholds (None: the labels')."""
+    bounds = thresholds if thresholds is not None else labelled.row_thresholds
     return rules.persistence(
         trailing[split.test_rows],
-        labelled.row_thresholds[split.test_rows],
+        bounds[split.test_rows],
         split.y_train,
         trailing[split.train_rows],
-        labelled.row_thresholds[split.train_rows],
+        bounds[split.train_rows],
     )
 
 

@@ -2,7 +2,10 @@
 class and persistence (the current imbalance class carried forward, with the thresholds the
 labels of the same rows use), over the label horizon and, as a careful quant would try it, over
 the trailing window among :data:`PERSISTENCE_WINDOWS` and the horizon that scores best on the
-training rows' CV (``best_persistence``). LightGBM's defaults, the other reference, are a model
+training rows' CV (``best_persistence``). A window other than the horizon is classed by its own
+quantiles (the labels' low and high quantile of its trailing week, :func:`own_thresholds`): the
+60-minute imbalance spreads far less than the 5-minute one, and the labels' thresholds would
+call nearly all of it neutral. LightGBM's defaults, the other reference, are a model
 (:mod:`tfi.search.candidates`). Pure: arrays in, classes, probabilities and scores out.
 """
 
@@ -14,8 +17,15 @@ import numpy as np
 import pandas as pd
 
 from tfi.core.classes import INDICES as LABELS
+from tfi.core.config.experiment import LabelConfig
 from tfi.core.evaluation.metrics import classification_metrics
-from tfi.core.labels.imbalance import RowThresholds, Thresholds, classify
+from tfi.core.labels.imbalance import (
+    RowThresholds,
+    Thresholds,
+    classify,
+    rolling_thresholds,
+    trailing_imbalance,
+)
 from tfi.core.labels.split import Fold
 
 PERSISTENCE_WINDOWS = (1, 15, 60)  # minutes, tried beside the label horizon
@@ -24,6 +34,49 @@ BEST_PERSISTENCE_MINUTES = "best_persistence_minutes"  # the chosen window, in t
 
 def persistence_windows(horizon: int) -> tuple[int, ...]:
     return tuple(sorted({horizon, *PERSISTENCE_WINDOWS}))
+
+
+def persistence_inputs(
+    timestamps: pd.DatetimeIndex, flow: Mapping[str, np.ndarray], labels: LabelConfig
+) -> dict[int, tuple[np.ndarray, RowThresholds | None]]:
+    """Every row's trailing imbalance over each of :func:`persistence_windows`, with the
+    thresholds it is classed by (None for the label horizon: the labels' own)."""
+    out: dict[int, tuple[np.ndarray, RowThresholds | None]] = {}
+    for minutes in persistence_windows(labels.horizon):
+        trailing = trailing_imbalance(flow["buy_qty"], flow["sell_qty"], flow["volume"], minutes)
+        thresholds = None
+        if minutes != labels.horizon:
+            thresholds = own_thresholds(
+                timestamps,
+                trailing,
+                labels.low_quantile,
+                labels.high_quantile,
+                labels.rolling_days,
+                labels.rolling_min_labels,
+            )
+        out[minutes] = (trailing, thresholds)
+    return out
+
+
+def own_thresholds(
+    timestamps: pd.DatetimeIndex,
+    trailing: np.ndarray,
+    low_quantile: float,
+    high_quantile: float,
+    days: float,
+    min_rows: int,
+) -> RowThresholds:
+    """Each row's thresholds for a trailing imbalance: its own quantiles over the trailing
+    ``days`` of values known before the row (causal; NaN, so neutral, until ``min_rows``)."""
+    return rolling_thresholds(
+        timestamps,
+        trailing,
+        timestamps.as_unit("ns").to_numpy(),
+        low_quantile,
+        high_quantile,
+        days,
+        min_rows,
+    )
 
 
 def majority_proba(y_train: np.ndarray, n: int) -> np.ndarray:
@@ -60,7 +113,7 @@ def carried_class(trailing: np.ndarray, thresholds: RowThresholds | Thresholds) 
 
 
 def cv_baselines(
-    trailing: Mapping[int, np.ndarray],
+    trailing: Mapping[int, tuple[np.ndarray, RowThresholds | None]],
     horizon: int,
     metric: str,
     row_thresholds: RowThresholds,
@@ -70,9 +123,10 @@ def cv_baselines(
     """Mean CV metrics of persistence and the majority class on the tuning folds.
 
     Arrays are indexed in training rows; ``trailing`` holds the trailing imbalance over each of
-    :func:`persistence_windows` minutes. ``fold_targets[i]`` is fold ``i``'s classes (-1/0/1,
-    rows up to its validation stop) and its own fixed thresholds (None: the rows' rolling
-    ones), so persistence is scored with the thresholds that fold's labels use. Each rule's
+    :func:`persistence_windows` minutes with its own thresholds (None for the horizon's: those
+    of the labels). ``fold_targets[i]`` is fold ``i``'s classes (-1/0/1, rows up to its
+    validation stop) and its own fixed thresholds (None: the rows' rolling ones), so the
+    horizon's persistence is scored with the thresholds that fold's labels use. Each rule's
     probabilities (for log-loss) are its fold's training frequencies, as on the test period.
     Keys: ``reference_{persistence,best_persistence,majority_class}_cv_{metric}`` for every
     metric (persistence over ``horizon`` minutes; the best window by ``metric``), and
@@ -84,13 +138,15 @@ def cv_baselines(
         y_train = (target[train] + 1).astype(int)
         y_valid = (target[valid] + 1).astype(int)
         known = ~np.isnan(target[train])
-        for minutes, imbalance in trailing.items():
+        labels_thresholds = own if own is not None else row_thresholds
+        for minutes, (imbalance, window_thresholds) in trailing.items():
+            bounds = window_thresholds if window_thresholds is not None else labels_thresholds
             carried, proba = persistence(
                 imbalance[valid],
-                own if own is not None else row_thresholds[valid],
+                bounds if isinstance(bounds, Thresholds) else bounds[valid],
                 y_train[known],
                 imbalance[train][known],
-                own if own is not None else row_thresholds[train][known],
+                bounds if isinstance(bounds, Thresholds) else bounds[train][known],
             )
             scores.setdefault(f"persistence_{minutes}", []).append(
                 classification_metrics(y_valid, proba, predicted=carried)
