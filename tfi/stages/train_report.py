@@ -214,20 +214,17 @@ def _persistence_floor(
         (champion.predicted, champion.proba),
         (persistence.predicted, persistence.proba),
     )
-    if interval.available and interval.low > 0:
-        return None
+    gain = f"test {metric}: its gain over persistence ({minutes} min) {interval.difference:+.4f}"
     if not interval.available:
         return (
-            f"test {metric}: its gain over persistence ({minutes} min) "
-            f"{interval.difference:+.4f} rests on "
-            f"{interval.blocks} blocks of {cfg.registry.block}, too few for a bound "
-            f"({intervals.MIN_BLOCKS} needed): evidence too thin to serve it as champion"
+            f"{gain} rests on {interval.blocks} blocks of {cfg.registry.block}, too few for a "
+            f"bound ({intervals.MIN_BLOCKS} needed): evidence too thin to serve it as champion"
         )
+    if interval.low > 0:
+        return None
     return (
-        f"test {metric}: its gain over persistence ({minutes} min) {interval.difference:+.4f} "
-        "has a "
-        f"{cfg.registry.confidence:.0%} lower bound of {interval.low:+.4f}, not above zero: "
-        "no evidence that it beats the one-line rule"
+        f"{gain} has a {cfg.registry.confidence:.0%} lower bound of {interval.low:+.4f}, not "
+        "above zero: no evidence that it beats the one-line rule"
     )
 
 
