@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from .helpers import PYTHON, ROOT, SMOKE
+from .helpers import ROOT, SMOKE
 
 SCRIPT = ROOT / "scripts" / "panel.py"
 
@@ -25,11 +24,15 @@ def _panel():
     return module
 
 
-def _run(tmp_path, *options: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [PYTHON, str(SCRIPT), "--output", str(tmp_path / "out"), *options],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+def _run(tmp_path, capsys, monkeypatch, *options: str) -> tuple[int, str]:
+    """The script's main in this process (from the project folder, as a user runs it): its
+    exit status and what it wrote to stderr."""
+    monkeypatch.chdir(ROOT)
+    try:
+        status = _panel().main(["--output", str(tmp_path / "out"), *options])
+    except SystemExit as exc:  # argparse's own errors
+        status = exc.code
+    return status, capsys.readouterr().err
 
 
 @pytest.fixture
@@ -55,10 +58,12 @@ def folders(tmp_path):
          "tuning.n_trails: unknown key"),
     ],
 )  # fmt: skip
-def test_a_panel_that_cannot_run_says_why_in_one_line(tmp_path, folders, options, message):
-    done = _run(tmp_path, *(option.format(**folders) for option in options))
-    assert done.returncode == 2, done.stderr
-    assert message in done.stderr and "Traceback" not in done.stderr
+def test_a_panel_that_cannot_run_says_why_in_one_line(
+    tmp_path, folders, capsys, monkeypatch, options, message
+):
+    status, err = _run(tmp_path, capsys, monkeypatch, *(o.format(**folders) for o in options))
+    assert status == 2, err
+    assert message in err and "Traceback" not in err
     assert not (tmp_path / "out" / "panel.md").exists()
 
 
@@ -67,9 +72,9 @@ def test_a_panel_that_cannot_run_says_why_in_one_line(tmp_path, folders, options
     [(["--jobs", "0"], "--jobs: must be 1 or more"), (["--jobs", "-1"], "--jobs: must be 1"),
      (["--n-trials", "0"], "--n-trials: must be 1 or more")],
 )  # fmt: skip
-def test_bad_counts_are_refused_by_the_parser(tmp_path, options, message):
-    done = _run(tmp_path, "--data", "data/binance", *options)
-    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+def test_bad_counts_are_refused_by_the_parser(tmp_path, capsys, monkeypatch, options, message):
+    status, err = _run(tmp_path, capsys, monkeypatch, "--data", "data/binance", *options)
+    assert status == 2 and message in err and "Traceback" not in err
 
 
 def _case_file(folder, name, y, tfi, seed):
