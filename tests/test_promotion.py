@@ -401,3 +401,8 @@ def test_a_comparison_on_too_few_blocks_does_not_promote(smoke_config):
     promotion = decide_promotion(smoke_config.registry, "2", "1", compared, None)
     assert promotion.alias == "challenger"
     assert "evidence too thin for a bound: 1 blocks" in promotion.reason
+
+
+def test_the_first_version_of_a_model_says_first_version(store, smoke_config):
+    first = _main(smoke_config, **{"registry.confidence": 0.55})
+    assert first.promotion.reason.startswith("first version")

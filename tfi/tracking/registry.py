@@ -250,9 +250,9 @@ def _why_no_champion(client: MlflowClient, config: RegistryConfig, version: str)
     others = [
         found
         for found in client.search_model_versions(f"name = '{config.model_name}'")
-        if found.version != version
+        if str(found.version) != str(version)
     ]
-    if not others and version == "1":  # numbers go on after a deletion: v2 had a v1
+    if not others and str(version) == "1":  # numbers go on after a deletion: v2 had a v1
         return None
     orphaned = sorted(
         (found for found in others if found.tags.get(keys.PROMOTION) == config.champion_alias),
