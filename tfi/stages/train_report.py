@@ -448,12 +448,14 @@ def version_description(run: tracking.StageRun, champion: Champion, report: Repo
     ).T
     per_class.index.name = "class"
     artifacts = run.link("artifacts")
+    best = report.baselines
     return (
         f"**tfi classifier**: LightGBM, {champion.rounds} rounds, {champion.decision.rule} "
         f"decision (class weights sell, neutral, buy: {weights}).\n\n"
         f"Test period: macro-F1 **{metrics['f1_macro']:.4f}**, accuracy {metrics['accuracy']:.4f},"
         f" log-loss {metrics['log_loss']:.4f}. CV macro-F1 {report.cv_f1:.4f} against "
-        f"persistence's {report.baselines['reference_persistence_cv_f1_macro']:.4f}.\n\n"
+        f"persistence's {best['reference_best_persistence_cv_f1_macro']:.4f} (over "
+        f"{best[rules.BEST_PERSISTENCE_MINUTES]:.0f} min, its best window on CV).\n\n"
         f"{ev.markdown(report.table)}\n\n{ev.markdown(per_class)}\n\n"
         f"Train run [{run.id}]({artifacts}): `confusion_matrix.png`, `test_by_period.png`, "
         "`references.md`; the model's own files hold `confusion_matrix.png` and "
