@@ -2,7 +2,8 @@
 
     python scripts/panel.py --data DIR [--config experiments/binance.yaml] [--n-trials 10]
                             [--set decision.rule=prior ...] [--jobs 2] [--output panel-out]
-                            [--compare OTHER_OUTPUT]
+                            [--compare OTHER_OUTPUT] [--held-out-from 2025-01-01]
+                            [--part all|choosing|held-out]
 
 Cases (the protocol of the panel's README): the files ``SYMBOL-1m-YYYY-MM.csv.gz`` of one symbol
 in consecutive months form one case whose last month is the test period; every other month is a
