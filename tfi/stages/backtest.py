@@ -281,13 +281,13 @@ def _log_aggregate(
     scores = [result.scores for result in results]
     table = window_table(scores)
     pooled = pooled_differences(scores, cfg.backtest)
-    per_window = [window_differences(part, cfg.backtest) for part in scores]
+    by_window = {
+        key: [window_differences(part, cfg.backtest, key) for part in scores] for key in pooled
+    }
+    per_window = by_window["persistence"]
     between = {
-        key: intervals.between_cases(
-            [window_differences(part, cfg.backtest, key).difference for part in scores],
-            cfg.backtest.confidence,
-        )
-        for key in pooled
+        key: intervals.between_cases([i.difference for i in each], cfg.backtest.confidence)
+        for key, each in by_window.items()
     }
     summary = {
         "windows": len(results),

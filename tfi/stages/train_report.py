@@ -136,10 +136,14 @@ def build_report(
     """The references on the test period, the per-period table, and the CV gate's verdict.
 
     The differences' intervals use ``block`` (default ``registry.block``) at ``confidence``."""
-    windows = rules.persistence_inputs(data.timestamps, data.flow, cfg.labels)
-    carried = _persistence(labelled, split, *windows[cfg.labels.horizon])
+
+    def carried_over(minutes: int) -> tuple[np.ndarray, np.ndarray]:
+        window = rules.persistence_input(data.timestamps, data.flow, cfg.labels, minutes)
+        return _persistence(labelled, split, *window)
+
+    carried = carried_over(cfg.labels.horizon)
     best_minutes = int(baselines[rules.BEST_PERSISTENCE_MINUTES])
-    best_carried = _persistence(labelled, split, *windows[best_minutes])
+    best_carried = carried_over(best_minutes)
     references = _references(split, carried, tuned, champion, cfg)
     references["best_persistence"] = _reference(
         f"persistence over {best_minutes} min (chosen on CV)",

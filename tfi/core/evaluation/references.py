@@ -3,7 +3,7 @@ class and persistence (the current imbalance class carried forward, with the thr
 labels of the same rows use), over the label horizon and, as a careful quant would try it, over
 the trailing window among :data:`PERSISTENCE_WINDOWS` and the horizon that scores best on the
 training rows' CV (``best_persistence``). A window other than the horizon is classed by its own
-quantiles (the labels' low and high quantile of its trailing week, :func:`own_thresholds`): the
+quantiles (the labels' low and high quantile of its trailing week, :func:`persistence_input`): the
 60-minute imbalance spreads far less than the 5-minute one, and the labels' thresholds would
 call nearly all of it neutral. LightGBM's defaults, the other reference, are a model
 (:mod:`tfi.search.candidates`). Pure: arrays in, classes, probabilities and scores out.
@@ -39,44 +39,33 @@ def persistence_windows(horizon: int) -> tuple[int, ...]:
 def persistence_inputs(
     timestamps: pd.DatetimeIndex, flow: Mapping[str, np.ndarray], labels: LabelConfig
 ) -> dict[int, tuple[np.ndarray, RowThresholds | None]]:
-    """Every row's trailing imbalance over each of :func:`persistence_windows`, with the
-    thresholds it is classed by (None for the label horizon: the labels' own)."""
-    out: dict[int, tuple[np.ndarray, RowThresholds | None]] = {}
-    for minutes in persistence_windows(labels.horizon):
-        trailing = trailing_imbalance(flow["buy_qty"], flow["sell_qty"], flow["volume"], minutes)
-        thresholds = None
-        if minutes != labels.horizon:
-            thresholds = own_thresholds(
-                timestamps,
-                trailing,
-                labels.low_quantile,
-                labels.high_quantile,
-                labels.rolling_days,
-                labels.rolling_min_labels,
-            )
-        out[minutes] = (trailing, thresholds)
-    return out
+    """:func:`persistence_input` for each of :func:`persistence_windows`."""
+    return {
+        minutes: persistence_input(timestamps, flow, labels, minutes)
+        for minutes in persistence_windows(labels.horizon)
+    }
 
 
-def own_thresholds(
-    timestamps: pd.DatetimeIndex,
-    trailing: np.ndarray,
-    low_quantile: float,
-    high_quantile: float,
-    days: float,
-    min_rows: int,
-) -> RowThresholds:
-    """Each row's thresholds for a trailing imbalance: its own quantiles over the trailing
-    ``days`` of values known before the row (causal; NaN, so neutral, until ``min_rows``)."""
-    return rolling_thresholds(
+def persistence_input(
+    timestamps: pd.DatetimeIndex, flow: Mapping[str, np.ndarray], labels: LabelConfig, minutes: int
+) -> tuple[np.ndarray, RowThresholds | None]:
+    """Every row's trailing imbalance over ``minutes`` and the thresholds it is classed by:
+    None for the label horizon (the labels' own), else its own quantiles over the trailing
+    ``labels.rolling_days`` of values known before the row (causal; NaN, so neutral, until
+    ``labels.rolling_min_labels`` of them)."""
+    trailing = trailing_imbalance(flow["buy_qty"], flow["sell_qty"], flow["volume"], minutes)
+    if minutes == labels.horizon:
+        return trailing, None
+    own = rolling_thresholds(
         timestamps,
         trailing,
         timestamps.as_unit("ns").to_numpy(),
-        low_quantile,
-        high_quantile,
-        days,
-        min_rows,
+        labels.low_quantile,
+        labels.high_quantile,
+        labels.rolling_days,
+        labels.rolling_min_labels,
     )
+    return trailing, own
 
 
 def majority_proba(y_train: np.ndarray, n: int) -> np.ndarray:
