@@ -154,12 +154,14 @@ def summarise(
     and, with ``held_out_from``, over the cases tested before it (the part settings are chosen
     on) and from it (the held-out part) separately."""
     table = pd.DataFrame(rows).set_index("case")
-    frames = [pd.read_parquet(output / "cases" / f"{_slug(name)}.parquet") for name in table.index]
+    frames = {
+        name: pd.read_parquet(output / "cases" / f"{_slug(name)}.parquet") for name in table.index
+    }
     lines = ["| case | test rows | " + " | ".join(MODELS) + " | tfi − persistence (95%) | "
              "tfi − defaults (95%) | candidate |", "|---" * (len(MODELS) + 5) + "|"]  # fmt: skip
     per_case = {
         name: {ref: intervals.paired_difference(_strata([frame], TFI, ref)) for ref in REFERENCES}
-        for name, frame in zip(table.index, frames, strict=True)
+        for name, frame in frames.items()
     }
     for name in table.index:
         versus = per_case[name]
@@ -173,7 +175,7 @@ def summarise(
     lines.append(f"| **mean of {len(table)} cases** | | {means} | | | |")
     parts = {"all cases": list(table.index)}
     if held_out_from is not None:
-        starts = {n: f["timestamp"].iloc[0] for n, f in zip(table.index, frames, strict=True)}
+        starts = {name: frame["timestamp"].iloc[0] for name, frame in frames.items()}
         parts[f"choosing part (tested before {held_out_from:%Y-%m-%d})"] = [
             n for n in table.index if starts[n] < held_out_from
         ]
@@ -184,7 +186,7 @@ def summarise(
     for label, names in parts.items():
         if not names:
             continue
-        part_lines, part_summary = _pooled(label, names, table, frames, per_case)
+        part_lines, part_summary = _pooled(label, names, frames, per_case)
         lines += part_lines
         summary["parts"][label] = part_summary  # type: ignore[index]
         if label == "all cases":
@@ -197,13 +199,12 @@ def summarise(
 def _pooled(
     label: str,
     names: Sequence[str],
-    table: pd.DataFrame,
-    frames: Sequence[pd.DataFrame],
+    frames: dict[str, pd.DataFrame],
     per_case: dict[str, dict[str, intervals.Interval]],
 ) -> tuple[list[str], dict[str, object]]:
     """One part's pooled differences: within its cases (calendar days shared by cases drawn
     together) and between them (what a new market can expect)."""
-    chosen = [frames[list(table.index).index(name)] for name in names]
+    chosen = [frames[name] for name in names]
     within = {ref: intervals.paired_difference(_strata(chosen, TFI, ref)) for ref in REFERENCES}
     between = {
         ref: intervals.between_cases([per_case[name][ref].difference for name in names])
