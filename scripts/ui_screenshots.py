@@ -5,7 +5,8 @@
 Serves the store's ``mlflow.db`` with ``mlflow ui`` on a free loopback port and saves, with
 headless Chromium from the system's packages (``apt-get install chromium``), PNGs of: the
 experiment page, the tune run's trials, a compare view of trials, the train run's artifacts,
-the registered model and its champion version. The README shows them.
+the registered model and its champion version, and, when the experiment holds a ``live`` run,
+its record over time (``live_record``). The README and ``docs/ui-tour.md`` show them.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def main() -> None:
             target = out / f"{name}.png"
             subprocess.run(
                 [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                 "--window-size=1440,900", "--virtual-time-budget=15000",
+                 "--window-size=1440,900", "--virtual-time-budget=30000",
                  f"--screenshot={target}", f"{url}/{route}"],
                 check=True, capture_output=True, timeout=120,
             )  # fmt: skip
@@ -69,7 +70,11 @@ def _pages(client: MlflowClient, experiment_name: str, model: str) -> dict[str, 
     # MLflow 3.17's UI opens in its GenAI mode until "Model training" is picked once (it keeps
     # the choice in the browser); a fresh browser gets it from the URL.
     training = "workflowType=machine_learning"
-    return {
+    live_pages = {}
+    if live := latest("live"):
+        page = f"#/experiments/{ident}/runs/{live[0].info.run_id}"
+        live_pages = {"live_record": f"{page}/artifacts/live_record.png?{training}"}
+    return live_pages | {
         "experiment": f"#/experiments/{ident}/runs?{training}",
         "tune_trials": f"#/experiments/{ident}/runs?{training}&searchFilter={parent_filter}",
         "tune_run": f"#/experiments/{ident}/runs/{tune.info.run_id}?{training}",

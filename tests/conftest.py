@@ -46,7 +46,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     mlflow.set_tracking_uri(None)
 
 
-PROCESS_MODULES = {"test_bench", "test_cli", "test_faults"}
+PROCESS_MODULES = {"test_bench", "test_cli", "test_faults", "test_live"}
 STORE_FIXTURES = {"store", "smoke_run", "services"}
 
 

@@ -17,11 +17,14 @@ def test_rows_without_their_features_history_are_marked():
     assert not warm_up(stamps, ["X1", "time_of_day_sin"], ARGMAX).any()  # no trailing window
 
 
-def test_rows_before_the_shares_decision_moves_are_marked():
-    stamps = pd.date_range("2024-01-01", periods=3 * 1440, freq="min")
-    shares = Decision("shares", (1.3, 1.0, 1.3), window=10_080, min_rows=2000)
+def test_rows_whose_shares_window_could_start_elsewhere_are_marked():
+    """Issue 36: a class may depend on where the file starts until an hour's trailing window
+    is all in the file, with its features' history (the day here)."""
+    stamps = pd.date_range("2024-01-01", periods=10 * 1440, freq="min")
+    shares = Decision("shares", (1.3, 1.0, 1.3), window=2000, min_rows=600)
     marked = warm_up(stamps, ["X1", "volume_vs_1440min"], shares)
-    assert marked[:2000].all() and not marked[2000:].any()
+    settled = 1440 + 2000 + 40  # the first hour whose 2,000 rows behind have a day behind them
+    assert marked[:settled].all() and not marked[settled:].any()
     assert warm_up(stamps[:0], ["X1"], shares).size == 0
 
 

@@ -12,7 +12,10 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from tfi.core.config.experiment import DEFAULT_CONFIG, ExperimentConfig, load_config
 from tfi.core.errors import TfiError
@@ -24,6 +27,7 @@ log = logging.getLogger("tfi")
 STAGES = ("prepare", "select", "tune", "train", "main", "backtest")
 SCORE_OUTPUT = "predictions.parquet"
 SCORE_BATCH_ROWS = 100_000
+LIVE_OUTPUT = "live"
 
 
 def _optional_str(value: str) -> str | None:
@@ -47,6 +51,29 @@ def _optional_float(value: str) -> float | None:
     if not number >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 (the default) or more, got {value}")
     return number or None
+
+
+def _flag(value: str) -> bool:
+    """true/false as `mlflow run -P replay=true` passes it."""
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"not true or false: {value!r}")
+
+
+def _optional_time(value: str) -> pd.Timestamp | None:
+    """A UTC time such as 2023-10-01 or '2023-10-01 12:00'; empty means none."""
+    if not value:
+        return None
+    import pandas as pd
+
+    try:
+        moment = pd.Timestamp(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {value!r}") from None
+    return moment.tz_convert("UTC").tz_localize(None) if moment.tzinfo else moment
 
 
 def _number(value: str) -> int:
@@ -110,6 +137,34 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-rows", type=_optional_int, help=f"rows per batch (default {SCORE_BATCH_ROWS})"
     )
 
+    live = commands.add_parser(
+        "live", help="follow a source of bars with the champion: score, judge, alarm, retrain"
+    )
+    live.add_argument("--config", default=DEFAULT_CONFIG, help="experiment YAML file")
+    live.add_argument(
+        "--data",
+        type=_optional_str,
+        help="folder (or file) of kline CSVs or parquet bars that a collector writes to "
+        "(default: the config's data.source)",
+    )
+    live.add_argument("--output", type=_optional_str, help=f"output folder (default {LIVE_OUTPUT})")
+    live.add_argument(
+        "--replay",
+        type=_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        help="run over the files as they are, as fast as possible, then stop",
+    )
+    live.add_argument(
+        "--from",
+        dest="start",
+        type=_optional_time,
+        help="first bar scored (default: the first after the model's training rows)",
+    )
+    live.add_argument("--until", type=_optional_time, help="stop after this bar")
+    registry_options(live)
+
     commands.add_parser("bench", help="benchmark the pipeline: tfi bench --help")
     return parser
 
@@ -117,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace) -> ExperimentConfig:
     overrides: dict[str, Any] = {
         "data.source": args.data,
-        "split.test_start": args.split_date,
+        "split.test_start": getattr(args, "split_date", None),
         "tuning.n_trials": getattr(args, "n_trials", None),
         "execution.study": getattr(args, "study", None),
         "execution.workers": getattr(args, "workers", None),
@@ -177,7 +232,20 @@ def _dispatch(args: argparse.Namespace, config: ExperimentConfig, run_id: str | 
         if adopted is None:  # mlflow run also points its child at "Default"
             os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     store.close_dead_launchers(config.mlflow_experiment)  # a killed command's `mlflow run` run
-    if args.command == "score":
+    if args.command == "live":
+        from tfi.stages import live
+
+        live.run(
+            config,
+            config.data.source,
+            args.output or LIVE_OUTPUT,
+            args.config,
+            args.replay,
+            args.start,
+            args.until,
+            adopted,
+        )
+    elif args.command == "score":
         score.run(
             config,
             args.model_uri,

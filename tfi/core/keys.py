@@ -39,6 +39,16 @@ TRAIN_RUN = "tfi.run_id"
 TEST_START = "tfi.test_start"
 LABELS = "tfi.labels"  # a version's label settings: only versions with equal ones compare
 COMPARISONS = "tfi.comparisons"  # a champion's comparisons so far, by compared rows (JSON)
+THRESHOLDS = "tfi.thresholds"  # the training period's class thresholds (JSON; labels: fixed)
+TRAIN_SHARES = "tfi.train_shares"  # class shares of the training rows, sell/neutral/buy (JSON)
+DATA_KIND = "tfi.data_kind"  # what the features are computed from: klines, parquet, synthetic
+TRAINED_UNTIL = "tfi.trained_until"  # the last training row's bar: decisions start after it
+# The live record of a version (``live``): rows judged, macro-F1, difference to persistence.
+LIVE_RUN = "tfi.live.run_id"
+LIVE_ROWS = "tfi.live.rows_judged"
+LIVE_F1 = "tfi.live.f1_macro"
+LIVE_VS_PERSISTENCE = "tfi.live.vs_persistence"
+LIVE_ALARM = "tfi.live.alarm"  # on a live run: the alarms now on (comma separated), or "none"
 
 
 def champion_score(metric: str) -> str:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import lightgbm as lgb
 import numpy as np
+import pandas as pd
 
 from tfi.core.classes import lightgbm_classes
 from tfi.core.config.experiment import ExperimentConfig
@@ -43,6 +45,8 @@ class TrainTest:
     y_train: np.ndarray
     X_test: np.ndarray
     y_test: np.ndarray
+    timestamps: pd.DatetimeIndex  # of every row, labelled or not
+    features: np.ndarray  # every row's (the data's own array, not a copy)
 
     @classmethod
     def of(cls, data: MarketData, labelled: LabelledData) -> TrainTest:
@@ -54,7 +58,27 @@ class TrainTest:
             lightgbm_classes(labelled.target[train_rows]),
             data.features[test_rows],
             lightgbm_classes(labelled.target[test_rows]),
+            data.timestamps,
+            data.features,
         )
+
+    @property
+    def trained_until(self) -> pd.Timestamp:
+        """The last training row's bar: the model decides every bar after it."""
+        return self.timestamps[self.train_rows[-1]]
+
+    def decide_test(
+        self, predict: Callable[[np.ndarray], np.ndarray], decision: Decision
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The test rows' probabilities and classes as ``live`` gives them from its first bar:
+        every bar after the last training row (the purged ones before the split, unlabelled
+        ones too) is scored and decided in order, from the decision's start, and the test rows
+        (labelled bars from the split on) are taken from those."""
+        scored = np.arange(self.train_rows[-1] + 1, len(self.timestamps))
+        proba = predict(self.features[scored])
+        decided = decision.classes(proba, self.timestamps[scored])
+        test = np.searchsorted(scored, self.test_rows)
+        return proba[test], decided[test]
 
 
 @dataclass(frozen=True)
@@ -87,8 +111,7 @@ def fit_champion(
     booster = fit_booster(split.X_train, split.y_train, params, rounds, cfg.tuning.max_bin, threads)
     seconds = time.perf_counter() - started
     decision = decide(cfg.decision, cfg.tuning.metric, split.y_train, out_of_fold)
-    proba = booster.predict(split.X_test)
-    predicted = decision.classes(proba)
+    proba, predicted = split.decide_test(booster.predict, decision)
     evaluation = ev.evaluate(split.y_test, proba, predicted)
     log.info(
         "train: %d rounds in %.1fs; %s decision %s; test macro-F1 %.4f",

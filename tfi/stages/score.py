@@ -32,7 +32,6 @@ from tfi.tracking.runs import Tracker
 log = logging.getLogger(__name__)
 
 OUTPUT_COLUMNS = ["prediction", *PROBABILITY_COLUMNS]  # as serving_model returns
-MISSING_BARS = 0.01  # the share of a feature window's bars a gap may take before warm_up
 ONE_MINUTE = pd.Timedelta(minutes=1)
 
 
@@ -40,7 +39,8 @@ def predict(model: ServedModel, data: MarketData, batch_rows: int) -> pd.DataFra
     """Predictions for every row, in batches: timestamp, prediction, p_sell, p_neutral, p_buy.
 
     The model decides each batch on its own; a decision that follows earlier rows (``shares``)
-    is applied again over the whole file, so no batch starts its trailing window afresh.
+    is applied again over the whole file, hour by hour of its timestamps, so no batch starts
+    its trailing window afresh.
     """
     names = list(data.feature_names)
     parts = []
@@ -52,7 +52,7 @@ def predict(model: ServedModel, data: MarketData, batch_rows: int) -> pd.DataFra
     result = pd.concat(parts, ignore_index=True)[OUTPUT_COLUMNS]
     if model.decision.rule == "shares":
         proba = result[list(PROBABILITY_COLUMNS)].to_numpy()
-        result["prediction"] = model.decision.classes(proba) - 1
+        result["prediction"] = model.decision.classes(proba, data.timestamps) - 1
     result.insert(0, "timestamp", data.timestamps)
     result["prediction"] = result["prediction"].astype(np.int8)
     return result
@@ -71,28 +71,21 @@ def warm_up(
     day alone against the same day after the one before changed 29 minutes' classes). So are
     the features of rows after a gap inside the file: their windows hold fewer bars (an 8-day
     gap changed p_buy in 92 of the next 240 rows), and a row whose window misses more than
-    :data:`MISSING_BARS` of its bars is marked too. The ``shares`` decision applies the training
-    prior's weights to the first ``min_rows`` rows.
+    :data:`tfi.core.data.bars.MISSING_BARS` of its bars is marked too. The ``shares``
+    decision depends on where the file starts until an hour's trailing ``window`` rows are
+    all in the file, with their features' history (:meth:`Decision.unsettled`).
     """
-    if len(timestamps) == 0:
-        return np.zeros(0, dtype=bool)
     needed = bars.history_needed(features)
-    short = np.asarray(timestamps < timestamps[0] + needed)
-    if needed > pd.Timedelta(0):
-        # pandas' time windows hold (t - needed, t]: a full one holds needed / bar bars.
-        starts = np.searchsorted(timestamps, timestamps - needed, side="right")
-        held = np.arange(len(timestamps)) - starts + 1
-        short |= held < (1 - MISSING_BARS) * (needed / bar)
-    if decision.rule == "shares":
-        short[: decision.min_rows] = True
+    short = decision.unsettled(timestamps, bars.short_history(timestamps, needed, bar))
     if not short.any():
         return short
     log.warning(
         "score: the model's features look back %s and its decision %d rows; %d rows (the "
         "first until %s, and after gaps in the data) are scored without that much history and "
-        "marked warm_up=True: prepend earlier bars to score the first as the model was trained",
+        "marked warm_up=True: prepend earlier bars to score the first as the model was trained, "
+        "or follow the bars with `tfi live`",
         needed,
-        decision.min_rows if decision.rule == "shares" else 0,
+        decision.window if decision.rule == "shares" else 0,
         int(short.sum()),
         timestamps[int(np.argmin(short)) - 1] if not short.all() else timestamps[-1],
     )

@@ -17,7 +17,7 @@ import pandas as pd
 
 from tfi.core import keys
 from tfi.core.config.experiment import ExperimentConfig
-from tfi.core.data.sources import MarketData
+from tfi.core.data.sources import MarketData, data_kind
 from tfi.core.evaluation import figures
 from tfi.core.evaluation import report as ev
 from tfi.runtime.interrupts import critical
@@ -178,6 +178,14 @@ def _register(
                 tracking.DATA_DIGEST: session.digest,
                 tracking.LABELS: label_settings(cfg),
                 keys.TEST_START: cfg.split.test_start.isoformat(),
+                keys.THRESHOLDS: json.dumps(prepared.labelled.thresholds.as_dict()),
+                keys.TRAIN_SHARES: json.dumps(
+                    (np.bincount(split.y_train.astype(np.intp), minlength=3) / len(split.y_train))
+                    .round(6)
+                    .tolist()
+                ),
+                keys.DATA_KIND: data_kind(cfg.data),
+                keys.TRAINED_UNTIL: split.trained_until.isoformat(),
             },
             description=version_description(run, champion, report),
             blocked=report.blocked,

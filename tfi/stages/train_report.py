@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from optuna.trial import FrozenTrial
@@ -259,21 +260,24 @@ def _references(
 ) -> dict[str, Reference]:
     """The references on the test period, by metric key."""
     y_test = split.y_test
-    if candidates.is_defaults(tuned.best):
-        defaults_proba, rounds = champion.proba, champion.rounds  # the champion is the defaults
-    else:
-        defaults_proba, rounds = _defaults_on_test(cfg, split, tuned.defaults)
-    # LightGBM's defaults get the parameter-free version of the tuned model's decision.
+    # LightGBM's defaults get the parameter-free version of the tuned model's decision, over
+    # the same bars from the same start.
     decision = champion.decision
     parameter_free = decision.rule in ("argmax", "shares")
     defaults_decision = decision if parameter_free else prior_decision(split.y_train)
+    if candidates.is_defaults(tuned.best):  # the champion is the defaults
+        defaults_proba, defaults_classes = champion.proba, champion.predicted
+        rounds = champion.rounds
+    else:
+        booster, rounds = _defaults_booster(cfg, split, tuned.defaults)
+        defaults_proba, defaults_classes = split.decide_test(booster.predict, defaults_decision)
     majority = rules.majority_proba(split.y_train, len(y_test))
     references = {
         "lightgbm_defaults": _reference(
             f"lightgbm defaults ({rounds} rounds, {defaults_decision.rule})",
             y_test,
             defaults_proba,
-            defaults_decision.classes(defaults_proba),
+            defaults_classes,
         ),
         "persistence": _reference("persistence", y_test, carried[1], carried[0]),
         "majority_class": _reference("majority class", y_test, majority, majority.argmax(axis=1)),
@@ -290,9 +294,9 @@ def _reference(label: str, y: np.ndarray, proba: np.ndarray, predicted: np.ndarr
     return Reference(label, classification_metrics(y, proba, predicted=predicted), predicted, proba)
 
 
-def _defaults_on_test(
+def _defaults_booster(
     cfg: ExperimentConfig, split: TrainTest, defaults: FrozenTrial | None
-) -> tuple[np.ndarray, int]:
+) -> tuple[lgb.Booster, int]:
     """LightGBM's defaults as CV scored them (:func:`tfi.core.model.cv.reference_cv`), trained on
     every training row: trees from their folds' best iterations, the tuning's bins."""
     threads = available_cores()
@@ -304,7 +308,7 @@ def _defaults_on_test(
         else 100  # LightGBM's own default, when the study holds no CV of the defaults
     )
     booster = fit_booster(split.X_train, split.y_train, params, rounds, cfg.tuning.max_bin, threads)
-    return booster.predict(split.X_test), rounds
+    return booster, rounds
 
 
 def compare_with_champion(

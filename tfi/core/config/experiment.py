@@ -353,6 +353,49 @@ class BacktestConfig(StrictModel):
     confidence: float = Field(0.95, gt=0.5, lt=1)
 
 
+class LiveConfig(StrictModel):
+    """How ``live`` follows a source of bars, judges the champion, alarms and retrains."""
+
+    poll_seconds: float = Field(
+        5.0, gt=0, le=3600, allow_inf_nan=False, description="how often the source is read"
+    )
+    replay_bars: int = Field(
+        1440, ge=1, description="--replay: bars handed to the model per step (a day of minutes)"
+    )
+    window: BlockLength = Field(
+        "7D", description="trailing window of the live record and its alarm (a pandas offset)"
+    )
+    block: BlockLength = Field(
+        "6h", description="blocks of the live difference's interval (10 are needed for one)"
+    )
+    confidence: float = Field(
+        0.9, gt=0.5, lt=1, description="two-sided level of the live difference's interval"
+    )
+    share_margin: float = Field(
+        0.15,
+        gt=0,
+        lt=1,
+        description="alarm when a decided class share over the window leaves its training "
+        "share by more than this",
+    )
+    stall_minutes: float = Field(
+        10.0, gt=0, allow_inf_nan=False, description="alarm when no new bar comes for this long"
+    )
+    log_every: int = Field(60, ge=1, description="bars between two points of the live metrics")
+    retrain: Literal["off", "alarm", "schedule", "both"] = Field(
+        "off",
+        description="start `main` on the last train_days of collected bars: on alarm, every "
+        "retrain_every_days, or both",
+    )
+    retrain_every_days: float = Field(7.0, gt=0, le=MAX_DAYS, allow_inf_nan=False)
+    train_days: float = Field(
+        60.0, gt=0, le=MAX_DAYS, allow_inf_nan=False, description="bars a retraining sees"
+    )
+    test_days: float = Field(
+        7.0, gt=0, le=MAX_DAYS, allow_inf_nan=False, description="a retraining's test period"
+    )
+
+
 class ExperimentConfig(StrictModel):
     """A whole experiment: data, labels, split, folds, selection, tuning, training, registry."""
 
@@ -370,6 +413,7 @@ class ExperimentConfig(StrictModel):
     training: TrainingConfig = TrainingConfig()
     registry: RegistryConfig = RegistryConfig()
     backtest: BacktestConfig = BacktestConfig()
+    live: LiveConfig = LiveConfig()
 
     @model_validator(mode="after")
     def _rolling_window_holds_its_labels(self) -> ExperimentConfig:

@@ -36,6 +36,7 @@ RETURN_WINDOWS = (5, 15, 60, 240)
 VOLATILITY_WINDOWS = (15, 60, 240)
 DAY = "1440min"
 _CLOCK = ("time_of_day_sin", "time_of_day_cos")
+MISSING_BARS = 0.01  # the share of a feature window's bars a gap may take before warm_up
 # What bar_features gives from the flow columns alone (any data source, data.bar_features).
 FLOW_FEATURES = (
     "imbalance_1",
@@ -68,6 +69,29 @@ def history_needed(feature_names: Sequence[str]) -> pd.Timedelta:
             continue
         longest = max(longest, window)
     return longest
+
+
+def short_history(
+    timestamps: pd.DatetimeIndex,
+    needed: pd.Timedelta,
+    bar: pd.Timedelta,
+    origin: pd.Timestamp | None = None,
+    missing: float = MISSING_BARS,
+) -> np.ndarray:
+    """Rows whose features lack the history they were trained with: the first ``needed`` after
+    ``origin`` (the first bar there is; by default the first of ``timestamps``), and rows whose
+    window misses more than ``missing`` of its bars (a gap). ``timestamps`` must hold every bar
+    of those windows that exists."""
+    if len(timestamps) == 0:
+        return np.zeros(0, dtype=bool)
+    origin = timestamps[0] if origin is None else origin
+    short = np.asarray(timestamps < origin + needed)
+    if needed > pd.Timedelta(0):
+        # pandas' time windows hold (t - needed, t]: a full one holds needed / bar bars.
+        starts = np.searchsorted(timestamps, timestamps - needed, side="right")
+        held = np.arange(len(timestamps)) - starts + 1
+        short |= held < (1 - missing) * (needed / bar)
+    return short
 
 
 def bar_features(

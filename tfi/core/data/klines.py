@@ -89,7 +89,7 @@ def read(
     for path in files:
         frame = _read_one(path)
         open_time = frame["open_time"].to_numpy(np.int64)
-        own = pd.DatetimeIndex(pd.to_datetime(open_time, unit=unit or _unit(open_time)))
+        own = pd.DatetimeIndex(pd.to_datetime(open_time, unit=unit or epoch_unit_of(open_time)))
         if previous is not None and len(own) and own[0] <= previous[1]:
             raise DataError(
                 f"{path} starts at {own[0]}, not after the end of {previous[0]} "
@@ -106,7 +106,7 @@ def read(
     }
 
 
-def _unit(open_time: np.ndarray) -> str:
+def epoch_unit_of(open_time: np.ndarray) -> str:
     largest = int(open_time.max())
     return next((unit for bound, unit in _UNIT_BOUNDS if largest < bound), "us")
 

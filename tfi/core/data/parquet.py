@@ -35,18 +35,18 @@ def load_parquet(
     name = str(path)
     if parquet.metadata.num_rows == 0:
         raise DataError(f"{name} has no rows")
-    time_column = _time_column(schema, name)
-    types = {field.name: field.type for field in schema if field.name != time_column}
+    stamp_column = time_column(schema, name)
+    types = {field.name: field.type for field in schema if field.name != stamp_column}
     wanted, derived = derived_features(config, name, types, wanted)
     feature_names, dropped = _feature_columns(name, types, config.exclude, wanted)
     columns = list(dict.fromkeys([*FLOW, *feature_names]))
     try:
-        stamps = parquet.read(columns=[time_column]).column(0)
+        stamps = parquet.read(columns=[stamp_column]).column(0)
         return assemble(
             config,
             name,
             digest,
-            _timestamps(stamps, name, config.epoch_unit),
+            parse_timestamps(stamps, name, config.epoch_unit),
             _row_group_blocks(parquet, columns),
             feature_names,
             dropped,
@@ -68,7 +68,7 @@ def _row_group_blocks(parquet: pq.ParquetFile, columns: list[str]) -> Iterator[B
         offset += parquet.metadata.row_group(group).num_rows
 
 
-def _time_column(schema: pa.Schema, name: str) -> str:
+def time_column(schema: pa.Schema, name: str) -> str:
     if TIMESTAMP in schema.names:
         return TIMESTAMP
     metadata = schema.pandas_metadata or {}
@@ -113,7 +113,9 @@ def _require_numeric(
         raise DataError(f"{name}: {kind} columns must be numeric, got {bad}")
 
 
-def _timestamps(column: pa.ChunkedArray, name: str, epoch_unit: str | None) -> pd.DatetimeIndex:
+def parse_timestamps(
+    column: pa.ChunkedArray, name: str, epoch_unit: str | None
+) -> pd.DatetimeIndex:
     values = column.to_pandas()
     if pd.api.types.is_integer_dtype(values) or pd.api.types.is_float_dtype(values):
         if epoch_unit is None:

@@ -35,7 +35,15 @@ from tfi.core.data.market import (
 from tfi.core.data.parquet import load_parquet
 from tfi.core.errors import DataError
 
-__all__ = ["FLOW", "MarketData", "describe_source", "load", "source_digest", "source_files"]
+__all__ = [
+    "FLOW",
+    "MarketData",
+    "data_kind",
+    "describe_source",
+    "load",
+    "source_digest",
+    "source_files",
+]
 
 
 def source_digest(config: DataConfig) -> str:
@@ -62,6 +70,13 @@ def source_files(config: DataConfig) -> list[Path]:
     if config.source == SYNTHETIC:
         return []
     return klines.kline_files(config.source) or [Path(config.source)]
+
+
+def data_kind(config: DataConfig) -> str:
+    """What the bars are and the features computed from: klines, parquet or synthetic."""
+    if config.source == SYNTHETIC:
+        return SYNTHETIC
+    return "klines" if klines.kline_files(config.source) is not None else "parquet"
 
 
 def describe_source(config: DataConfig) -> str:

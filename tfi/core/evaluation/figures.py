@@ -95,3 +95,39 @@ def by_period_figure(table: pd.DataFrame) -> Figure:
     bottom.set_xticks(positions, list(table.index), rotation=45, ha="right", fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def live_figure(points: pd.DataFrame, title: str) -> Figure:
+    """The live record over time (``points``: one row per metric point, indexed by the bar's
+    time): trailing-day macro-F1 of the champion and of persistence, their difference over the
+    live window with its interval (shaded while the alarm is on), and the decided class shares
+    against the training shares."""
+    figure = Figure(figsize=(11, 7.5))
+    top, middle, bottom = figure.subplots(3, 1, sharex=True)
+    for column, label in (("f1_champion_1d", "champion"), ("f1_persistence_1d", "persistence"),
+                          ("f1_challenger_1d", "challenger (shadow)")):  # fmt: skip
+        if column in points:
+            top.plot(points.index, points[column], label=label)
+    top.set_ylabel("macro-F1, last day")
+    top.legend(loc="lower left")
+    if {"vs_persistence", "vs_persistence_low", "vs_persistence_high"} <= set(points.columns):
+        middle.plot(points.index, points["vs_persistence"], color="black", label="difference")
+        low, high = points["vs_persistence_low"], points["vs_persistence_high"]
+        middle.fill_between(points.index, low, high, alpha=0.25, label="interval")
+        if "alarm_behind_persistence" in points:
+            middle.fill_between(points.index, 0, 1, where=points["alarm_behind_persistence"] > 0,
+                                transform=middle.get_xaxis_transform(), color="red", alpha=0.08,
+                                label="alarm: behind persistence")  # fmt: skip
+        middle.axhline(0.0, color="grey", linewidth=0.8)
+        middle.legend(loc="lower left")
+    middle.set_ylabel("champion − persistence\n(live window)")
+    for name, color in zip(NAMES, COLORS, strict=True):
+        if f"share_{name}" in points:
+            bottom.plot(points.index, points[f"share_{name}"], color=color, label=name)
+            bottom.plot(points.index, points[f"train_share_{name}"], color=color, linestyle=":")
+    bottom.set_ylabel("decided share\n(dotted: training)")
+    bottom.legend(loc="lower left", ncols=3)
+    figure.suptitle(title)
+    figure.autofmt_xdate()
+    figure.tight_layout()
+    return figure

@@ -2,24 +2,32 @@
 
 When activity changes, a model's probabilities drift with it, and fixed class weights then
 predict one class far more often than it occurs (on the real-data panel: 7% neutral where the
-week had 35%). The ``shares`` decision re-chooses the weights every :data:`BLOCK_ROWS` rows so
-that, over the trailing ``window`` rows *before* the block, the decided classes take the target
-shares (the training period's). It needs no labels: only the model's own probabilities on rows
-already scored. Until ``min_rows`` rows have been scored, the given weights apply unchanged.
+week had 35%). The ``shares`` decision re-chooses the weights once per block of rows (an hour of
+the clock when the rows' timestamps are given, else :data:`BLOCK_ROWS` rows) so that, over the
+trailing ``window`` rows *before* the block, the decided classes take the target shares (the
+training period's). It needs no labels: only the model's own probabilities on rows already
+scored, which may begin with a ``history`` of rows scored earlier (``live`` decides a few rows at
+a time). Until ``min_rows`` rows are behind a block, the given weights apply.
 
-The class of row ``t`` depends on row ``t``'s probabilities and on rows before ``t``'s block
-only, so it never changes when later rows do. Rows are taken in the order given (one per bar).
+A block's weights are a function of its trailing window alone (solved from the prior weights
+each time, not from the previous block's), so two runs that start at different rows decide
+every row alike once its window is made of rows both have scored. The class of row ``t``
+depends on row ``t``'s probabilities and on rows before ``t``'s block only, so it never changes
+when later rows do. Rows are taken in the order given (one per bar).
 
 Self-contained on purpose (NumPy only): the logged model carries this file, so the served
-model, ``score`` and the training report decide with the same code.
+model, ``score``, ``live`` and the training report decide with the same code.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-BLOCK_ROWS = 60  # weights are re-chosen once per this many rows (an hour of minute bars)
-SWEEPS = 2  # alternating sell/buy updates per block (panel: 4 sweeps decide the same)
+BLOCK_ROWS = 60  # rows per block when no timestamps are given (an hour of minute bars)
+BLOCK_NS = 3_600 * 10**9  # a block of the clock: the weights are re-chosen every hour
+TOLERANCE = 1e-5  # log-weights that move less in a sweep have converged (on the panel's
+# windows: the same classes as the exact fixed point, in 6-10 sweeps instead of 10-30)
+MAX_SWEEPS = 40
 
 
 def log_odds(proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -38,21 +46,31 @@ def share_weights(
     buy_odds: np.ndarray,
     target: tuple[float, float, float],
     start: tuple[float, float],
-    sweeps: int = SWEEPS,
+    sweeps: int = MAX_SWEEPS,
 ) -> tuple[float, float]:
     """Log-weights of sell and buy (neutral's is 0) under which these rows are decided in the
     target shares.
 
     For a fixed buy weight, a row is decided "sell" exactly when the sell weight reaches
     ``max(0, buy_odds + buy weight) - sell_odds``, so the sell weight that decides a share ``p``
-    of the rows "sell" is that quantity's ``p`` quantile; likewise for buy. Alternating the two
-    exact updates converges in a few sweeps; from the previous block's weights, two suffice.
+    of the rows "sell" is that quantity's ``p`` quantile; likewise for buy. The two exact
+    updates alternate until a sweep moves neither by more than :data:`TOLERANCE`, at most
+    ``sweeps`` times: the result depends on the rows and ``start`` alone.
     """
     log_sell, log_buy = start
     for _ in range(sweeps):
-        log_sell = float(np.quantile(np.maximum(0.0, buy_odds + log_buy) - sell_odds, target[0]))
-        log_buy = float(np.quantile(np.maximum(0.0, sell_odds + log_sell) - buy_odds, target[2]))
+        new_sell = float(np.quantile(np.maximum(0.0, buy_odds + log_buy) - sell_odds, target[0]))
+        new_buy = float(np.quantile(np.maximum(0.0, sell_odds + new_sell) - buy_odds, target[2]))
+        moved = max(abs(new_sell - log_sell), abs(new_buy - log_buy))
+        log_sell, log_buy = new_sell, new_buy
+        if moved <= TOLERANCE:
+            break
     return log_sell, log_buy
+
+
+def clock_blocks(timestamps_ns: np.ndarray) -> np.ndarray:
+    """The block of each row: the hour of the clock its timestamp (ns since the epoch) is in."""
+    return np.asarray(timestamps_ns, dtype=np.int64) // BLOCK_NS
 
 
 def trailing_share_classes(
@@ -61,12 +79,25 @@ def trailing_share_classes(
     window: int,
     min_rows: int,
     block: int = BLOCK_ROWS,
+    blocks: np.ndarray | None = None,
+    history: np.ndarray | None = None,
+    history_in_block: int = 0,
 ) -> np.ndarray:
     """Class index per row (0 sell, 1 neutral, 2 buy), the shares held at those that
     ``weights`` imply (one over each class's training share, so the shares are their inverses,
-    normalised)."""
-    sell_odds, buy_odds = log_odds(proba)
-    n = len(sell_odds)
+    normalised).
+
+    ``blocks``: a non-decreasing block key per row (:func:`clock_blocks`); by default rows are
+    cut into blocks of ``block``. ``history``: probabilities of the rows before these, in time
+    order: they fill the first blocks' trailing windows; its last ``history_in_block`` rows
+    fall in the first row's block, so that block's window ends before them (a block's window
+    is what came before the block began).
+    """
+    earlier = np.empty((0, 3)) if history is None else np.asarray(history, dtype=np.float64)
+    sell_odds, buy_odds = log_odds(np.concatenate([earlier, np.asarray(proba, np.float64)]))
+    offset, n = len(earlier), len(sell_odds) - len(earlier)
+    keys = np.arange(n) // block if blocks is None else np.asarray(blocks)
+    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]])) if n else []
     weights_array = np.asarray(weights, dtype=np.float64)
     sell_share, neutral_share, buy_share = (1.0 / weights_array) / (1.0 / weights_array).sum()
     target = (float(sell_share), float(neutral_share), float(buy_share))
@@ -75,10 +106,14 @@ def trailing_share_classes(
         float(np.log(weights_array[2] / weights_array[1])),
     )
     log_weights = np.empty((n, 2))
-    current = base
-    for start in range(0, n, block):
-        if start >= max(min_rows, 1):
-            first = max(0, start - window)
-            current = share_weights(sell_odds[first:start], buy_odds[first:start], target, current)
-        log_weights[start : start + block] = current
-    return decide_log_odds(sell_odds + log_weights[:, 0], buy_odds + log_weights[:, 1])
+    for i, start in enumerate(starts):
+        stop = starts[i + 1] if i + 1 < len(starts) else n
+        behind = offset + start - (history_in_block if i == 0 else 0)  # rows before the block
+        current = base
+        if behind >= max(min_rows, 1):
+            first = max(0, behind - window)
+            current = share_weights(sell_odds[first:behind], buy_odds[first:behind], target, base)
+        log_weights[start:stop] = current
+    return decide_log_odds(
+        sell_odds[offset:] + log_weights[:, 0], buy_odds[offset:] + log_weights[:, 1]
+    )

@@ -7,10 +7,11 @@ probabilities themselves are left as they are.
 
 - ``argmax``: weights 1, 1, 1.
 - ``prior``: one over each class's share of the training rows (no fitting).
-- ``shares``: the ``prior`` weights, re-chosen every hour of scored rows so that the trailing
-  ``decision.window`` rows are decided in the training class shares
+- ``shares``: the ``prior`` weights, re-chosen every hour so that the trailing
+  ``decision.window`` scored rows are decided in the training class shares
   (:mod:`tfi.core.model.class_shares`): causal, no labels, and it follows the probabilities' drift
-  when activity changes. The first ``decision.min_rows`` rows get the prior weights.
+  when activity changes. The first ``decision.min_rows`` rows get the prior weights, unless a
+  history of rows scored earlier is given (:class:`DecisionHistory`, ``live``).
 - ``fitted``: the weights that maximise the metric on out-of-fold predictions
   (:func:`fit_weights`, a coarse-to-fine grid search over the sell and buy weights relative to
   neutral). In CV, fold ``i`` is decided with weights fitted on the folds before it, so no fold is
@@ -26,11 +27,19 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 
 from tfi.core.classes import INDICES
 from tfi.core.config.experiment import DecisionConfig
 from tfi.core.evaluation.metrics import score
-from tfi.core.model.class_shares import decide_log_odds, log_odds, trailing_share_classes
+from tfi.core.model.class_shares import (
+    BLOCK_NS,
+    BLOCK_ROWS,
+    clock_blocks,
+    decide_log_odds,
+    log_odds,
+    trailing_share_classes,
+)
 
 DecisionRule = Literal["fitted", "prior", "argmax", "shares"]
 N_CLASSES = len(INDICES)
@@ -46,11 +55,69 @@ class Decision:
     window: int = 0  # ``shares``: trailing rows whose decided shares are held
     min_rows: int = 0  # ``shares``: rows scored before the weights first move
 
-    def classes(self, proba: np.ndarray) -> np.ndarray:
-        """Class index (0 sell, 1 neutral, 2 buy) of each row, rows in time order."""
-        if self.rule == "shares":
-            return trailing_share_classes(proba, self.weights, self.window, self.min_rows)
-        return np.argmax(proba * np.asarray(self.weights), axis=1)
+    def classes(
+        self,
+        proba: np.ndarray,
+        timestamps: pd.DatetimeIndex | None = None,
+        history: DecisionHistory | None = None,
+    ) -> np.ndarray:
+        """Class index (0 sell, 1 neutral, 2 buy) of each row, rows in time order.
+
+        ``shares`` re-chooses its weights each hour of ``timestamps`` (each 60 rows without
+        them) from the ``window`` rows before the hour began: ``history`` rows (those before
+        the first row), then these.
+        """
+        if self.rule != "shares":
+            return np.argmax(proba * np.asarray(self.weights), axis=1)
+        blocks, earlier, in_block = None, None, 0
+        if timestamps is not None and len(timestamps):
+            blocks = clock_blocks(timestamps.as_unit("ns").asi8)
+            if history is not None:
+                earlier = history.before(timestamps[0])[-(self.window + BLOCK_ROWS) :]
+                block_start = pd.Timestamp(int(blocks[0]) * BLOCK_NS)
+                in_block = len(history.before(timestamps[0])) - len(history.before(block_start))
+        return trailing_share_classes(
+            proba,
+            self.weights,
+            self.window,
+            self.min_rows,
+            blocks=blocks,
+            history=earlier,
+            history_in_block=min(in_block, len(earlier) if earlier is not None else 0),
+        )
+
+    def unsettled(
+        self,
+        timestamps: pd.DatetimeIndex,
+        short: np.ndarray,
+        history_short: np.ndarray | None = None,
+        from_start: bool = False,
+    ) -> np.ndarray:
+        """Rows whose class can still depend on where the input starts (``warm_up``).
+
+        ``short`` flags rows whose own features lack history; ``history_short`` the history
+        rows before the first row's hour (as :meth:`classes` takes them), in time order. Under
+        ``shares`` a row is also unsettled while its hour's trailing window holds a row whose
+        features lacked history, or is not yet ``window`` rows long, unless ``from_start``
+        (the rows are every one scored since the decision started: the model's first bar
+        after training, which any run starts from): its weights would differ had the input
+        started earlier. A settled window decides alike however it began.
+        """
+        short = np.asarray(short, dtype=bool)
+        if self.rule != "shares" or len(short) == 0:
+            return short.copy()
+        earlier = np.zeros(0, bool) if history_short is None else np.asarray(history_short, bool)
+        flags = np.concatenate([earlier, short])
+        unsettled_before = np.concatenate([[0], np.cumsum(flags)])
+        blocks = clock_blocks(timestamps.as_unit("ns").asi8)
+        new_block = np.concatenate([[True], blocks[1:] != blocks[:-1]])
+        block_start = len(earlier) + np.maximum.accumulate(
+            np.where(new_block, np.arange(len(short)), 0)
+        )
+        first = np.maximum(block_start - self.window, 0)
+        thin = (block_start < self.window) & (not from_start)
+        mixed = unsettled_before[block_start] - unsettled_before[first] > 0
+        return short | thin | mixed
 
     @classmethod
     def from_dict(cls, described: Mapping[str, Any]) -> Decision:
@@ -71,6 +138,19 @@ class Decision:
 
 
 ARGMAX = Decision("argmax", (1.0, 1.0, 1.0))
+
+
+@dataclass(frozen=True)
+class DecisionHistory:
+    """Probabilities of rows scored before those to decide, in time order: the ``shares``
+    decision's trailing window when rows come a few at a time (``live``)."""
+
+    timestamps: pd.DatetimeIndex
+    proba: np.ndarray  # (rows, 3)
+
+    def before(self, moment: pd.Timestamp) -> np.ndarray:
+        """The probabilities of the rows before ``moment``."""
+        return self.proba[: int(self.timestamps.searchsorted(moment, side="left"))]
 
 
 def prior_decision(y_train: np.ndarray) -> Decision:

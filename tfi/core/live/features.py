@@ -1,0 +1,80 @@
+"""A model's features from raw bars, computed as training computes them.
+
+Training reads a source into :class:`~tfi.core.data.market.MarketData`: kline CSVs through
+:func:`tfi.core.data.klines.flow` and :func:`tfi.core.data.bars.bar_features`; parquet (and the
+generator) as float32 columns, with the flow features computed from the float32 flow columns.
+Here the same functions run over the bars ``live`` holds, so a bar whose trailing windows are
+all held gets exactly the features it had in training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from tfi.core.data import bars as bar_data
+from tfi.core.data import klines
+from tfi.core.data.market import FLOW
+from tfi.core.errors import DataError
+from tfi.core.live.source import KLINE_COLUMNS, KLINES
+
+
+def flow_of(kind: str, bars: pd.DataFrame) -> dict[str, np.ndarray]:
+    """buy_qty, sell_qty and volume as training stores them (float32)."""
+    if kind == KLINES:
+        columns = {col: bars[col].to_numpy(np.float64) for col in KLINE_COLUMNS}
+        flow = klines.flow(columns, "live bars")
+    else:
+        flow = {col: bars[col].to_numpy() for col in FLOW}
+    return {col: np.asarray(values, dtype=np.float32) for col, values in flow.items()}
+
+
+def raw_columns(kind: str, names: Sequence[str]) -> list[str]:
+    """The source columns a parquet source must carry for these features (none for klines)."""
+    if kind == KLINES:
+        return []
+    return [name for name in names if name not in bar_data.FLOW_FEATURES]
+
+
+def model_features(kind: str, bars: pd.DataFrame, names: Sequence[str], last: int) -> np.ndarray:
+    """The features ``names`` of the ``last`` bars, (last, features) float32, from every bar
+    held (their trailing windows)."""
+    stamps = pd.DatetimeIndex(bars.index)
+    out = np.empty((last, len(names)), dtype=np.float32)
+    if last == 0:
+        return out
+    if kind == KLINES:
+        columns = {col: bars[col].to_numpy(np.float64) for col in KLINE_COLUMNS}
+        computed = bar_data.bar_features(stamps, {**columns, **klines.flow(columns, "live bars")})
+    elif any(name in bar_data.FLOW_FEATURES for name in names):
+        computed = bar_data.bar_features(stamps, flow_of(kind, bars))
+    else:
+        computed = {}
+    for j, name in enumerate(names):
+        if name in computed:
+            out[:, j] = computed[name][-last:]
+        elif kind != KLINES and name in bars.columns:
+            out[:, j] = bars[name].to_numpy()[-last:].astype(np.float32)
+        else:
+            raise DataError(f"live bars give no feature {name!r}")
+    return out
+
+
+def missing_features(kind: str, names: Sequence[str], columns: Sequence[str]) -> list[str]:
+    """Features a model needs that bars of this kind (with these raw columns) cannot give."""
+    if kind == KLINES:
+        sample = pd.DataFrame(
+            {col: np.ones(3) for col in KLINE_COLUMNS},
+            index=pd.date_range("2024-01-01", periods=3, freq="min"),
+        )
+        known = set(
+            bar_data.bar_features(
+                pd.DatetimeIndex(sample.index),
+                {**{c: sample[c].to_numpy() for c in KLINE_COLUMNS}, **flow_of(kind, sample)},
+            )
+        )
+    else:
+        known = set(bar_data.FLOW_FEATURES) | set(columns)
+    return [name for name in names if name not in known]
