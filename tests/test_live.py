@@ -220,6 +220,7 @@ def test_metrics_wait_while_the_tracking_store_is_away_and_none_are_lost(here, m
     database.execute("BEGIN EXCLUSIVE")
     outbox.kick()
     outbox.add_point({"f1_champion_1h": 0.9}, 3, 1_700_000_000_003)
+    outbox.tag_version("999", {keys.LIVE_ROWS: "5"})  # a version deleted meanwhile: dropped
     database.execute("ROLLBACK")
     database.close()
     assert outbox.close() and outbox.waiting == 0 and outbox.down_since is None
@@ -232,10 +233,14 @@ def _last_scored(folder: Path) -> pd.Timestamp | None:
 
 
 def _wait_for(condition, what: str, child: subprocess.Popen, log: Path) -> None:
-    """Until ``condition()`` holds; fails at once if the live process ended instead."""
+    """Until ``condition()`` holds; fails at once if the live process ended instead, and after
+    a generous 5 minutes (a loaded CI machine) rather than hang."""
+    deadline = time.monotonic() + 300
     while not condition():
         if child.poll() is not None:
             pytest.fail(f"live ended (status {child.returncode}) before {what}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} after 5 minutes:\n{log.read_text()}")
         time.sleep(0.1)
 
 

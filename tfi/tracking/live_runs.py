@@ -127,8 +127,16 @@ class Outbox:
             with self._lock:
                 versions = {v: dict(t) for v, t in self.version_tags.items()}
             for version, pairs in versions.items():
-                for key, value in pairs.items():
-                    client.set_model_version_tag(self.model_name, version, key, value)
+                try:
+                    for key, value in pairs.items():
+                        client.set_model_version_tag(self.model_name, version, key, value)
+                except MlflowException as exc:
+                    if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                        raise
+                    log.warning(
+                        "live: %s v%s was deleted: its live record is not kept", self.model_name,
+                        version,
+                    )  # fmt: skip
                 with self._lock:
                     if self.version_tags.get(version) == pairs:
                         del self.version_tags[version]
