@@ -271,10 +271,13 @@ def test_live_follows_a_growing_folder_switches_champions_refuses_others_and_ala
     env = {**subprocess_env(here), "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
     client = MlflowClient()
     with log.open("w") as output:
+        # Ctrl-C as a terminal sends it, also where the test runner ignores SIGINT (a shell's
+        # background job): the child gets the default handler back before tfi starts.
         child = subprocess.Popen(
             [PYTHON, "-m", "tfi", "live", "--config", "live.yaml", "--data", "incoming",
              "--output", "out"],
             cwd=here, env=env, stderr=output, stdout=output,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
     try:
         first_bars = pd.Timestamp("2023-03-04 02:00")

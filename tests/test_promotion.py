@@ -273,8 +273,10 @@ def test_a_stop_during_registration_waits_until_version_alias_and_tags_agree(
 
 
 def test_the_shares_decision_is_served_as_the_run_evaluated_it(store, smoke_config):
-    """Under ``shares`` the served model, given the test rows in order, decides them as the
-    train run did; the rows before ``decision.min_rows`` get the prior weights."""
+    """Under ``shares`` the run decides every bar after its last training row in order, hour by
+    hour, as ``live`` does (issue 36): the served model's probabilities on those bars, decided
+    so, are the run's test predictions; the first ``decision.min_rows`` bars get the prior
+    weights."""
     from tfi.core.data.sources import load
     from tfi.core.model.decision import Decision
 
@@ -287,15 +289,19 @@ def test_the_shares_decision_is_served_as_the_run_evaluated_it(store, smoke_conf
     )
     model = mlflow.pyfunc.load_model(f"models:/{SMOKE_NAME}/{trained.promotion.version}")
     assert model.model_config["decision"] == decision
+    tags = MlflowClient().get_model_version(SMOKE_NAME, trained.promotion.version).tags
     features = model.metadata.get_input_schema().input_names()
     data = load(smoke_config.data, features=features)
-    rows = data.timestamps.get_indexer(pd.DatetimeIndex(evaluated["timestamp"]))
-    served = model.predict(pd.DataFrame(data.features[rows], columns=features))
-    np.testing.assert_array_equal(served["prediction"], evaluated["prediction"])
-    proba = evaluated[["p_sell", "p_neutral", "p_buy"]].to_numpy()
+    after = np.flatnonzero(data.timestamps > pd.Timestamp(tags["tfi.trained_until"]))
+    served = model.predict(pd.DataFrame(data.features[after], columns=features))
+    proba = served[["p_sell", "p_neutral", "p_buy"]].to_numpy()
+    decided = Decision.from_dict(decision).classes(proba, data.timestamps[after]) - 1
+    test = data.timestamps[after].get_indexer(pd.DatetimeIndex(evaluated["timestamp"]))
+    np.testing.assert_array_equal(decided[test], evaluated["prediction"])
+    np.testing.assert_array_equal(proba[test], evaluated[["p_sell", "p_neutral", "p_buy"]])
     prior = Decision("prior", tuple(decision["weights"])).classes(proba) - 1
-    np.testing.assert_array_equal(evaluated["prediction"][:60], prior[:60])
-    assert (evaluated["prediction"][60:] != prior[60:]).any()  # the weights moved
+    np.testing.assert_array_equal(decided[:60], prior[:60])
+    assert (decided[60:] != prior[60:]).any()  # the weights moved
 
 
 def test_a_removed_champion_is_said_and_tags_agree_with_aliases(store, smoke_config):

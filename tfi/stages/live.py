@@ -526,18 +526,19 @@ class LiveLoop:
         status = "FINISHED"
         try:
             for chunk in self._chunks():
-                if len(chunk):
-                    with critical():  # a stop waits until the step's files are written
+                # A stop lands between steps (while live waits for bars or reads them), never
+                # inside one: the step's files, a registry read and the outbox stay whole.
+                with critical():
+                    if len(chunk):
                         self._step(chunk, outbox, started_alarms)
-                elif not self.replay:
-                    stalled = time.monotonic() - self.last_arrival
-                    started_alarms += self._alarm(outbox, {live_record.STALLED: (
-                        stalled > 60 * self.cfg.live.stall_minutes,
-                        f"no new bar for {stalled:.0f} s (last {self.last_bar})",
-                    )})  # fmt: skip
-                    with critical():  # a stop never cuts a registry read in half
+                    elif not self.replay:
+                        stalled = time.monotonic() - self.last_arrival
+                        started_alarms += self._alarm(outbox, {live_record.STALLED: (
+                            stalled > 60 * self.cfg.live.stall_minutes,
+                            f"no new bar for {stalled:.0f} s (last {self.last_bar})",
+                        )})  # fmt: skip
                         self._follow_alias(outbox)
-                    outbox.kick()
+                        outbox.kick()
         except KeyboardInterrupt:
             log.info("live: stopped after %s; a restart resumes there", self.last_bar)
         except BaseException as exc:
