@@ -31,13 +31,6 @@ def flow_of(kind: str, bars: pd.DataFrame) -> dict[str, np.ndarray]:
     return {col: np.asarray(values, dtype=np.float32) for col, values in flow.items()}
 
 
-def raw_columns(kind: str, names: Sequence[str]) -> list[str]:
-    """The source columns a parquet source must carry for these features (none for klines)."""
-    if kind == KLINES:
-        return []
-    return [name for name in names if name not in bar_data.FLOW_FEATURES]
-
-
 def model_features(kind: str, bars: pd.DataFrame, names: Sequence[str], last: int) -> np.ndarray:
     """The features ``names`` of the ``last`` bars, (last, features) float32, from every bar
     held (their trailing windows)."""
