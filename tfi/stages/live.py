@@ -32,9 +32,16 @@ from tfi.core import keys
 from tfi.core.config.experiment import ExperimentConfig
 from tfi.core.errors import DataError, StageError
 from tfi.core.evaluation import figures
-from tfi.core.labels.imbalance import Thresholds, window_offsets
+from tfi.core.labels.imbalance import Thresholds
 from tfi.core.live import record as live_record
-from tfi.core.live.engine import CHALLENGER, CHAMPION, PREDICTION_COLUMNS, LiveEngine, LiveModel
+from tfi.core.live.engine import (
+    CHALLENGER,
+    CHAMPION,
+    EXTRA_ROWS,
+    PREDICTION_COLUMNS,
+    LiveEngine,
+    LiveModel,
+)
 from tfi.core.live.features import missing_features
 from tfi.core.live.record import Alarms, LiveRecord
 from tfi.core.live.source import KLINE_COLUMNS, KLINES, BarSource, source_kind
@@ -333,7 +340,8 @@ class LiveLoop:
         everything = self._first_read()
         self.columns = list(everything.columns)
         champion = _live_model(cfg, self.kind, version, self.columns)
-        self.first = self._first_bar(everything, champion, start)
+        resumed = self.output.last_scored()
+        self.first = self._first_bar(everything, champion, start, resumed)
         self.engine = LiveEngine(
             self.kind, cfg.labels, self.bar, _thresholds(cfg, self.tags), everything.index[0]
         )
@@ -344,7 +352,7 @@ class LiveLoop:
         self._set_challenger()
         self.queue = everything[everything.index >= self.first]
         self.record = LiveRecord(cfg.live, _train_shares(self.tags))
-        self._restore()
+        self._restore(resumed)
         self.alarms = Alarms()
         self.retrainer = Retrainer(cfg, config_path, source, self.kind, output)
         self.versions = [version]
@@ -366,11 +374,14 @@ class LiveLoop:
         return bars
 
     def _first_bar(
-        self, bars: pd.DataFrame, champion: LiveModel, start: pd.Timestamp | None
+        self,
+        bars: pd.DataFrame,
+        champion: LiveModel,
+        start: pd.Timestamp | None,
+        resumed: pd.Timestamp | None,
     ) -> pd.Timestamp:
         """The first bar to score: after the output's last one (a restart), at ``--from``, or
         after the champion's training rows."""
-        resumed = self.output.last_scored()
         if resumed is not None and start is not None:
             log.warning("live: %s holds predictions until %s: resuming there, not at "
                         "--from %s", self.output.folder, resumed, start)  # fmt: skip
@@ -393,20 +404,16 @@ class LiveLoop:
     def _history_start(self, history: pd.DataFrame, model: LiveModel) -> pd.Timestamp:
         """The oldest bar the first steps need: the features' windows behind the bars whose
         probabilities fill the decision window, and the labels' span before the first bar."""
-        rows = model.decision.window + 120
-        oldest_scored = history.index[-rows] if len(history) >= rows else self.first
-        if len(history) and len(history) < rows:
-            oldest_scored = history.index[0]
+        scored = history.index[-(model.decision.window + EXTRA_ROWS) :]
+        oldest_scored = scored[0] if len(scored) else self.first
         return min(oldest_scored - self.engine.needed(), self.first - self.engine.keep())
 
-    def _restore(self) -> None:
+    def _restore(self, resumed: pd.Timestamp | None) -> None:
         """After a restart: the bars still waiting for their label, and the record's window."""
-        resumed = self.output.last_scored()
         if resumed is None:
             return
         rows = self.output.since(resumed - pd.Timedelta(self.cfg.live.window))
-        last_offset = window_offsets(self.cfg.labels.horizon, self.cfg.labels.window)[1]
-        recent = rows["timestamp"] > resumed - (last_offset + 1) * self.bar
+        recent = rows["timestamp"] > resumed - (self.engine.label_lag + 1) * self.bar
         waiting = rows[rows["realised"].isna() & recent]
         self.engine.restore_pending(waiting)
         self.record.add(rows, rows[rows["realised"].notna()])
@@ -578,9 +585,8 @@ class LiveLoop:
         close = chunk.index[-1] + self.bar
         lag = (pd.Timestamp.now(tz="UTC").tz_localize(None) - close).total_seconds()
         # The record and the alarms move log_every bars at a time, also within a long step.
-        last_offset = window_offsets(self.cfg.labels.horizon, self.cfg.labels.window)[1]
         every = self.cfg.live.log_every
-        known_at = (step.judged["timestamp"] + last_offset * self.bar).to_numpy()
+        known_at = (step.judged["timestamp"] + self.engine.label_lag * self.bar).to_numpy()
         starts = list(range(0, len(chunk), every))
         part_ends = step.predictions["timestamp"].to_numpy()[
             [min(start + every, len(chunk)) - 1 for start in starts]

@@ -42,7 +42,7 @@ from tfi.core.model.class_shares import BLOCK_NS, clock_blocks
 from tfi.core.model.decision import Decision, DecisionHistory
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-_EXTRA_ROWS = 120  # rows kept beyond the decision window: the current hour's
+EXTRA_ROWS = 120  # rows kept beyond the decision window: the current hour's
 
 
 class Predictor(Protocol):
@@ -115,7 +115,7 @@ class LiveModel:
         return classes, warm
 
     def _trim(self) -> None:
-        keep = self.decision.window + _EXTRA_ROWS
+        keep = self.decision.window + EXTRA_ROWS
         self.stamps, self.proba, self.short = (
             self.stamps[-keep:],
             self.proba[-keep:],
@@ -177,12 +177,16 @@ class LiveEngine:
         features = [name for model in self.models.values() for name in model.features]
         return bar_data.history_needed(features)
 
+    @property
+    def label_lag(self) -> int:
+        """Bars after a bar until its label is known (the label window's last offset)."""
+        return window_offsets(self.labels.horizon, self.labels.window)[1]
+
     def keep(self) -> pd.Timedelta:
         """Bars held behind the newest: the features' windows, the labels' rolling thresholds
         (their days of labels, and the label window), and an hour's margin."""
         days = self.labels.rolling_days if self.rolling else 0.0
-        label_span = pd.Timedelta(days=days)
-        label_span += (window_offsets(self.labels.horizon, self.labels.window)[1] + 1) * self.bar
+        label_span = pd.Timedelta(days=days) + (self.label_lag + 1) * self.bar
         return max(self.needed(), label_span) + pd.Timedelta(hours=1)
 
     @property
@@ -202,7 +206,7 @@ class LiveEngine:
         if model.trained_until is not None:  # never a training row: in-sample probabilities
             rows = rows[stamps > model.trained_until]
         # Only the shares decision looks back; the others decide each bar on its own.
-        rows = rows[-(model.decision.window + _EXTRA_ROWS) :]
+        rows = rows[-(model.decision.window + EXTRA_ROWS) :]
         if model.decision.rule != "shares":
             rows = rows[:0]
         if len(rows):
@@ -227,12 +231,15 @@ class LiveEngine:
         flow = flow_of(self.kind, self.bars)
         future = self._future(flow)
         row_thresholds = self._row_thresholds(future)
+        # The bar features over the held bars once for both models (the step's main cost).
+        names = list(dict.fromkeys(name for m in self.models.values() for name in m.features))
+        matrix = model_features(self.kind, self.bars, names, n)
+        column = {name: j for j, name in enumerate(names)}
         for role in (CHAMPION, CHALLENGER):
             model = self.models.get(role)
             if model is None:
                 continue
-            features = model_features(self.kind, self.bars, model.features, n)
-            proba = model.probabilities(features)
+            proba = model.probabilities(matrix[:, [column[name] for name in model.features]])
             short = self._short(model.features)[-n:]
             classes, warm = model.decide(stamps, proba, short)
             if role == CHAMPION:
@@ -315,8 +322,7 @@ class LiveEngine:
         if not len(self.pending):
             return empty.reset_index()
         stamps = pd.DatetimeIndex(self.bars.index).as_unit("ns")
-        last_offset = window_offsets(self.labels.horizon, self.labels.window)[1]
-        passed = self.pending.index <= stamps[-1] - last_offset * self.bar
+        passed = self.pending.index <= stamps[-1] - self.label_lag * self.bar
         if not passed.any():
             return empty.reset_index()
         realised = classify(future.values, thresholds)

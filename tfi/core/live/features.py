@@ -21,30 +21,38 @@ from tfi.core.errors import DataError
 from tfi.core.live.source import KLINE_COLUMNS, KLINES
 
 
+def _kline_columns(bars: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {col: bars[col].to_numpy(np.float64) for col in KLINE_COLUMNS}
+
+
 def flow_of(kind: str, bars: pd.DataFrame) -> dict[str, np.ndarray]:
     """buy_qty, sell_qty and volume as training stores them (float32)."""
     if kind == KLINES:
-        columns = {col: bars[col].to_numpy(np.float64) for col in KLINE_COLUMNS}
-        flow = klines.flow(columns, "live bars")
+        flow = klines.flow(_kline_columns(bars), "live bars")
     else:
         flow = {col: bars[col].to_numpy() for col in FLOW}
     return {col: np.asarray(values, dtype=np.float32) for col, values in flow.items()}
 
 
+def _computed(kind: str, bars: pd.DataFrame, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The bar features (:func:`tfi.core.data.bars.bar_features`) of every bar held, as
+    training computes them from this kind of source; none when ``names`` need none."""
+    stamps = pd.DatetimeIndex(bars.index)
+    if kind == KLINES:
+        columns = _kline_columns(bars)
+        return bar_data.bar_features(stamps, {**columns, **klines.flow(columns, "live bars")})
+    if any(name in bar_data.FLOW_FEATURES for name in names):
+        return bar_data.bar_features(stamps, flow_of(kind, bars))
+    return {}
+
+
 def model_features(kind: str, bars: pd.DataFrame, names: Sequence[str], last: int) -> np.ndarray:
     """The features ``names`` of the ``last`` bars, (last, features) float32, from every bar
     held (their trailing windows)."""
-    stamps = pd.DatetimeIndex(bars.index)
     out = np.empty((last, len(names)), dtype=np.float32)
     if last == 0:
         return out
-    if kind == KLINES:
-        columns = {col: bars[col].to_numpy(np.float64) for col in KLINE_COLUMNS}
-        computed = bar_data.bar_features(stamps, {**columns, **klines.flow(columns, "live bars")})
-    elif any(name in bar_data.FLOW_FEATURES for name in names):
-        computed = bar_data.bar_features(stamps, flow_of(kind, bars))
-    else:
-        computed = {}
+    computed = _computed(kind, bars, names)
     for j, name in enumerate(names):
         if name in computed:
             out[:, j] = computed[name][-last:]
@@ -62,12 +70,7 @@ def missing_features(kind: str, names: Sequence[str], columns: Sequence[str]) ->
             {col: np.ones(3) for col in KLINE_COLUMNS},
             index=pd.date_range("2024-01-01", periods=3, freq="min"),
         )
-        known = set(
-            bar_data.bar_features(
-                pd.DatetimeIndex(sample.index),
-                {**{c: sample[c].to_numpy() for c in KLINE_COLUMNS}, **flow_of(kind, sample)},
-            )
-        )
+        known = set(_computed(kind, sample, names))
     else:
         known = set(bar_data.FLOW_FEATURES) | set(columns)
     return [name for name in names if name not in known]

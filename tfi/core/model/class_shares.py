@@ -81,7 +81,6 @@ def trailing_share_classes(
     block: int = BLOCK_ROWS,
     blocks: np.ndarray | None = None,
     history: np.ndarray | None = None,
-    history_in_block: int = 0,
 ) -> np.ndarray:
     """Class index per row (0 sell, 1 neutral, 2 buy), the shares held at those that
     ``weights`` imply (one over each class's training share, so the shares are their inverses,
@@ -89,9 +88,7 @@ def trailing_share_classes(
 
     ``blocks``: a non-decreasing block key per row (:func:`clock_blocks`); by default rows are
     cut into blocks of ``block``. ``history``: probabilities of the rows before these, in time
-    order: they fill the first blocks' trailing windows; its last ``history_in_block`` rows
-    fall in the first row's block, so that block's window ends before them (a block's window
-    is what came before the block began).
+    order, all before the first row's block: they fill the first blocks' trailing windows.
     """
     earlier = np.empty((0, 3)) if history is None else np.asarray(history, dtype=np.float64)
     sell_odds, buy_odds = log_odds(np.concatenate([earlier, np.asarray(proba, np.float64)]))
@@ -108,7 +105,7 @@ def trailing_share_classes(
     log_weights = np.empty((n, 2))
     for i, start in enumerate(starts):
         stop = starts[i + 1] if i + 1 < len(starts) else n
-        behind = offset + start - (history_in_block if i == 0 else 0)  # rows before the block
+        behind = offset + start  # rows, history included, before the block
         current = base
         if behind >= max(min_rows, 1):
             first = max(0, behind - window)

@@ -64,26 +64,20 @@ class Decision:
         """Class index (0 sell, 1 neutral, 2 buy) of each row, rows in time order.
 
         ``shares`` re-chooses its weights each hour of ``timestamps`` (each 60 rows without
-        them) from the ``window`` rows before the hour began: ``history`` rows (those before
-        the first row), then these.
+        them) from the ``window`` rows before the hour began: ``history`` rows, then these.
+        History rows inside the first row's hour are not used: a block's window is what came
+        before it, so rows of that hour belong with ``proba`` (as ``live`` passes them).
         """
         if self.rule != "shares":
             return np.argmax(proba * np.asarray(self.weights), axis=1)
-        blocks, earlier, in_block = None, None, 0
+        blocks, earlier = None, None
         if timestamps is not None and len(timestamps):
             blocks = clock_blocks(timestamps.as_unit("ns").asi8)
             if history is not None:
-                earlier = history.before(timestamps[0])[-(self.window + BLOCK_ROWS) :]
                 block_start = pd.Timestamp(int(blocks[0]) * BLOCK_NS)
-                in_block = len(history.before(timestamps[0])) - len(history.before(block_start))
+                earlier = history.before(block_start)[-(self.window + BLOCK_ROWS) :]
         return trailing_share_classes(
-            proba,
-            self.weights,
-            self.window,
-            self.min_rows,
-            blocks=blocks,
-            history=earlier,
-            history_in_block=min(in_block, len(earlier) if earlier is not None else 0),
+            proba, self.weights, self.window, self.min_rows, blocks=blocks, history=earlier
         )
 
     def unsettled(
