@@ -42,6 +42,13 @@ def test_bench_reports_tfi_beside_the_seed_approach(store):
         # Well above the majority class (~0.2): every side's fold models really train.
         assert result["cv_f1_macro"] > 0.3, side
         assert result["peak_rss_gb"] > 0
+    # Generated data: a model that also sees the generator's hidden state, as far as it goes.
+    ceiling = report["tfi"]["ceiling"]
+    assert 0.3 < ceiling["test_f1_macro"] <= 1
+    assert ceiling["decision"] == "prior"  # smoke.yaml's `fitted` needs out-of-fold predictions
+    assert ceiling["share_reached"] == pytest.approx(
+        report["tfi"]["test_f1_macro"] / ceiling["test_f1_macro"]
+    )
     # As written, the seed searches its own space; like for like, tfi's, on tfi's features.
     config = load_config(SMOKE)
     assert set(report["reference"]["best_params"]) == {
@@ -221,6 +228,10 @@ def test_several_draws_report_the_spread_and_the_paired_difference(store):
     assert report["test_f1_macro_difference_like"]["mean"] == pytest.approx(
         np.mean([draw["test_f1_macro_difference_like"] for draw in draws])
     )
+    shares = [draw["tfi"]["ceiling"]["share_reached"] for draw in draws]
+    reached = report["tfi_share_of_ceiling"]
+    assert reached["mean"] == pytest.approx(np.mean(shares))
+    assert reached["low"] <= reached["mean"] <= reached["high"]
     for side in SIDES:
         scores = [draw[side]["test_f1_macro"] for draw in draws]
         assert report[f"{side}_test_f1_macro_std"] == pytest.approx(np.std(scores, ddof=1))
@@ -259,6 +270,7 @@ def test_bench_on_given_data_records_that_data(store):
     assert report["data"]["rows"] == 4000
     assert report["data"]["features"] == report["tfi"]["features"] > 0
     assert "signal" not in report["data"]
+    assert report["tfi"]["ceiling"] is None  # no hidden state behind given data
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("tfi-bench").experiment_id])
     assert run.data.params["rows"] == "4000" and run.data.params["signal"] == "none (given data)"

@@ -276,3 +276,24 @@ def test_a_deep_extends_chain_is_refused_with_its_length(tmp_path):
         (tmp_path / f"c{i}.yaml").write_text(f"extends: {parent}\nname: c{i}\n")
     with pytest.raises(ConfigError, match="its extends chain is longer than 32 files"):
         load_config(tmp_path / "c0.yaml")
+
+
+def test_settings_added_later_leave_the_keys_of_configs_without_them_as_they_were():
+    """Select runs and studies are found by their sections' hashes: a setting added since
+    changes the hash only where it is used."""
+    config = load_config("experiments/smoke.yaml")
+    assert "trial_rows" not in config.identity("tuning")
+    assert "aggregate_spans" not in config.identity("selection")
+    assert "process" not in config.identity("data")["synthetic"]
+    assert config.digest("cv", "selection") == "ea66a5531e5c7ddb"  # the key before they existed
+    used = config.with_overrides(
+        **{
+            "tuning.trial_rows": 5000,
+            "selection.aggregate_spans": "5",
+            "data.synthetic.process": "switching",
+        }
+    )
+    assert used.identity("tuning")["trial_rows"] == 5000
+    assert used.identity("selection")["aggregate_spans"] == [5]
+    assert used.identity("data")["synthetic"]["process"] == "switching"
+    assert used.digest("cv", "selection") != config.digest("cv", "selection")

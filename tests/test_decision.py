@@ -107,3 +107,14 @@ def test_shares_use_the_prior_weights_until_min_rows_and_for_a_single_row():
                           prior.classes(proba[:1]))  # fmt: skip
     assert decision.as_dict() == {"rule": "shares", "weights": [1.3, 1.0, 1.3], "window": 1440,
                                   "min_rows": 600}  # fmt: skip
+
+
+def test_the_shares_solves_quantile_is_numpys_to_the_bit():
+    from tfi.core.model.class_shares import _quantile
+
+    rng = np.random.default_rng(5)
+    for size in (1, 2, 3, 10, 1001, 10_080):
+        values = rng.standard_normal(size) * 3.0
+        values[rng.random(size) < 0.2] = 0.0  # ties, as max(0, ...) makes them
+        for q in (0.0, 0.3, 1 / 3, 0.5, 0.7, 0.999, 1.0):
+            assert _quantile(values.copy(), q) == float(np.quantile(values, q))

@@ -8,7 +8,7 @@ import pytest
 from tfi.core.config.experiment import IntParam
 from tfi.core.evaluation.metrics import classification_metrics
 from tfi.core.labels.split import Fold
-from tfi.core.model.cv import build_folds, fit_fold, lightgbm_params, score_fold
+from tfi.core.model.cv import build_folds, fit_fold, lightgbm_params, sampled_rows, score_fold
 from tfi.core.model.decision import ARGMAX
 from tfi.search.objective import FOLDS_ATTR, CVObjective, fold_scores
 
@@ -107,3 +107,43 @@ def test_a_hopeless_trial_is_pruned_after_its_first_fold(folds, smoke_config):
     assert len(fold_scores(good)) == 3
     assert hopeless.state == optuna.trial.TrialState.PRUNED
     assert len(fold_scores(hopeless)) == 1  # stopped after the smallest fold
+
+
+def test_sampled_folds_train_on_a_fixed_share_of_their_rows_and_score_every_validation_row():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((3000, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 3000).astype(np.int32)
+    plan = [Fold(1000, 1050, 2000), Fold(1950, 2000, 3000)]
+    sampled = build_folds(X, [y] * 2, plan, max_bin=63, num_threads=1, sample=0.25, seed=7)
+    assert [fold.n_train for fold in sampled] == [250, 488]
+    assert [fold.train.num_data() for fold in sampled] == [250, 488]
+    assert [len(fold.y_valid) for fold in sampled] == [950, 1000]
+    again = build_folds(X, [y] * 2, plan, max_bin=63, num_threads=1, sample=0.25, seed=7)
+    assert np.array_equal(sampled[1].train.get_label(), again[1].train.get_label())
+    rows = sampled_rows(1950, 0.25, 7, 1)
+    assert np.all(np.diff(rows) > 0) and rows.max() < 1950  # in time order, training rows only
+    assert np.array_equal(sampled[1].train.get_label(), y[rows])
+    assert sampled_rows(1950, 1.0, 7, 1) == slice(0, 1950)
+
+
+def test_trial_rows_sample_every_fold_by_the_largest_folds_share(smoke_config):
+    """``tuning.trial_rows`` caps the largest fold; the smaller ones keep their proportion."""
+    from tfi.core.data.sources import load
+    from tfi.core.labels.labelled import prepare_labels, training_folds
+    from tfi.stages.cv_setup import build_cv
+
+    data = load(smoke_config.data)
+    labelled = prepare_labels(data, smoke_config)
+    folds = training_folds(labelled, smoke_config.cv)
+    every = [list(data.feature_names)] * len(folds)
+    whole = build_cv(data, labelled, every, smoke_config, threads=1).objective.folds
+    assert [fold.n_train for fold in whole] == [fold.train_stop for fold in folds]
+    capped = smoke_config.with_overrides(**{"tuning.trial_rows": 1000})
+    sampled = build_cv(data, labelled, every, capped, threads=1).objective.folds
+    share = 1000 / folds[-1].train_stop
+    assert [fold.n_train for fold in sampled] == [
+        max(1, round(fold.train_stop * share)) for fold in folds
+    ]
+    assert sampled[-1].n_train == 1000
+    for cut, kept in zip(whole, sampled, strict=True):  # every validation row is scored
+        np.testing.assert_array_equal(cut.y_valid, kept.y_valid)

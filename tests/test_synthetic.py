@@ -80,3 +80,22 @@ def test_label_column_is_future_information():
 def test_spec_validation(bad):
     with pytest.raises(ValueError, match="exceeds features"):
         SyntheticSpec(**bad)
+
+
+def test_the_switching_generator_holds_levels_and_keeps_the_default_data_as_it_was():
+    switching = SPEC.model_copy(update={"process": "switching"})
+    fast = synthetic.hidden_state(switching)["latent_fast"]
+    jumps = np.flatnonzero(np.diff(fast))
+    assert len(np.unique(fast)) == 4
+    assert 8 < np.diff(jumps).mean() < 60  # held about 20 minutes (a jump may keep its level)
+    assert set(synthetic.hidden_state(SPEC)) == {"latent_fast", "latent_slow", "activity_regime"}
+    assert len(np.unique(synthetic.hidden_state(SPEC)["latent_fast"])) == SPEC.rows  # smooth AR
+    other = synthetic.generate(switching, ["X1"])[1]["X1"]
+    assert not np.array_equal(other, synthetic.generate(SPEC, ["X1"])[1]["X1"])
+    # The default generator's data and digest are those from before the option existed.
+    from tfi.core.data.sources import source_digest
+
+    assert source_digest(DataConfig()) == "5be86c1cb954fd9218276d86"
+    assert source_digest(DataConfig(synthetic=SyntheticSpec(process="switching"))) != (
+        "5be86c1cb954fd9218276d86"
+    )

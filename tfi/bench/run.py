@@ -10,12 +10,15 @@ notebook's approach (:mod:`tfi.bench.seed`) on the same file, labels and trial b
 (seconds per stage and per trial, pruned trials and after how many folds, peak memory, CV and
 test macro-F1, the speed-up, each side's wall time from its process's start with imports, and
 each side's time to quality: when it first reached a CV score within 0.002 of its own final
-best) is printed as JSON, written to ``--output`` and logged to MLflow as a ``bench`` run.
+best) is printed as JSON, written to ``--output`` and logged to MLflow as a ``bench`` run. On
+generated data it also holds the ceiling: the test macro-F1 of a model that sees the
+generator's hidden state (:mod:`tfi.bench.ceiling`), and the share of it tfi reaches.
 
 One draw of synthetic data is one sample: ``--draws N`` repeats the comparison on N generated
 datasets (seeds ``tuning.seed`` + 0 .. N-1) and reports each side's test macro-F1 per draw, its
-mean and spread, and the paired difference (tfi minus the seed's approach) with a 95% t
-interval over the draws. ``--reference`` reports two rows beside tfi as configured:
+mean and spread, the paired difference (tfi minus the seed's approach) and tfi's share of the
+ceiling, each with a 95% t interval over the draws. ``--reference`` reports two rows beside tfi
+as configured:
 
 - ``reference``: the seed's approach as the notebook wrote it: another search (its own search
   space and features; ``--set`` reaches only its split, labels and trial count);
@@ -81,6 +84,13 @@ def main(argv: Sequence[str], run_id: str | None = None) -> int:
         help="strength of the generated data's latent pressure (default 1; stronger: models "
         "keep learning for more rounds)",
     )
+    parser.add_argument(
+        "--process",
+        default="",
+        choices=["ar", "switching", ""],
+        help="the generated latent pressure's fast part (default ar; switching: a second "
+        "generator, levels that jump)",
+    )
     parser.add_argument("--reference", default="", choices=["true", "false", ""])
     parser.add_argument(
         "--set",
@@ -100,6 +110,7 @@ def main(argv: Sequence[str], run_id: str | None = None) -> int:
     args.rows = args.rows or 525_600
     args.features = args.features or 780
     args.signal = args.signal or 1.0
+    args.process = args.process or "ar"
     args.reference = args.reference or "false"
     args.output = args.output or "bench.json"
     args.draws = args.draws or 1
@@ -164,6 +175,7 @@ def _spec(args: argparse.Namespace, seed: int) -> SyntheticSpec:
         collinear=24,
         seed=seed,
         signal=args.signal,
+        process=args.process,
     )
 
 
@@ -205,6 +217,7 @@ def _compare(
             "rows": args.rows,
             "features": args.features,
             "signal": args.signal,
+            "process": args.process,
         },
         "config": args.config,
         "overrides": {key: mask_text(value) for key, value in args.set.items()},
@@ -214,7 +227,8 @@ def _compare(
     log.info("bench: tfi pipeline, %d trials", n_trials)
     overrides["tuning.seed"] = config.tuning.seed
     report["seed"] = config.tuning.seed
-    report["tfi"] = _in_child(_run_tfi, args.config, overrides, str(folder / "tfi"))
+    spec = None if args.data else _spec(args, config.tuning.seed).model_dump(mode="json")
+    report["tfi"] = _in_child(_run_tfi, args.config, overrides, str(folder / "tfi"), spec)
     if args.data:  # what was read, not the generator's settings
         report["data"] = {
             "source": args.data,
@@ -266,9 +280,8 @@ def _in_child(function: Callable[..., Any], *args: Any) -> Any:
 
 def _over_draws(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """Several draws: each side's test macro-F1 per draw, mean and spread, the paired
-    difference with a 95% t interval over the draws."""
-    from scipy import stats
-
+    difference with a 95% t interval over the draws, and on generated data the share of the
+    ceiling tfi reaches (:mod:`tfi.bench.ceiling`) with its interval."""
     summary: dict[str, Any] = {"draws": reports, "n_draws": len(reports)}
     for side in ("tfi", *REFERENCE_SIDES.values()):
         if side not in reports[0]:
@@ -283,15 +296,24 @@ def _over_draws(reports: list[dict[str, Any]]) -> dict[str, Any]:
         if side not in reports[0]:
             continue
         key = "test_f1_macro_difference" + side.removeprefix("reference")
-        differences = np.array([r[key] for r in reports])
-        half = stats.t.ppf(0.975, len(differences) - 1) * differences.std(ddof=1)
-        half /= np.sqrt(len(differences))
-        summary[key] = {
-            "mean": float(differences.mean()),
-            "low": float(differences.mean() - half),
-            "high": float(differences.mean() + half),
-        }
+        summary[key] = _t_interval([r[key] for r in reports])
+    if reports[0]["tfi"].get("ceiling"):
+        shares = [r["tfi"]["ceiling"]["share_reached"] for r in reports]
+        summary["tfi_share_of_ceiling"] = _t_interval(shares)
     return summary
+
+
+def _t_interval(values: Sequence[float]) -> dict[str, float]:
+    """The mean and its 95% t interval over the draws."""
+    from scipy import stats
+
+    sample = np.asarray(values, dtype=float)
+    half = stats.t.ppf(0.975, len(sample) - 1) * sample.std(ddof=1) / np.sqrt(len(sample))
+    return {
+        "mean": float(sample.mean()),
+        "low": float(sample.mean() - half),
+        "high": float(sample.mean() + half),
+    }
 
 
 def _child_main(
@@ -319,7 +341,9 @@ def _generate(spec: dict[str, Any], path: str) -> None:
     synthetic.write_parquet(SyntheticSpec(**spec), path)
 
 
-def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[str, Any]:
+def _run_tfi(
+    config_path: str, overrides: dict[str, Any], store: str, spec: dict[str, Any] | None
+) -> dict[str, Any]:
     from tfi.stages.session import STORAGE_ENV, configure_logging
 
     configure_logging()  # as a tfi command does
@@ -337,6 +361,10 @@ def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[st
     started = time.perf_counter()
     session = Session.open(config)
     loaded = session.data()
+    # Only its shape is kept: holding the matrix here kept 1.6 GB alive through tuning and
+    # counted it in the peak (session.release() frees the session's own reference).
+    shape = loaded.features.shape
+    del loaded
     seconds["load"] = time.perf_counter() - started
 
     def timed(stage: str, step: Callable[[], Any]) -> Any:
@@ -356,9 +384,22 @@ def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[st
     shared = studies.load_study(session.storage(), session.study_name)
     assert shared is not None  # tune.run made it
     before_tune = seconds["load"] + seconds["label"] + seconds["select"]
+    peak_rss_gb = _peak_rss_gb()  # the pipeline's, before the ceiling model's
+    ceiling = None
+    if spec is not None:  # generated data: what a model that sees its hidden state reaches
+        from tfi.bench.ceiling import ceiling_test_scores
+
+        ceiling = ceiling_test_scores(
+            session.data(selected.features),
+            prepared.labelled,
+            SyntheticSpec(**spec),
+            config,
+            session.threads,
+        )
+        ceiling["share_reached"] = trained.metrics["test_f1_macro"] / ceiling["test_f1_macro"]
     return {
-        "rows": loaded.n_rows,
-        "features": int(loaded.features.shape[1]),
+        "rows": shape[0],
+        "features": int(shape[1]),
         "seconds": seconds,
         "total_seconds": sum(seconds.values()),
         "n_features": len(selected.features),
@@ -366,7 +407,8 @@ def _run_tfi(config_path: str, overrides: dict[str, Any], store: str) -> dict[st
         "cv_f1_macro": tuned.best.value,
         "test_f1_macro": trained.metrics["test_f1_macro"],
         "seconds_to_quality": time_to_quality(shared.study.trials, tune_started, before_tune),
-        "peak_rss_gb": _peak_rss_gb(),
+        "peak_rss_gb": peak_rss_gb,
+        "ceiling": ceiling,
     }
 
 

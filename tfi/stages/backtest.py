@@ -129,13 +129,12 @@ def evaluate_window(
     labelled = restrict(prepare_labels(data, window_cfg), window, cfg.backtest.train_days)
     try:
         selections = select_every(data, labelled, cfg)
-        selected = selections.as_selected("")
+        selected = selections.as_selected("", cfg.selection.aggregate_spans)
         setup = build_cv(
             data.subset(selected.tuning_features), labelled, selected.fold_features, cfg, threads
         )
     except SplitError as exc:
         raise SplitError(f"backtest window {window.label()}: {_limited(exc, cfg)}") from None
-    selection = selections.champion
     study = optuna.create_study(direction=cfg.tuning.direction)
     candidates.record_defaults(study, setup.cross_validate_defaults(threads))
     defaults = candidates.defaults_trial(study, cfg.tuning.metric)
@@ -146,7 +145,7 @@ def evaluate_window(
     else:
         best, out_of_fold = _refit_folds(cfg, setup, fixed, threads, source)
     tuned = Tuned("", "backtest", best, setup.baselines, out_of_fold, defaults)
-    champion_data = data.subset(selection.selected)
+    champion_data = data.subset(selected.features)
     split = TrainTest.of(champion_data, labelled)
     champion = fit_champion(window_cfg, tuned, split, out_of_fold)
     report = build_report(
@@ -166,7 +165,7 @@ def evaluate_window(
         split.y_test,
         {TFI: champion.predicted, **{k: report.references[k].predicted for k in REFERENCES}},
     )
-    return WindowResult(scores, best, champion, report, len(selection.selected))
+    return WindowResult(scores, best, champion, report, len(selected.features))
 
 
 def _limited(problem: SplitError, cfg: ExperimentConfig) -> str:

@@ -101,7 +101,10 @@ def build_cv(
     fold_y = [lightgbm_classes(own.target) for own in labels]
     position = {name: j for j, name in enumerate(data.feature_names)}
     columns = [np.array([position[name] for name in own]) for own in fold_features]
-    built = build_folds(X, fold_y, folds, config.tuning.max_bin, threads, columns)
+    tuning = config.tuning
+    largest = folds[-1].train_stop
+    share = 1.0 if tuning.trial_rows is None else min(1.0, tuning.trial_rows / largest)
+    built = build_folds(X, fold_y, folds, tuning.max_bin, threads, columns, share, tuning.seed)
     windows = references.persistence_inputs(data.timestamps, data.flow, config.labels)
     trailing = {
         minutes: (imbalance[rows], None if bounds is None else bounds[rows])

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from tfi.core import keys
 from tfi.core.config.experiment import CVConfig, ExperimentConfig, SelectionConfig
+from tfi.core.data import aggregates, bars
 from tfi.core.data.sources import MarketData
 from tfi.core.labels.labelled import LabelledData, fold_labels, training_folds
 from tfi.core.labels.split import TRAIN, Fold
@@ -41,8 +43,25 @@ class Selections:
     folds: list[Fold]
     seconds: float
 
-    def as_selected(self, run_id: str) -> Selected:
-        return Selected(run_id, self.champion.selected, tuple(f.selected for f in self.per_fold))
+    def as_selected(self, run_id: str, spans: Sequence[int]) -> Selected:
+        return model_features(
+            run_id, self.champion.selected, [own.selected for own in self.per_fold], spans
+        )
+
+
+def model_features(
+    run_id: str, chosen: Sequence[str], per_fold: Sequence[Sequence[str]], spans: Sequence[int]
+) -> Selected:
+    """The chosen features and the aggregates (``selection.aggregate_spans``) of those that
+    are source columns; tfi's own bar features are windows over bars already."""
+
+    def with_aggregates(own: Sequence[str]) -> tuple[str, ...]:
+        columns = [name for name in own if name not in bars.computed_names()]
+        return (*own, *aggregates.names(columns, spans))
+
+    return Selected(
+        run_id, with_aggregates(chosen), tuple(with_aggregates(own) for own in per_fold)
+    )
 
 
 def run(
@@ -67,13 +86,23 @@ def run(
     if not selection.rule.startswith("lasso support"):
         log.warning("select: %s", selection.rule)
     tags = {tracking.DATA_DIGEST: session.digest, keys.PREPARE_RUN: prepared.run_id}
+    spans = session.config.selection.aggregate_spans
     with session.tracker.run("select", session.select_key, parent_id, run_id, tags) as run:
+        selected = selections.as_selected(run.id, spans)
         _log(run, session.config, data, selections)
+        run.log_metrics({"n_model_features": len(selected.features)})
     log.info(
         "select: the CV folds keep %s features, each fold's chosen on its own training rows",
         [len(own.selected) for own in selections.per_fold],
     )
-    return selections.as_selected(run.id)
+    if spans:
+        log.info(
+            "select: the model sees %d features: those and the aggregates (spans %s) of the "
+            "source columns among them",
+            len(selected.features),
+            list(spans),
+        )
+    return selected
 
 
 def _log(
@@ -169,6 +198,9 @@ def reuse(session: Session) -> Selected | None:
     log.info("select: reusing run %s (same data, labels and selection config)", run_id)
     report = session.tracker.load_json(run_id, "selected_features.json")
     per_fold = session.tracker.load_json(run_id, "fold_features.json")
-    return Selected(
-        run_id, tuple(report["features"]), tuple(tuple(own["features"]) for own in per_fold)
+    return model_features(
+        run_id,
+        report["features"],
+        [own["features"] for own in per_fold],
+        session.config.selection.aggregate_spans,
     )

@@ -127,8 +127,8 @@ class Session:
         """What a study's trials are scored on: the selected data, the objective's set-up and
         the class decision each fold is scored with."""
         identity = {
-            "tuning": self.config.tuning.model_dump(mode="json", exclude=_OPERATIONAL),
-            "decision": self.config.decision.model_dump(mode="json"),
+            "tuning": self.config.identity("tuning", exclude=_OPERATIONAL),
+            "decision": self.config.identity("decision"),
         }
         return _hash(self.select_key, json.dumps(identity, sort_keys=True))
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -92,6 +93,11 @@ class SyntheticSpec(StrictModel):
     start: datetime = datetime(2023, 3, 1)
     seed: int = 7
     signal: float = Field(1.0, gt=0, description="strength of the latent pressure on flow")
+    process: Literal["ar", "switching"] = Field(
+        "ar",
+        description="the latent pressure's fast part: a smooth AR(1) ('ar') or levels held "
+        "for minutes and jumping between four values ('switching', a second generator)",
+    )
 
     @model_validator(mode="after")
     def _enough_columns(self) -> SyntheticSpec:
@@ -214,11 +220,28 @@ class SelectionConfig(StrictModel):
         description="features kept whatever LASSO says, where the data has them (the "
         "persistence rule's input in regime-free units, tfi.core.data.bars)",
     )
+    aggregate_spans: tuple[Annotated[int, Field(ge=2)], ...] = Field(
+        (),
+        description="for each chosen source column, its exponentially weighted means over "
+        "the bars up to t with these spans (in bars) become features too "
+        "(tfi.core.data.aggregates): the model sees the column's recent level, not one "
+        "minute's noisy view of it",
+    )
     on_too_few: Literal["path", "error"] = Field(
         "path",
         description="when LASSO keeps fewer than min_features: take the first features to "
         "enter along the path ('path') or stop with an error",
     )
+
+    @field_validator("aggregate_spans", mode="before")
+    @classmethod
+    def _spans_from_text(cls, value: Any) -> Any:
+        """An override from the command line is text: ``5,20``, ``[5, 20]`` or empty."""
+        if isinstance(value, str):
+            text = value.strip()
+            parsed = yaml.safe_load(text if text.startswith("[") else f"[{text}]")
+            return () if parsed is None else parsed
+        return value
 
     @model_validator(mode="after")
     def _feature_bounds(self) -> SelectionConfig:
@@ -441,9 +464,26 @@ class ExperimentConfig(StrictModel):
 
     def digest(self, *sections: str) -> str:
         """Stable hash of the named sections: the identity of a stage's inputs."""
-        payload = {name: self.model_dump(mode="json")[name] for name in sections}
+        payload = {name: self.identity(name) for name in sections}
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def identity(self, section: str, exclude: Iterable[str] = ()) -> dict[str, Any]:
+        """A section's settings as JSON values, without ``exclude`` and without settings added
+        after runs and studies were keyed on it while they are at their defaults."""
+        values = self.model_dump(mode="json")[section]
+        for key in exclude:
+            values.pop(key, None)
+        for path, default in _ADDED_SINCE_KEYED.items():
+            *parents, leaf = path.split(".")
+            if parents[0] != section:
+                continue
+            node = values
+            for part in parents[1:]:
+                node = node[part]
+            if node.get(leaf) == default:
+                del node[leaf]
+        return values
 
     def with_overrides(self, **overrides: Any) -> ExperimentConfig:
         """Copy with single fields replaced, e.g. ``{"tuning.n_trials": 5}``; None is skipped.
@@ -463,6 +503,15 @@ class ExperimentConfig(StrictModel):
                 node = node[part]
             node[leaf] = value
         return _validate(tree, origin="overrides")
+
+
+# Settings added after select runs and studies were keyed on their sections (JSON defaults):
+# left out of a key while at their default, so the same inputs still continue the same runs.
+_ADDED_SINCE_KEYED: dict[str, Any] = {
+    "data.synthetic.process": "ar",
+    "selection.aggregate_spans": [],
+    "tuning.trial_rows": None,
+}
 
 
 def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:

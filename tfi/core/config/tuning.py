@@ -182,6 +182,15 @@ class TuningConfig(StrictModel):
         "after them (a round of random draws says nothing about whether TPE has converged)",
     )
     seed: int = 42
+    trial_rows: int | None = Field(
+        None,
+        ge=1_000,
+        description="at most this many training rows in any CV fold: when the largest fold "
+        "has more, every fold trains trials and LightGBM's defaults on the same share of its "
+        "rows (a seeded random sample, fixed per fold; validation rows are all scored). The "
+        "champion trains on every row, its trees counted from the folds' sampled rows "
+        "(null: every row)",
+    )
     max_bin: int = Field(
         63, ge=4, description="histogram bins per feature (docs/performance.md: 63 against 255)"
     )

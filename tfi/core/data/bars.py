@@ -21,11 +21,14 @@ Pure: arrays in, float32 arrays out.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+
+from tfi.core.data import aggregates
 
 FEATURES_VERSION = 2  # part of a kline source's digest: raise it when a feature changes
 FLOW_WINDOWS = (5, 15, 60, 240)
@@ -50,25 +53,39 @@ FLOW_FEATURES = (
 )
 
 
+@functools.cache
+def computed_names() -> frozenset[str]:
+    """Every feature :func:`bar_features` can give (from klines, the richest bars)."""
+    stamps = pd.date_range("2024-01-01", periods=3, freq="min")
+    sample = {
+        name: np.ones(3)
+        for name in ("open", "high", "low", "close", "volume", "quote_volume", "count")
+    }
+    sample |= {"buy_qty": np.ones(3), "sell_qty": np.zeros(3)}
+    return frozenset(bar_features(stamps, sample))
+
+
 def history_needed(feature_names: Sequence[str]) -> pd.Timedelta:
     """How much history before a bar its features need to be what the model was trained on.
 
     The longest trailing window among ``feature_names``: a week for the position features, a
-    day for the day-relative ones, up to 240 minutes for the rest; none for features that do
-    not come from here.
+    day for the day-relative ones, up to 240 minutes for the rest, an aggregate's history on top
+    of its column's (:mod:`tfi.core.data.aggregates`); none for source columns.
     """
-    longest = pd.Timedelta(0)
-    for name in feature_names:
-        if name.endswith("_position"):
-            window = pd.Timedelta(WEEK)
-        elif name.endswith(("_1440min", "_day", "_5_z")):
-            window = pd.Timedelta(DAY)
-        elif (match := re.fullmatch(r"[a-z_]+_(\d+)(min)?", name)) and name not in _CLOCK:
-            window = pd.Timedelta(minutes=int(match.group(1)))
-        else:
-            continue
-        longest = max(longest, window)
-    return longest
+    return max((_history(name) for name in feature_names), default=pd.Timedelta(0))
+
+
+def _history(name: str) -> pd.Timedelta:
+    aggregated = aggregates.parse(name)
+    if aggregated is not None:  # the aggregate's own span on top of its column's window
+        return _history(aggregated[0]) + aggregates.history(name)
+    if name.endswith("_position"):
+        return pd.Timedelta(WEEK)
+    if name.endswith(("_1440min", "_day", "_5_z")):
+        return pd.Timedelta(DAY)
+    if (match := re.fullmatch(r"[a-z_]+_(\d+)(min)?", name)) and name not in _CLOCK:
+        return pd.Timedelta(minutes=int(match.group(1)))
+    return pd.Timedelta(0)
 
 
 def short_history(

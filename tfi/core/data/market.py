@@ -7,6 +7,7 @@ non-negative and consistent with volume; features without inf. Pure (numpy, pand
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from tfi.core.config.experiment import DataConfig
-from tfi.core.data import bars
+from tfi.core.data import aggregates, bars
 from tfi.core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,10 @@ class MarketData:
         return np.ascontiguousarray(self.features[:, [index[name] for name in names]])
 
     def subset(self, names: Sequence[str]) -> MarketData:
-        """The same bars with only the feature columns ``names`` (a copy of those columns)."""
+        """The same bars with only the feature columns ``names`` (a copy of those columns);
+        aggregates among them (:mod:`tfi.core.data.aggregates`) computed from their columns."""
+        if any(aggregates.parse(name) for name in names):
+            return with_aggregates(self.subset(aggregates.sources(names)), names)
         return MarketData(
             self.timestamps,
             self.columns(names),
@@ -63,6 +67,24 @@ class MarketData:
             self.digest,
             {k: v for k, v in self.nan_counts.items() if k in names},
         )
+
+
+def with_aggregates(data: MarketData, names: Sequence[str]) -> MarketData:
+    """``data``, which holds the source columns of ``names``, with exactly the features
+    ``names``: its own columns and the aggregates computed from them."""
+    position = {name: j for j, name in enumerate(data.feature_names)}
+    sources = {name: data.features[:, position[name]] for name in aggregates.sources(names)}
+    computed = aggregates.compute(sources, names)
+    features = np.empty((data.n_rows, len(names)), dtype=np.float32)
+    for j, name in enumerate(names):
+        features[:, j] = computed[name] if name in computed else sources[name]
+    nan_counts = _nan_counts(features, names, data.source)
+    return dataclasses.replace(
+        data,
+        features=features,
+        feature_names=tuple(names),
+        nan_counts={name: int(c) for name, c in zip(names, nan_counts, strict=True) if c},
+    )
 
 
 def choose(

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tfi.core.config.experiment import SYNTHETIC, DataConfig, SyntheticSpec
-from tfi.core.data import bars, klines, synthetic
+from tfi.core.data import aggregates, bars, klines, synthetic
 from tfi.core.data.market import (
     FLOW,
     MarketData,
@@ -31,6 +31,7 @@ from tfi.core.data.market import (
     check_timestamps,
     choose,
     derived_features,
+    with_aggregates,
 )
 from tfi.core.data.parquet import load_parquet
 from tfi.core.errors import DataError
@@ -51,6 +52,8 @@ def source_digest(config: DataConfig) -> str:
     hasher = hashlib.blake2b(digest_size=12)
     if config.source == SYNTHETIC:
         spec = config.synthetic.model_dump(mode="json")
+        if spec["process"] == "ar":  # the same data, and digest, as before the option existed
+            del spec["process"]
         hasher.update(json.dumps([synthetic.GENERATOR_VERSION, spec], sort_keys=True).encode())
         return hasher.hexdigest()
     if klines.kline_files(config.source) is not None:  # features computed from them count too
@@ -91,8 +94,11 @@ def load(
     features: Sequence[str] | None = None,
     digest: str | None = None,
 ) -> MarketData:
-    """Load and validate the configured data; ``features`` limits the feature columns read."""
+    """Load and validate the configured data; ``features`` limits the feature columns read
+    (aggregates among them are computed from their columns, :mod:`tfi.core.data.aggregates`)."""
     digest = digest or source_digest(config)
+    if features is not None and any(aggregates.parse(name) for name in features):
+        return with_aggregates(load(config, aggregates.sources(features), digest), features)
     if config.source == SYNTHETIC:
         return _load_synthetic(config, config.synthetic, features, digest)
     files = klines.kline_files(config.source)

@@ -1,15 +1,17 @@
 """Embedded, deterministic DRW-shaped minute data with a planted order-flow signal.
 
-A persistent latent buy/sell pressure (a fast and a slow AR(1) process) drives the taker buy
-share of each minute's volume; volume follows an intraday and weekly cycle. Trades follow the
-pressure with a delay of a few minutes, while the order-book depth and the informative features
-see it at once. Activity comes in regimes lasting days, as in real markets: each regime has its
-own volume level, and the busier the regime, the less the flow imbalance of a minute disperses
-(many traders' orders average out), so imbalance quantiles fitted on one regime do not fit the
-next. The anonymised columns ``X1..Xn`` are of three kinds: noisy, lagged views of the latent
-pressure (the *informative* ones, some non-linear), near-collinear copies of those, and
-heavy-tailed noise. The ``label`` column imitates the competition's target: it is built from the
-*future* latent and must never be used as a feature (the default data contract excludes it).
+A persistent latent buy/sell pressure (a fast and a slow AR(1) process; with ``process:
+switching`` the fast part is instead a level held for minutes that jumps between four values)
+drives the taker buy share of each minute's volume; volume follows an intraday and weekly
+cycle. Trades follow the pressure with a delay of a few minutes, while the order-book depth and
+the informative features see it at once. Activity comes in regimes lasting days, as in real
+markets: each regime has its own volume level, and the busier the regime, the less the flow
+imbalance of a minute disperses (many traders' orders average out), so imbalance quantiles
+fitted on one regime do not fit the next. The anonymised columns ``X1..Xn`` are of three kinds:
+noisy, lagged views of the latent pressure (the *informative* ones, some non-linear), near-
+collinear copies of those, and heavy-tailed noise. The ``label`` column imitates the
+competition's target: it is built from the *future* latent and must never be used as a feature
+(the default data contract excludes it).
 
 Every column is generated from its own seeded random stream, so any subset of columns can be
 produced without the others and the same spec always gives the same numbers.
@@ -121,10 +123,32 @@ def _ar1(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:
     return lfilter([np.sqrt(1 - phi**2)], [1.0, -phi], shocks)[_BURN_IN:]
 
 
-def _latent(spec: SyntheticSpec) -> np.ndarray:
+def hidden_state(spec: SyntheticSpec) -> dict[str, np.ndarray]:
+    """What drives each minute and no column shows exactly: the latent pressure's fast and slow
+    parts and the activity regime (for a model that sees them: :mod:`tfi.bench.ceiling`)."""
+    fast, slow = _latent_parts(spec)
+    return {"latent_fast": fast, "latent_slow": slow, "activity_regime": activity_regimes(spec)}
+
+
+def _latent_parts(spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng([spec.seed, 2])
-    fast = _ar1(rng, spec.rows, 0.95)  # half-life ~14 minutes
+    if spec.process == "switching":
+        fast = _switching(np.random.default_rng([spec.seed, 7]), spec.rows)
+    else:
+        fast = _ar1(rng, spec.rows, 0.95)  # half-life ~14 minutes
     slow = _ar1(rng, spec.rows, 0.998)  # half-life ~6 hours
+    return fast, slow
+
+
+def _switching(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Unit-variance levels held for 20 minutes on average, then drawn again from four."""
+    levels = np.array([-1.5, -0.5, 0.5, 1.5]) / np.sqrt(1.25)
+    spell = np.cumsum(rng.random(n) < 1 / 20)
+    return levels[rng.integers(0, len(levels), spell[-1] + 1)][spell]
+
+
+def _latent(spec: SyntheticSpec) -> np.ndarray:
+    fast, slow = _latent_parts(spec)
     return 0.9 * fast + 0.35 * slow
 
 

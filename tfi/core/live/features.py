@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from tfi.core.data import aggregates, klines
 from tfi.core.data import bars as bar_data
-from tfi.core.data import klines
 from tfi.core.data.market import FLOW
 from tfi.core.errors import DataError
 from tfi.core.live.source import KLINE_COLUMNS, KLINES
@@ -52,14 +52,18 @@ def model_features(kind: str, bars: pd.DataFrame, names: Sequence[str], last: in
     out = np.empty((last, len(names)), dtype=np.float32)
     if last == 0:
         return out
-    computed = _computed(kind, bars, names)
-    for j, name in enumerate(names):
+    computed = _computed(kind, bars, aggregates.sources(names))
+    columns = {}
+    for name in aggregates.sources(names):
         if name in computed:
-            out[:, j] = computed[name][-last:]
+            columns[name] = computed[name]
         elif kind != KLINES and name in bars.columns:
-            out[:, j] = bars[name].to_numpy()[-last:].astype(np.float32)
+            columns[name] = bars[name].to_numpy().astype(np.float32)
         else:
             raise DataError(f"live bars give no feature {name!r}")
+    columns |= aggregates.compute(columns, names)
+    for j, name in enumerate(names):
+        out[:, j] = columns[name][-last:]
     return out
 
 
@@ -73,4 +77,4 @@ def missing_features(kind: str, names: Sequence[str], columns: Sequence[str]) ->
         known = set(_computed(kind, sample, names))
     else:
         known = set(bar_data.FLOW_FEATURES) | set(columns)
-    return [name for name in names if name not in known]
+    return [name for name in aggregates.sources(names) if name not in known]

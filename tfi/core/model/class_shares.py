@@ -59,13 +59,28 @@ def share_weights(
     """
     log_sell, log_buy = start
     for _ in range(sweeps):
-        new_sell = float(np.quantile(np.maximum(0.0, buy_odds + log_buy) - sell_odds, target[0]))
-        new_buy = float(np.quantile(np.maximum(0.0, sell_odds + new_sell) - buy_odds, target[2]))
+        new_sell = _quantile(np.maximum(0.0, buy_odds + log_buy) - sell_odds, target[0])
+        new_buy = _quantile(np.maximum(0.0, sell_odds + new_sell) - buy_odds, target[2])
         moved = max(abs(new_sell - log_sell), abs(new_buy - log_buy))
         log_sell, log_buy = new_sell, new_buy
         if moved <= TOLERANCE:
             break
     return log_sell, log_buy
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    """``np.quantile(values, q)`` (its linear method), partially sorting ``values`` in place:
+    the two order statistics it interpolates, with numpy's own interpolation, in half the time
+    (without np.quantile's generality; the decision solves thousands of windows per fold)."""
+    position = (len(values) - 1) * q
+    lower = int(np.floor(position))
+    upper = min(lower + 1, len(values) - 1)
+    values.partition((lower, upper))
+    below, above = float(values[lower]), float(values[upper])
+    fraction = position - lower
+    if fraction >= 0.5:
+        return above - (above - below) * (1 - fraction)
+    return below + (above - below) * fraction
 
 
 def clock_blocks(timestamps_ns: np.ndarray) -> np.ndarray:

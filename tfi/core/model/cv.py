@@ -79,29 +79,41 @@ def build_folds(
     max_bin: int,
     num_threads: int,
     fold_columns: Sequence[np.ndarray] | None = None,
+    sample: float = 1.0,
+    seed: int = 0,
 ) -> list[FoldData]:
     """Bin each fold once; trials then reuse the constructed Datasets.
 
     ``fold_y[i]`` holds fold ``i``'s class indices for rows ``[0, valid_stop)``: each fold has
     its own labels (see :func:`tfi.core.labels.labelled.fold_labels`). ``fold_columns[i]``, when
-    given, are the columns of ``X`` fold ``i`` uses (its own feature selection).
+    given, are the columns of ``X`` fold ``i`` uses (its own feature selection). ``sample`` < 1
+    trains each fold on that share of its training rows (:func:`sampled_rows`); its validation
+    rows are all kept.
     """
     params = dataset_params(max_bin, num_threads)
     built = []
     for i, (fold, y) in enumerate(zip(folds, fold_y, strict=True)):
-        X_fold = X[: fold.valid_stop]
-        if fold_columns is not None:
-            X_fold = X_fold[:, fold_columns[i]]
+        columns = slice(None) if fold_columns is None else fold_columns[i]
+        rows = sampled_rows(fold.train_stop, sample, seed, i)
         train = lgb.Dataset(
-            X_fold[: fold.train_stop], y[: fold.train_stop], params=params, free_raw_data=True
+            X[rows][:, columns], y[rows], params=params, free_raw_data=True
         ).construct()
-        X_valid = X_fold[fold.valid_start : fold.valid_stop]
+        X_valid = X[fold.valid_start : fold.valid_stop, columns]
         y_valid = y[fold.valid_start : fold.valid_stop]
         valid = lgb.Dataset(
             X_valid, y_valid, reference=train, params=params, free_raw_data=True
         ).construct()
-        built.append(FoldData(train, valid, X_valid, y_valid, fold.train_stop))
+        built.append(FoldData(train, valid, X_valid, y_valid, train.num_data()))
     return built
+
+
+def sampled_rows(train_stop: int, share: float, seed: int, fold: int) -> np.ndarray | slice:
+    """Fold ``fold``'s training rows to train on: all of ``[0, train_stop)``, or a random
+    ``share`` of them in time order, the same for every trial (seeded by fold)."""
+    if share >= 1.0:
+        return slice(0, train_stop)
+    rng = np.random.default_rng([seed, fold])
+    return np.sort(rng.choice(train_stop, max(1, round(train_stop * share)), replace=False))
 
 
 @dataclass(frozen=True)

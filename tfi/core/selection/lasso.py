@@ -16,6 +16,7 @@ selection.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import warnings
@@ -46,9 +47,24 @@ class Moments:
     n: float
     sx: np.ndarray
     sy: np.ndarray | float
+    # XᵀX's upper triangle, packed in np.triu_indices order: a selection holds one per block
+    # of rows (dozens of blocks; as squares they took 300 MB at 798 features).
     xx: np.ndarray
     xy: np.ndarray
     yy: np.ndarray | float
+
+    @functools.cached_property
+    def gram(self) -> np.ndarray:
+        """XᵀX as the full symmetric matrix (kept: a validation range's is read per alpha)."""
+        rows, columns = _upper(len(self.sx))
+        full = np.empty((len(self.sx), len(self.sx)))
+        full[rows, columns] = self.xx
+        full[columns, rows] = self.xx
+        return full
+
+    def diagonal(self) -> np.ndarray:
+        rows, columns = _upper(len(self.sx))
+        return self.xx[rows == columns]
 
     def target(self, column: int) -> Moments:
         return Moments(
@@ -58,7 +74,10 @@ class Moments:
     def without(self, columns: np.ndarray) -> Moments:
         """The same sums with ``columns`` zeroed: constant features, coefficient 0."""
         sx, xx, xy = self.sx.copy(), self.xx.copy(), self.xy.copy()
-        sx[columns], xx[columns, :], xx[:, columns], xy[columns] = 0.0, 0.0, 0.0, 0.0
+        dropped = np.zeros(len(sx), dtype=bool)
+        dropped[columns] = True
+        rows, others = _upper(len(sx))
+        sx[columns], xx[dropped[rows] | dropped[others]], xy[columns] = 0.0, 0.0, 0.0
         return Moments(self.n, sx, self.sy, xx, xy, self.yy)
 
     def __add__(self, other: Moments) -> Moments:
@@ -104,7 +123,7 @@ def block_moments(
     # are scaled back in float64. Per block, so a block's moments depend on its rows alone.
     bound = extent + np.abs(fill)
     scales = np.where(bound > 0, bound, 1.0)
-    center, y_center = fill.astype(np.float32), y.mean(axis=0)
+    center, y_center = fill.astype(np.float32), y.mean(axis=0, dtype=np.float64)
     return [
         _scaled_moments(chunks(start, stop), y, center, scale, y_center)
         for (start, stop), scale in zip(blocks, scales, strict=True)
@@ -135,9 +154,15 @@ def _scaled_moments(
         xy += z.T.astype(np.float64) @ v
         sy += v.sum(axis=0)
         yy += np.einsum("ij,ij->j", v, v)
-    upper = np.triu(xx)
-    xx = (upper + np.triu(upper, 1).T) * np.outer(scale, scale)
+    rows, columns = _upper(p)
+    xx = xx[rows, columns] * (scale[rows] * scale[columns])
     return Moments(float(n), sx * scale, sy, xx, xy * scale[:, None], yy)
+
+
+@functools.cache
+def _upper(p: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of each entry of a packed upper triangle (diagonal included)."""
+    return np.triu_indices(p)
 
 
 def extreme_columns(blocks: Sequence[Moments]) -> np.ndarray:
@@ -147,7 +172,7 @@ def extreme_columns(blocks: Sequence[Moments]) -> np.ndarray:
     so a validation block holding it decides the LASSO's alpha on its own.
     """
     spreads = np.array(
-        [np.sqrt(np.clip(np.diag(b.xx) / b.n - (b.sx / b.n) ** 2, 0.0, None)) for b in blocks]
+        [np.sqrt(np.clip(b.diagonal() / b.n - (b.sx / b.n) ** 2, 0.0, None)) for b in blocks]
     )
     usual = np.median(spreads, axis=0)
     return np.flatnonzero((usual > 0) & (spreads.max(axis=0) > EXTREME_SPREAD * usual))
@@ -183,7 +208,7 @@ class Standardised:
 def standardise(m: Moments) -> Standardised:
     mean = m.sx / m.n
     y_mean = m.sy / m.n
-    cov = m.xx / m.n - np.outer(mean, mean)
+    cov = m.gram / m.n - np.outer(mean, mean)
     scale = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     constant = scale < 1e-12 * max(1.0, float(scale.max()))
     scale[constant] = 1.0
@@ -261,7 +286,7 @@ def validation_mse(train: Standardised, coefs: np.ndarray, valid: Moments) -> np
     """Mean squared error on a validation range for every alpha, from its moments."""
     weights = coefs / train.scale[:, None]  # back to centred raw units
     intercept = train.y_mean - train.mean @ weights
-    quadratic = np.einsum("ia,ia->a", weights, valid.xx @ weights)
+    quadratic = np.einsum("ia,ia->a", weights, valid.gram @ weights)
     sse = (
         valid.yy
         - 2 * (valid.xy @ weights)

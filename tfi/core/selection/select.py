@@ -148,7 +148,9 @@ def select_nested(
     n = max(len(problem.target) for problem in problems)
     boundaries = sorted(set().union(*(problem.boundaries() for problem in problems)))
     first_columns = list(itertools.accumulate((problem.width for problem in problems), initial=0))
-    targets = np.zeros((n, first_columns.pop()))
+    # Classes (-1, 0, 1) are exact in float32, and their centre is taken in float64 below:
+    # the same moments in half the memory (130 MB at full size).
+    targets = np.zeros((n, first_columns.pop()), np.float32 if config.target == "class" else float)
     for problem, first in zip(problems, first_columns, strict=True):
         problem.write_columns(targets[:, first : first + problem.width])
     train_stops = sorted({fold.train_stop for problem in problems for fold in problem.folds})
