@@ -29,7 +29,7 @@ def test_bench_reports_tfi_beside_the_seed_approach(store):
     done = subprocess.run(
         _bench("--rows", "6000", "--features", "60", "--n-trials", "6", "--reference", "true",
                "--output", str(output)),
-        cwd=store, env=subprocess_env(store), capture_output=True, text=True, timeout=300,
+        cwd=store, env=subprocess_env(store), capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads(output.read_text())
@@ -212,7 +212,7 @@ def test_several_draws_report_the_spread_and_the_paired_difference(store):
     done = subprocess.run(
         _bench("--rows", "4000", "--features", "60", "--n-trials", "2", "--reference", "true",
                "--draws", "2", "--output", str(output)),
-        cwd=store, env=subprocess_env(store), capture_output=True, text=True, timeout=600,
+        cwd=store, env=subprocess_env(store), capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads(output.read_text())
@@ -263,7 +263,7 @@ def test_bench_on_given_data_records_that_data(store):
     done = subprocess.run(
         _bench("--data", str(path), "--n-trials", "2", "--output", str(output),
                "--set", "split.test_start=2023-03-03T12:00"),
-        cwd=store, env=subprocess_env(store), capture_output=True, text=True, timeout=300,
+        cwd=store, env=subprocess_env(store), capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads(output.read_text())
