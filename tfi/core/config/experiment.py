@@ -474,16 +474,7 @@ class ExperimentConfig(StrictModel):
         values = self.model_dump(mode="json")[section]
         for key in exclude:
             values.pop(key, None)
-        for path, default in _ADDED_SINCE_KEYED.items():
-            *parents, leaf = path.split(".")
-            if parents[0] != section:
-                continue
-            node = values
-            for part in parents[1:]:
-                node = node[part]
-            if node.get(leaf) == default:
-                del node[leaf]
-        return values
+        return keyed(values, section)
 
     def with_overrides(self, **overrides: Any) -> ExperimentConfig:
         """Copy with single fields replaced, e.g. ``{"tuning.n_trials": 5}``; None is skipped.
@@ -512,6 +503,21 @@ _ADDED_SINCE_KEYED: dict[str, Any] = {
     "selection.aggregate_spans": [],
     "tuning.trial_rows": None,
 }
+
+
+def keyed(values: dict[str, Any], path: str) -> dict[str, Any]:
+    """``values`` (the JSON dump of the settings at ``path``, e.g. ``data.synthetic``) without
+    the settings added since keys were made while they are at their defaults."""
+    for added, default in _ADDED_SINCE_KEYED.items():
+        owner, _, leaf = added.rpartition(".")
+        if owner != path and not owner.startswith(f"{path}."):
+            continue
+        node = values
+        for part in owner.removeprefix(path).split(".")[1:]:
+            node = node[part]
+        if node.get(leaf) == default:
+            del node[leaf]
+    return values
 
 
 def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:

@@ -22,7 +22,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from tfi.core.config.experiment import SYNTHETIC, DataConfig, SyntheticSpec
+from tfi.core.config.experiment import SYNTHETIC, DataConfig, SyntheticSpec, keyed
 from tfi.core.data import aggregates, bars, klines, synthetic
 from tfi.core.data.market import (
     FLOW,
@@ -51,9 +51,7 @@ def source_digest(config: DataConfig) -> str:
     """Content digest of the configured data: the files' bytes, or the generator's spec."""
     hasher = hashlib.blake2b(digest_size=12)
     if config.source == SYNTHETIC:
-        spec = config.synthetic.model_dump(mode="json")
-        if spec["process"] == "ar":  # the same data, and digest, as before the option existed
-            del spec["process"]
+        spec = keyed(config.synthetic.model_dump(mode="json"), "data.synthetic")
         hasher.update(json.dumps([synthetic.GENERATOR_VERSION, spec], sort_keys=True).encode())
         return hasher.hexdigest()
     if klines.kline_files(config.source) is not None:  # features computed from them count too
