@@ -42,8 +42,10 @@ def test_history_covers_the_aggregate_on_top_of_its_column():
     assert bars.history_needed(["imbalance_60_ewm5"]) == pd.Timedelta(
         minutes=60 + 5 * aggregates.HISTORY_SPANS
     )
-    # the weight left on bars older than that history
+    # the weight left on bars older than that history, and older than live's exact window
     assert (1 - 2 / 21) ** (20 * aggregates.HISTORY_SPANS) < 5e-4
+    for span in (2, 5, 20, 1440):
+        assert (1 - 2 / (span + 1)) ** (span * aggregates.EXACT_SPANS) < 1e-17
 
 
 def test_loading_aggregates_by_name_equals_computing_them_from_the_columns():
@@ -70,6 +72,8 @@ def test_live_computes_the_aggregates_of_its_held_bars_as_training_did():
     ).iloc[-1500:]  # a live process holds the recent bars only
     live = model_features("parquet", held, names, 200)
     np.testing.assert_array_equal(live, trained.features[-200:])
+    assert len(held) > 200 + 20 * aggregates.EXACT_SPANS  # from the last of them only
+    np.testing.assert_array_equal(model_features("parquet", held, names, 1), live[-1:])
     assert missing_features("parquet", ["X9_ewm5", "X2_ewm5"], ["X2"]) == ["X9"]
 
 

@@ -61,7 +61,7 @@ def model_features(kind: str, bars: pd.DataFrame, names: Sequence[str], last: in
             columns[name] = bars[name].to_numpy().astype(np.float32)
         else:
             raise DataError(f"live bars give no feature {name!r}")
-    columns |= aggregates.compute(columns, names)
+    columns |= aggregates.compute(columns, names, last)
     for j, name in enumerate(names):
         out[:, j] = columns[name][-last:]
     return out
