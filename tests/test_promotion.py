@@ -254,6 +254,9 @@ def test_a_stop_during_registration_waits_until_version_alias_and_tags_agree(
 
     monkeypatch.setattr(train_stage.registry, "register_and_promote", stopped_meanwhile)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # A suite started in the background (`pytest &`) inherits SIGINT ignored, which install()
+    # rightly keeps: this test is about Ctrl-C reaching tfi, so it gives itself Python's handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupts.install()
     try:
         with pytest.raises(KeyboardInterrupt):
