@@ -313,16 +313,12 @@ def _over_draws(reports: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _t_interval(values: Sequence[float]) -> dict[str, float]:
-    """The mean and its 95% t interval over the draws."""
-    from scipy import stats
+    """The mean and its 95% t interval over the draws (each draw one case of
+    :func:`tfi.core.evaluation.intervals.between_cases`)."""
+    from tfi.core.evaluation.intervals import between_cases  # scipy: only with --draws
 
-    sample = np.asarray(values, dtype=float)
-    half = stats.t.ppf(0.975, len(sample) - 1) * sample.std(ddof=1) / np.sqrt(len(sample))
-    return {
-        "mean": float(sample.mean()),
-        "low": float(sample.mean() - half),
-        "high": float(sample.mean() + half),
-    }
+    interval = between_cases(values)
+    return {"mean": interval.difference, "low": interval.low, "high": interval.high}
 
 
 def _child_main(
