@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -273,3 +274,35 @@ def test_bench_on_given_data_records_that_data(store):
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("tfi-bench").experiment_id])
     assert run.data.params["rows"] == "4000" and run.data.params["signal"] == "none (given data)"
+
+
+def test_the_generators_knowledge_joins_a_feature_set_on_its_minutes():
+    from tfi.bench.ceiling import with_generated
+    from tfi.core.config.experiment import DataConfig, SyntheticSpec
+    from tfi.core.data import aggregates, synthetic
+    from tfi.core.data.sources import load
+
+    spec = SyntheticSpec(rows=3000, features=30, informative=6, collinear=3, seed=5)
+    data = load(DataConfig(synthetic=spec), features=["X1", "X2"])
+    later = data.subset(["X1", "X2"])
+    later = dataclasses.replace(
+        later, timestamps=later.timestamps[1000:], features=later.features[1000:]
+    )  # bars that start after the generator's first minute: matched on their timestamps
+    estimated = with_generated(later, spec, estimates=[5])
+    assert estimated.feature_names == (
+        "X1",
+        "X2",
+        *(f"latent_estimate_lag{m}" for m in range(synthetic.FLOW_DELAY + 1)),
+        "latent_estimate_lag0_ewm5",
+    )
+    expected = synthetic.latent_estimates(spec)
+    np.testing.assert_array_equal(estimated.features[:, :2], later.features)
+    np.testing.assert_allclose(estimated.features[:, 3], expected["latent_estimate_lag1"][1000:])
+    np.testing.assert_allclose(
+        estimated.features[:, -1],
+        aggregates.ewm(expected["latent_estimate_lag0"], 5)[1000:],  # over every earlier minute
+    )
+    hidden = with_generated(later, spec)
+    regime = synthetic.hidden_state(spec)["activity_regime"].astype(np.float32)
+    column = hidden.feature_names.index("activity_regime_lag2")
+    np.testing.assert_array_equal(hidden.features[:, column], regime[998:-2])

@@ -99,3 +99,21 @@ def test_the_switching_generator_holds_levels_and_keeps_the_default_data_as_it_w
     assert source_digest(DataConfig(synthetic=SyntheticSpec(process="switching"))) != (
         "5be86c1cb954fd9218276d86"
     )
+
+
+def test_latent_estimates_weigh_every_informative_view_known_at_t():
+    spec = SyntheticSpec(rows=20_000, features=40, informative=16, collinear=0, seed=3)
+    views = synthetic.layout(spec).informative.values()
+    hidden = synthetic.hidden_state(spec)
+    latent = 0.9 * hidden["latent_fast"] + 0.35 * hidden["latent_slow"]
+    estimates = synthetic.latent_estimates(spec)
+    assert list(estimates) == [f"latent_estimate_lag{m}" for m in range(synthetic.FLOW_DELAY + 1)]
+    assert any(lag == 0 for lag, _, _ in views)
+    for m, estimate in enumerate(estimates.values()):
+        # Each view known at t that shows the latent at t - m, weighed by its inverse noise
+        # variance: the error is the combined noise, whatever the views' skew and scale.
+        precision = sum(1 / noise_sd**2 for lag, noise_sd, _ in views if lag <= m)
+        shown = latent[10 - m : spec.rows - m]
+        error = estimate[10:] - shown
+        assert error.std() == pytest.approx(precision**-0.5, rel=0.05)
+        assert abs(np.corrcoef(error, shown)[0, 1]) < 0.05

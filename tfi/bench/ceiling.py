@@ -9,11 +9,16 @@ the last CV fold's validation block (its rounds are that fold's best iteration s
 rows: every training row against the fold's), and is decided by the same rule over the same
 bars. tfi's test macro-F1 over the ceiling's is the share of what the data allows that tfi
 reaches.
+
+The hidden state is more than the columns show. What they show at best, with the generator's
+layout known, is :func:`tfi.core.data.synthetic.latent_estimates`: :func:`with_generated` adds
+either to a feature set (``scripts/ceiling_gap.py`` measures both beside tfi's own features).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightgbm as lgb
@@ -21,7 +26,7 @@ import numpy as np
 
 from tfi.core.classes import lightgbm_classes
 from tfi.core.config.experiment import ExperimentConfig, SyntheticSpec
-from tfi.core.data import bars, synthetic
+from tfi.core.data import aggregates, bars, synthetic
 from tfi.core.data.market import MarketData
 from tfi.core.evaluation.metrics import classification_metrics
 from tfi.core.labels.labelled import LabelledData, fold_labels, training_folds
@@ -35,18 +40,45 @@ def with_hidden_state(data: MarketData, spec: SyntheticSpec) -> MarketData:
     """The bars of ``data`` with the ceiling's features: the flow's bar features and the
     generator's hidden state, now and lagged up to the trades' delay (rows matched on their
     timestamps)."""
+    flow = bars.bar_features(data.timestamps, data.flow)
+    bare = dataclasses.replace(
+        data, features=np.empty((data.n_rows, 0), np.float32), feature_names=()
+    )
+    return with_generated(bare, spec, {name: flow[name] for name in bars.FLOW_FEATURES})
+
+
+def with_generated(
+    data: MarketData,
+    spec: SyntheticSpec,
+    columns: Mapping[str, np.ndarray] | None = None,
+    estimates: Sequence[int] | None = None,
+) -> MarketData:
+    """``data``'s features followed by ``columns`` (one value per bar of ``data``) and what the
+    generator knows of its bars (matched on their timestamps): with ``estimates`` (spans), its
+    best latent estimates from the X columns (:func:`synthetic.latent_estimates`) and the
+    aggregates of the minute's own at those spans; otherwise its hidden state, now and lagged up
+    to the trades' delay."""
     where = synthetic.timestamps(spec).get_indexer(data.timestamps)
     if (where < 0).any():
         raise ValueError("the data has minutes the generator's spec does not")
-    flow = bars.bar_features(data.timestamps, data.flow)
-    columns = [flow[name][:, None] for name in bars.FLOW_FEATURES]
-    names = list(bars.FLOW_FEATURES)
-    for name, values in synthetic.hidden_state(spec).items():
-        for lag in range(synthetic.FLOW_DELAY + 1):
-            columns.append(values[np.maximum(where - lag, 0)][:, None].astype(np.float32))
-            names.append(f"{name}_lag{lag}")
-    features = np.ascontiguousarray(np.hstack(columns), dtype=np.float32)
-    return dataclasses.replace(data, features=features, feature_names=tuple(names))
+    added = dict(columns or {})
+    if estimates is None:
+        for name, values in synthetic.hidden_state(spec).items():
+            for lag in range(synthetic.FLOW_DELAY + 1):
+                added[f"{name}_lag{lag}"] = values[np.maximum(where - lag, 0)]
+    else:
+        generated = synthetic.latent_estimates(spec)
+        now = generated["latent_estimate_lag0"]
+        generated |= {
+            f"latent_estimate_lag0_ewm{span}": aggregates.ewm(now, span) for span in estimates
+        }
+        added |= {name: values[where] for name, values in generated.items()}
+    matrix = np.column_stack([np.asarray(v, np.float32) for v in added.values()])
+    return dataclasses.replace(
+        data,
+        features=np.ascontiguousarray(np.hstack([data.features, matrix]), dtype=np.float32),
+        feature_names=(*data.feature_names, *added),
+    )
 
 
 def ceiling_test_scores(

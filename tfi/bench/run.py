@@ -132,7 +132,7 @@ def main(argv: Sequence[str], run_id: str | None = None) -> int:
         parser.error("--draws generates its data: it cannot be combined with --data")
     if not args.data:
         try:
-            _spec(args, seed=0)
+            generated_spec(args, seed=0)
         except ValidationError as exc:
             parser.error("; ".join(_problem(error) for error in exc.errors()))
 
@@ -175,8 +175,9 @@ def _setting(item: str) -> tuple[str, str]:
     return key, value
 
 
-def _spec(args: argparse.Namespace, seed: int) -> SyntheticSpec:
-    """The generated data's shape: 16 informative and 24 collinear columns among the rest."""
+def generated_spec(args: argparse.Namespace, seed: int) -> SyntheticSpec:
+    """The generated data of the command's ``rows``, ``features``, ``signal`` and ``process``:
+    16 informative and 24 collinear columns among the rest."""
     return SyntheticSpec(
         rows=args.rows,
         features=args.features,
@@ -197,7 +198,7 @@ def _data(args: argparse.Namespace, config: ExperimentConfig, folder: Path) -> t
     """The parquet file to benchmark on and its split date: ``--data``, or generated."""
     if args.data:
         return Path(args.data).resolve(), config.split.test_start.isoformat()
-    spec = _spec(args, config.tuning.seed)
+    spec = generated_spec(args, config.tuning.seed)
     data_path = folder / "bench.parquet"
     log.info("bench: writing %d x %d synthetic rows to %s", args.rows, args.features + 5, data_path)
     _in_child(_generate, spec.model_dump(mode="json"), str(data_path))
@@ -236,7 +237,7 @@ def _compare(
     log.info("bench: tfi pipeline, %d trials", n_trials)
     overrides["tuning.seed"] = config.tuning.seed
     report["seed"] = config.tuning.seed
-    spec = None if args.data else _spec(args, config.tuning.seed).model_dump(mode="json")
+    spec = None if args.data else generated_spec(args, config.tuning.seed).model_dump(mode="json")
     report["tfi"] = _in_child(_run_tfi, args.config, overrides, str(folder / "tfi"), spec)
     if args.data:  # what was read, not the generator's settings
         report["data"] = {

@@ -167,7 +167,7 @@ def _flow(spec: SyntheticSpec, latent: np.ndarray) -> dict[str, np.ndarray]:
     dispersion = 1.2 / regime
     # Trades react to the pressure a few minutes late; the depth (and informative features)
     # see it at once, so they carry signal that the past flow alone (persistence) lacks.
-    reacting = np.concatenate([np.full(FLOW_DELAY, latent[0]), latent[: n - FLOW_DELAY]])
+    reacting = _lagged(latent, FLOW_DELAY)
     buy_share = 1.0 / (
         1.0 + np.exp(-(0.5 * spec.signal * reacting + dispersion * rng.standard_normal(n)))
     )
@@ -196,6 +196,39 @@ def _column_rng(spec: SyntheticSpec, name: str) -> np.random.Generator:
     return np.random.default_rng([spec.seed, 4, int(name.removeprefix("X"))])
 
 
+def _view_draws(spec: SyntheticSpec, name: str) -> tuple[np.ndarray, float, float]:
+    """An informative column's noise, scale and offset, in the order its stream draws them."""
+    rng = _column_rng(spec, name)
+    noise = rng.standard_normal(spec.rows)
+    return noise, float(rng.uniform(0.5, 3.0)), float(rng.normal(0.0, 2.0))
+
+
+def _lagged(values: np.ndarray, lag: int) -> np.ndarray:
+    """``values`` ``lag`` rows later, the first value held over the rows before it."""
+    return np.concatenate([np.full(lag, values[0]), values[: len(values) - lag]])
+
+
+def latent_estimates(spec: SyntheticSpec) -> dict[str, np.ndarray]:
+    """What the X columns allow at best: for each ``m`` up to the trades' delay, the latent
+    pressure at ``t - m`` estimated from every informative column's view known at ``t`` (the
+    column as if undone of its scale, offset and skew), weighted by its inverse noise variance
+    (the optimal linear combination of the views: no prior over time). This needs
+    the layout (which columns, their lags and noise), which no model is given: a bound for
+    :mod:`tfi.bench.ceiling`, not a feature."""
+    lay = layout(spec)
+    latent = _latent(spec)
+    out = {}
+    for m in range(FLOW_DELAY + 1):
+        total, weight = np.zeros(spec.rows), 0.0
+        for name, (lag, noise_sd, sign) in lay.informative.items():
+            if lag <= m:  # the column's view at t - (m - lag) shows the latent at t - m
+                view = _lagged(latent, lag) + sign * noise_sd * _view_draws(spec, name)[0]
+                total += _lagged(view, m - lag) / noise_sd**2
+                weight += 1 / noise_sd**2
+        out[f"latent_estimate_lag{m}"] = total / weight if weight else np.zeros(spec.rows)
+    return out
+
+
 def _feature(spec: SyntheticSpec, lay: Layout, latent: np.ndarray, name: str) -> np.ndarray:
     if name in lay.collinear:
         source = _feature(spec, lay, latent, lay.collinear[name])
@@ -203,14 +236,14 @@ def _feature(spec: SyntheticSpec, lay: Layout, latent: np.ndarray, name: str) ->
         scale, offset = rng.uniform(0.5, 2.0), rng.normal(0.0, 1.0)
         jitter = 0.05 * np.nanstd(source) * rng.standard_normal(spec.rows)
         return (scale * source + offset + jitter).astype(np.float32)
-    rng = _column_rng(spec, name)
     if name in lay.informative:
         lag, noise_sd, sign = lay.informative[name]
-        lagged = np.concatenate([np.full(lag, latent[0]), latent[: spec.rows - lag]])
-        view = sign * lagged + noise_sd * rng.standard_normal(spec.rows)
+        noise, scale, offset = _view_draws(spec, name)
+        view = sign * _lagged(latent, lag) + noise_sd * noise
         if int(name.removeprefix("X")) % 3 == 0:
             view = np.exp(0.6 * view)  # skewed, non-linear view: trees see it, LASSO less so
-        return (rng.uniform(0.5, 3.0) * view + rng.normal(0.0, 2.0)).astype(np.float32)
+        return (scale * view + offset).astype(np.float32)
+    rng = _column_rng(spec, name)
     values = rng.standard_t(3.0, spec.rows) * rng.uniform(0.2, 5.0) + rng.normal(0.0, 1.0)
     if name in lay.with_nans:
         values[rng.random(spec.rows) < 0.005] = np.nan
