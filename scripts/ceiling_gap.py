@@ -8,9 +8,9 @@ For each draw (seeds 42, 43, ...; the bench's data shape and split) it runs ``pr
 (:func:`tfi.bench.ceiling.defaults_test_scores`) on
 
 - ``features``: tfi's model features (selected columns, bar features, aggregates);
-- ``+ estimates``: the same and the generator's best estimates of the latent from every
-  informative X column, their layout known (:func:`tfi.core.data.synthetic.latent_estimates`),
-  with the lag-0 estimate's aggregates: what the columns allow at best;
+- ``+ estimates``: the same and the best linear estimates of the latent from every informative
+  X column, their layout known (:func:`tfi.core.data.synthetic.latent_estimates`, a Kalman
+  filter): what the columns allow at best;
 - ``+ hidden state``: the same and the hidden state itself;
 - ``ceiling``: the bench's ceiling (hidden state and flow features only).
 
@@ -84,10 +84,9 @@ def _draw(args: argparse.Namespace, seed: int) -> dict[str, float]:
     selected = select.run(session, prepared)
     data = session.data(selected.features)
     labelled, threads = prepared.labelled, session.threads
-    spans = config.selection.aggregate_spans or [5, 20]
     scored = {
         "features": data,
-        "+ estimates": with_generated(data, spec, estimates=spans),
+        "+ estimates": with_generated(data, spec, estimates=True),
         "+ hidden state": with_generated(data, spec),
     }
     out = {

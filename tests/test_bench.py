@@ -279,7 +279,7 @@ def test_bench_on_given_data_records_that_data(store):
 def test_the_generators_knowledge_joins_a_feature_set_on_its_minutes():
     from tfi.bench.ceiling import with_generated
     from tfi.core.config.experiment import DataConfig, SyntheticSpec
-    from tfi.core.data import aggregates, synthetic
+    from tfi.core.data import synthetic
     from tfi.core.data.sources import load
 
     spec = SyntheticSpec(rows=3000, features=30, informative=6, collinear=3, seed=5)
@@ -288,20 +288,12 @@ def test_the_generators_knowledge_joins_a_feature_set_on_its_minutes():
     later = dataclasses.replace(
         later, timestamps=later.timestamps[1000:], features=later.features[1000:]
     )  # bars that start after the generator's first minute: matched on their timestamps
-    estimated = with_generated(later, spec, estimates=[5])
-    assert estimated.feature_names == (
-        "X1",
-        "X2",
-        *(f"latent_estimate_lag{m}" for m in range(synthetic.FLOW_DELAY + 1)),
-        "latent_estimate_lag0_ewm5",
-    )
+    estimated = with_generated(later, spec, estimates=True)
     expected = synthetic.latent_estimates(spec)
+    assert estimated.feature_names == ("X1", "X2", *expected)
     np.testing.assert_array_equal(estimated.features[:, :2], later.features)
-    np.testing.assert_allclose(estimated.features[:, 3], expected["latent_estimate_lag1"][1000:])
-    np.testing.assert_allclose(
-        estimated.features[:, -1],
-        aggregates.ewm(expected["latent_estimate_lag0"], 5)[1000:],  # over every earlier minute
-    )
+    for j, values in enumerate(expected.values(), start=2):  # each minute's own, not the first's
+        np.testing.assert_array_equal(estimated.features[:, j], values[1000:].astype(np.float32))
     hidden = with_generated(later, spec)
     regime = synthetic.hidden_state(spec)["activity_regime"].astype(np.float32)
     column = hidden.feature_names.index("activity_regime_lag2")

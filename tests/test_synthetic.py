@@ -101,19 +101,29 @@ def test_the_switching_generator_holds_levels_and_keeps_the_default_data_as_it_w
     )
 
 
-def test_latent_estimates_weigh_every_informative_view_known_at_t():
-    spec = SyntheticSpec(rows=20_000, features=40, informative=16, collinear=0, seed=3)
-    views = synthetic.layout(spec).informative.values()
+def test_latent_estimates_leave_an_error_that_no_view_up_to_t_predicts():
+    spec = SyntheticSpec(rows=40_000, features=40, informative=16, collinear=0, seed=3)
     hidden = synthetic.hidden_state(spec)
     latent = 0.9 * hidden["latent_fast"] + 0.35 * hidden["latent_slow"]
     estimates = synthetic.latent_estimates(spec)
-    assert list(estimates) == [f"latent_estimate_lag{m}" for m in range(synthetic.FLOW_DELAY + 1)]
-    assert any(lag == 0 for lag, _, _ in views)
-    for m, estimate in enumerate(estimates.values()):
-        # Each view known at t that shows the latent at t - m, weighed by its inverse noise
-        # variance: the error is the combined noise, whatever the views' skew and scale.
-        precision = sum(1 / noise_sd**2 for lag, noise_sd, _ in views if lag <= m)
-        shown = latent[10 - m : spec.rows - m]
-        error = estimate[10:] - shown
-        assert error.std() == pytest.approx(precision**-0.5, rel=0.05)
-        assert abs(np.corrcoef(error, shown)[0, 1]) < 0.05
+    lags = range(synthetic.FLOW_DELAY + 1)
+    assert list(estimates) == [
+        *(f"latent_estimate_lag{m}" for m in lags),
+        "latent_estimate_fast",
+        "latent_estimate_slow",
+    ]
+    # Linear views (a skewed one is not): the best linear estimate's error is orthogonal to
+    # every one of them at t and before, whatever its lag, noise, scale and offset.
+    linear = [name for name in synthetic.layout(spec).informative if int(name[1:]) % 3]
+    views = synthetic.frame(spec, linear)
+    warm = 1_000  # the filter starts at zero with its steady-state gain
+    for m in lags:
+        error = estimates[f"latent_estimate_lag{m}"][warm:] - latent[warm - m : spec.rows - m]
+        assert error.std() < 0.5 * latent.std()
+        for name in linear:
+            for before in (0, 1, 5, 30):
+                seen = views[name].to_numpy(np.float64)[warm - before : spec.rows - before]
+                assert abs(np.corrcoef(error, seen)[0, 1]) < 0.05, (m, name, before)
+    # A worse estimate, the slow part's alone, leaves errors the views still predict.
+    slow_only = 0.35 * estimates["latent_estimate_slow"][warm:] - latent[warm:]
+    assert max(abs(np.corrcoef(slow_only, views[name][warm:])[0, 1]) for name in linear) > 0.2

@@ -18,7 +18,7 @@ either to a feature set (``scripts/ceiling_gap.py`` measures both beside tfi's o
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import lightgbm as lgb
@@ -26,7 +26,7 @@ import numpy as np
 
 from tfi.core.classes import lightgbm_classes
 from tfi.core.config.experiment import ExperimentConfig, SyntheticSpec
-from tfi.core.data import aggregates, bars, synthetic
+from tfi.core.data import bars, synthetic
 from tfi.core.data.market import MarketData
 from tfi.core.evaluation.metrics import classification_metrics
 from tfi.core.labels.labelled import LabelledData, fold_labels, training_folds
@@ -51,28 +51,22 @@ def with_generated(
     data: MarketData,
     spec: SyntheticSpec,
     columns: Mapping[str, np.ndarray] | None = None,
-    estimates: Sequence[int] | None = None,
+    estimates: bool = False,
 ) -> MarketData:
     """``data``'s features followed by ``columns`` (one value per bar of ``data``) and what the
-    generator knows of its bars (matched on their timestamps): with ``estimates`` (spans), its
-    best latent estimates from the X columns (:func:`synthetic.latent_estimates`) and the
-    aggregates of the minute's own at those spans; otherwise its hidden state, now and lagged up
-    to the trades' delay."""
+    generator knows of its bars (matched on their timestamps): with ``estimates``, its best
+    estimates of the latent from the X columns (:func:`synthetic.latent_estimates`); otherwise
+    its hidden state, now and lagged up to the trades' delay."""
     where = synthetic.timestamps(spec).get_indexer(data.timestamps)
     if (where < 0).any():
         raise ValueError("the data has minutes the generator's spec does not")
     added = dict(columns or {})
-    if estimates is None:
+    if estimates:
+        added |= {name: values[where] for name, values in synthetic.latent_estimates(spec).items()}
+    else:
         for name, values in synthetic.hidden_state(spec).items():
             for lag in range(synthetic.FLOW_DELAY + 1):
                 added[f"{name}_lag{lag}"] = values[np.maximum(where - lag, 0)]
-    else:
-        generated = synthetic.latent_estimates(spec)
-        now = generated["latent_estimate_lag0"]
-        generated |= {
-            f"latent_estimate_lag0_ewm{span}": aggregates.ewm(now, span) for span in estimates
-        }
-        added |= {name: values[where] for name, values in generated.items()}
     matrix = np.column_stack([np.asarray(v, np.float32) for v in added.values()])
     return dataclasses.replace(
         data,

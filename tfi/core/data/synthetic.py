@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from scipy.linalg import solve_discrete_are
 from scipy.signal import lfilter
 
 from tfi.core.config.experiment import SyntheticSpec
@@ -37,6 +38,10 @@ LABEL_COLUMN = "label"
 _BURN_IN = 2_000
 _NAN_COLUMNS = 2  # noise columns given a few NaNs, as real feature files have
 FLOW_DELAY = 3  # minutes between a change of the latent pressure and the trades it causes
+# The latent pressure's parts: their weights and lag-1 autocorrelations (the switching fast
+# part, redrawn with probability 1/20 a minute, has the AR part's autocorrelation too).
+_FAST_WEIGHT, _SLOW_WEIGHT = 0.9, 0.35
+_FAST_PERSISTENCE, _SLOW_PERSISTENCE = 0.95, 0.998
 
 
 @dataclass(frozen=True)
@@ -135,8 +140,8 @@ def _latent_parts(spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray]:
     if spec.process == "switching":
         fast = _switching(np.random.default_rng([spec.seed, 7]), spec.rows)
     else:
-        fast = _ar1(rng, spec.rows, 0.95)  # half-life ~14 minutes
-    slow = _ar1(rng, spec.rows, 0.998)  # half-life ~6 hours
+        fast = _ar1(rng, spec.rows, _FAST_PERSISTENCE)  # half-life ~14 minutes
+    slow = _ar1(rng, spec.rows, _SLOW_PERSISTENCE)  # half-life ~6 hours
     return fast, slow
 
 
@@ -149,7 +154,7 @@ def _switching(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def _latent(spec: SyntheticSpec) -> np.ndarray:
     fast, slow = _latent_parts(spec)
-    return 0.9 * fast + 0.35 * slow
+    return _FAST_WEIGHT * fast + _SLOW_WEIGHT * slow
 
 
 def _flow(spec: SyntheticSpec, latent: np.ndarray) -> dict[str, np.ndarray]:
@@ -209,24 +214,41 @@ def _lagged(values: np.ndarray, lag: int) -> np.ndarray:
 
 
 def latent_estimates(spec: SyntheticSpec) -> dict[str, np.ndarray]:
-    """What the X columns allow at best: for each ``m`` up to the trades' delay, the latent
-    pressure at ``t - m`` estimated from every informative column's view known at ``t`` (the
-    column as if undone of its scale, offset and skew), weighted by its inverse noise variance
-    (the optimal linear combination of the views: no prior over time). This needs
-    the layout (which columns, their lags and noise), which no model is given: a bound for
-    :mod:`tfi.bench.ceiling`, not a feature."""
-    lay = layout(spec)
+    """What the X columns allow at best: the latent pressure at ``t - m`` for each ``m`` up to
+    the trades' delay, and its fast and slow parts at ``t``, estimated from every informative
+    column's views up to ``t`` by the steady-state Kalman filter of the generator's own model
+    (the parts' persistence and weights, each column's lag and noise, the views as if undone of
+    their scale, offset and skew): the best linear estimate there is. This needs the layout,
+    which no model is given: a bound for :mod:`tfi.bench.ceiling`, not a feature."""
+    views = list(layout(spec).informative.items())
+    depth = max([FLOW_DELAY, *(lag for _, (lag, _, _) in views)]) + 1
+    # The state: the fast part at t, t-1, .. t-depth+1, then the slow part at the same minutes.
+    transition, shocks = np.zeros((2 * depth, 2 * depth)), np.zeros((2 * depth, 2 * depth))
+    for first, persistence in ((0, _FAST_PERSISTENCE), (depth, _SLOW_PERSISTENCE)):
+        transition[first, first] = persistence
+        shocks[first, first] = 1 - persistence**2  # unit-variance parts
+        for i in range(first + 1, first + depth):
+            transition[i, i - 1] = 1.0
     latent = _latent(spec)
-    out = {}
-    for m in range(FLOW_DELAY + 1):
-        total, weight = np.zeros(spec.rows), 0.0
-        for name, (lag, noise_sd, sign) in lay.informative.items():
-            if lag <= m:  # the column's view at t - (m - lag) shows the latent at t - m
-                view = _lagged(latent, lag) + sign * noise_sd * _view_draws(spec, name)[0]
-                total += _lagged(view, m - lag) / noise_sd**2
-                weight += 1 / noise_sd**2
-        out[f"latent_estimate_lag{m}"] = total / weight if weight else np.zeros(spec.rows)
-    return out
+    observed = np.zeros((len(views), 2 * depth))
+    noise = np.zeros((len(views), len(views)))
+    seen = np.empty((spec.rows, len(views)))
+    for j, (name, (lag, noise_sd, sign)) in enumerate(views):
+        observed[j, [lag, depth + lag]] = _FAST_WEIGHT, _SLOW_WEIGHT
+        noise[j, j] = noise_sd**2
+        seen[:, j] = _lagged(latent, lag) + sign * noise_sd * _view_draws(spec, name)[0]
+    predicted = solve_discrete_are(transition.T, observed.T, shocks, noise)
+    gain = predicted @ observed.T @ np.linalg.inv(observed @ predicted @ observed.T + noise)
+    carried = (np.eye(2 * depth) - gain @ observed) @ transition
+    state, states = np.zeros(2 * depth), np.empty((spec.rows, 2 * depth))
+    for t, news in enumerate(seen @ gain.T):
+        state = carried @ state + news
+        states[t] = state
+    out = {
+        f"latent_estimate_lag{m}": _FAST_WEIGHT * states[:, m] + _SLOW_WEIGHT * states[:, depth + m]
+        for m in range(FLOW_DELAY + 1)
+    }
+    return out | {"latent_estimate_fast": states[:, 0], "latent_estimate_slow": states[:, depth]}
 
 
 def _feature(spec: SyntheticSpec, lay: Layout, latent: np.ndarray, name: str) -> np.ndarray:
