@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +54,7 @@ def main(argv: list[str]) -> int:
 
 def _draw(args: argparse.Namespace, seed: int) -> dict[str, float]:
     from tfi.bench.ceiling import ceiling_test_scores, defaults_test_scores, with_generated
-    from tfi.bench.run import TEST_SHARE, generated_spec
+    from tfi.bench.run import generated_spec, generated_test_start
     from tfi.core.config.experiment import load_config
     from tfi.core.data import synthetic
     from tfi.stages import prepare, select
@@ -68,12 +67,11 @@ def _draw(args: argparse.Namespace, seed: int) -> dict[str, float]:
     path = folder / "data.parquet"
     if not path.exists():
         synthetic.write_parquet(spec, path)
-    split = spec.start + timedelta(minutes=int(args.rows * (1 - TEST_SHARE)) // 60 * 60)
     config = load_config(
         args.config,
         **{
             "data.source": str(path),
-            "split.test_start": split.isoformat(),
+            "split.test_start": generated_test_start(spec).isoformat(),
             "execution.storage": f"sqlite:///{folder.resolve()}/optuna.db",
             "output_dir": str(folder),
             "tuning.seed": seed,
@@ -99,17 +97,13 @@ def _draw(args: argparse.Namespace, seed: int) -> dict[str, float]:
 
 
 def _summary(draws: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    from tfi.core.evaluation.intervals import between_cases
-
-    def interval(values: list[float]) -> dict[str, float]:
-        found = between_cases(values)
-        return {"mean": found.difference, "low": found.low, "high": found.high}
+    from tfi.bench.run import t_interval
 
     summary = {}
     for row in ROWS:
-        summary[f"share {row}"] = interval([d[row] / d["ceiling"] for d in draws])
+        summary[f"share {row}"] = t_interval([d[row] / d["ceiling"] for d in draws])
         if row != "features":
-            summary[f"gain {row}"] = interval([d[row] - d["features"] for d in draws])
+            summary[f"gain {row}"] = t_interval([d[row] - d["features"] for d in draws])
     return summary
 
 

@@ -189,6 +189,11 @@ def generated_spec(args: argparse.Namespace, seed: int) -> SyntheticSpec:
     )
 
 
+def generated_test_start(spec: SyntheticSpec) -> datetime:
+    """Where generated data's test period starts: DRW's share of the rows, on a full hour."""
+    return spec.start + timedelta(minutes=int(spec.rows * (1 - TEST_SHARE)) // 60 * 60)
+
+
 def _problem(error: Any) -> str:
     option = f"--{error['loc'][0]}" if error["loc"] else "the generated data"
     return f"{option}: {error['msg']}"
@@ -202,8 +207,7 @@ def _data(args: argparse.Namespace, config: ExperimentConfig, folder: Path) -> t
     data_path = folder / "bench.parquet"
     log.info("bench: writing %d x %d synthetic rows to %s", args.rows, args.features + 5, data_path)
     _in_child(_generate, spec.model_dump(mode="json"), str(data_path))
-    split_minute = int(args.rows * (1 - TEST_SHARE)) // 60 * 60
-    return data_path, (spec.start + timedelta(minutes=split_minute)).isoformat()
+    return data_path, generated_test_start(spec).isoformat()
 
 
 def _compare(
@@ -306,14 +310,14 @@ def _over_draws(reports: list[dict[str, Any]]) -> dict[str, Any]:
         if side not in reports[0]:
             continue
         key = "test_f1_macro_difference" + side.removeprefix("reference")
-        summary[key] = _t_interval([r[key] for r in reports])
+        summary[key] = t_interval([r[key] for r in reports])
     if reports[0]["tfi"].get("ceiling"):
         shares = [r["tfi"]["ceiling"]["share_reached"] for r in reports]
-        summary["tfi_share_of_ceiling"] = _t_interval(shares)
+        summary["tfi_share_of_ceiling"] = t_interval(shares)
     return summary
 
 
-def _t_interval(values: Sequence[float]) -> dict[str, float]:
+def t_interval(values: Sequence[float]) -> dict[str, float]:
     """The mean and its 95% t interval over the draws (each draw one case of
     :func:`tfi.core.evaluation.intervals.between_cases`)."""
     from tfi.core.evaluation.intervals import between_cases  # scipy: only with --draws

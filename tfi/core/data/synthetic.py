@@ -201,11 +201,15 @@ def _column_rng(spec: SyntheticSpec, name: str) -> np.random.Generator:
     return np.random.default_rng([spec.seed, 4, int(name.removeprefix("X"))])
 
 
-def _view_draws(spec: SyntheticSpec, name: str) -> tuple[np.ndarray, float, float]:
-    """An informative column's noise, scale and offset, in the order its stream draws them."""
+def _linear_view(
+    spec: SyntheticSpec, lay: Layout, latent: np.ndarray, name: str
+) -> tuple[np.ndarray, float, float]:
+    """An informative column before its skew, scale and offset (its lagged, signed latent with
+    noise), and that scale and offset, in the order its stream draws them."""
+    lag, noise_sd, sign = lay.informative[name]
     rng = _column_rng(spec, name)
-    noise = rng.standard_normal(spec.rows)
-    return noise, float(rng.uniform(0.5, 3.0)), float(rng.normal(0.0, 2.0))
+    view = sign * _lagged(latent, lag) + noise_sd * rng.standard_normal(spec.rows)
+    return view, float(rng.uniform(0.5, 3.0)), float(rng.normal(0.0, 2.0))
 
 
 def _lagged(values: np.ndarray, lag: int) -> np.ndarray:
@@ -220,7 +224,8 @@ def latent_estimates(spec: SyntheticSpec) -> dict[str, np.ndarray]:
     (the parts' persistence and weights, each column's lag and noise, the views as if undone of
     their scale, offset and skew): the best linear estimate there is. This needs the layout,
     which no model is given: a bound for :mod:`tfi.bench.ceiling`, not a feature."""
-    views = list(layout(spec).informative.items())
+    lay = layout(spec)
+    views = list(lay.informative.items())
     depth = max([FLOW_DELAY, *(lag for _, (lag, _, _) in views)]) + 1
     # The state: the fast part at t, t-1, .. t-depth+1, then the slow part at the same minutes.
     transition, shocks = np.zeros((2 * depth, 2 * depth)), np.zeros((2 * depth, 2 * depth))
@@ -236,7 +241,7 @@ def latent_estimates(spec: SyntheticSpec) -> dict[str, np.ndarray]:
     for j, (name, (lag, noise_sd, sign)) in enumerate(views):
         observed[j, [lag, depth + lag]] = _FAST_WEIGHT, _SLOW_WEIGHT
         noise[j, j] = noise_sd**2
-        seen[:, j] = _lagged(latent, lag) + sign * noise_sd * _view_draws(spec, name)[0]
+        seen[:, j] = sign * _linear_view(spec, lay, latent, name)[0]
     predicted = solve_discrete_are(transition.T, observed.T, shocks, noise)
     gain = predicted @ observed.T @ np.linalg.inv(observed @ predicted @ observed.T + noise)
     carried = (np.eye(2 * depth) - gain @ observed) @ transition
@@ -259,9 +264,7 @@ def _feature(spec: SyntheticSpec, lay: Layout, latent: np.ndarray, name: str) ->
         jitter = 0.05 * np.nanstd(source) * rng.standard_normal(spec.rows)
         return (scale * source + offset + jitter).astype(np.float32)
     if name in lay.informative:
-        lag, noise_sd, sign = lay.informative[name]
-        noise, scale, offset = _view_draws(spec, name)
-        view = sign * _lagged(latent, lag) + noise_sd * noise
+        view, scale, offset = _linear_view(spec, lay, latent, name)
         if int(name.removeprefix("X")) % 3 == 0:
             view = np.exp(0.6 * view)  # skewed, non-linear view: trees see it, LASSO less so
         return (scale * view + offset).astype(np.float32)
